@@ -1,0 +1,1 @@
+"""The gRPC daemon: containerd's Content service over a content store."""
