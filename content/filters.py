@@ -1,0 +1,497 @@
+r"""containerd's filter language: select blobs and ingests by their fields.
+
+A filter is one or more *selectors* joined by ``,``; an item matches when every
+selector does. List calls take several filters and keep an item when any one
+of them matches. A selector is a field path, optionally followed by an
+operator and a value::
+
+    labels.foo                        the label "foo" is present, whatever its value
+    digest==sha256:4f0b...            equal
+    labels.stage!=prod                not equal (also true when the label is absent)
+    labels.version~=^1\.2             regular expression, searched anywhere in the value
+    size==1024,labels.keep            both selectors
+    labels."a.b c=d"==x               a quoted path component: the label key "a.b c=d"
+    labels.note=="too complex, yo"    a quoted value
+    ref~=/^layer-[0-9]+$/             a regular expression quoted with / (or |)
+
+Grammar::
+
+    filter    = selector *("," selector)
+    selector  = fieldpath [operator value]
+    fieldpath = field *("." field)
+    field     = 1*(ASCII letter / digit / "_") / "..."
+    operator  = "==" / "!=" / "~="
+    value     = unquoted / "..." / /.../ / |...|      (the last two only after ~=)
+    unquoted  = letters, marks, numbers, punctuation and symbols up to the next
+                "," or whitespace, not starting with . = ! ~ " / or |
+
+Whitespace may stand between any two tokens. Quoted text takes Go's string
+escapes: ``\a \b \f \n \r \t \v \\``, the quote character itself, ``\ooo`` and
+``\xhh`` (bytes, which must add up to UTF-8), ``\uhhhh`` and ``\Uhhhhhhhh``; it
+may not hold a raw newline or NUL. So in ``/.../`` a regex escape needs
+doubling (``/\\d+/``), while an unquoted value passes backslashes through
+(``\d+``). Path components are joined back with ``.`` by the adaptors, so
+``labels."a.b"`` and ``labels.a.b`` both name the label ``a.b``.
+
+An absent field reads as ``""``: ``==`` needs the field present, while ``!=``
+and ``~=`` compare that empty value (``labels.x!=y`` keeps items without
+``x``), as in containerd. An empty filter string matches everything, so a list
+of filters that holds one does too.
+
+Regular expressions are Python's ``re``, not Go's RE2. The common syntax agrees,
+and ``\d \w \s \b`` stay ASCII as in RE2 (so ``(?i)`` folds ASCII letters only).
+RE2's ``\pL``, ``\z``, ``\Q...\E`` and ``(?U)`` are rejected; its POSIX classes
+(``[[:digit:]]``), which ``re`` would silently read as something else, are
+rejected too; and ``$`` also matches before a final newline. Unlike RE2, ``re``
+backtracks, so a hostile pattern can take exponential time: patterns are capped
+at 1024 characters, which bounds their size but not their cost.
+
+Where this parser departs from containerd 1.6: whitespace is allowed before
+``.``, ``,`` and the end (containerd accepts it only after them and around
+operators); an invalid regular expression is an error at parse time (containerd
+logs it and matches nothing); byte escapes that do not form UTF-8, and ``\u``
+escapes naming surrogates, are errors; an unquoted value must start with a
+printable character; and error positions count characters, not UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from contentd.errdefs import InvalidArgument
+
+__all__ = [
+    "MATCH_ALL",
+    "MAX_FILTER_LENGTH",
+    "Adaptor",
+    "Filter",
+    "info_adaptor",
+    "parse",
+    "parse_all",
+    "status_adaptor",
+]
+
+Adaptor = Callable[[Sequence[str]], tuple[str, bool]]
+"""Looks a field path up on one item: ``(value, present)``, and ``("", False)`` when absent."""
+
+
+class Filter(Protocol):
+    """A parsed filter: decides whether one item, seen through an adaptor, matches."""
+
+    def match(self, adaptor: Adaptor) -> bool:
+        """Whether the item that *adaptor* describes matches."""
+
+
+_ABSENT: Final = ("", False)
+
+# Unicode's White_Space property, which is what Go's unicode.IsSpace tests.
+_WHITESPACE: Final = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SPACE: Final = re.compile(f"[{_WHITESPACE}]+")
+_FIELD: Final = re.compile(r"[A-Za-z0-9_]+")
+_OPERATORS: Final = frozenset({"==", "!=", "~="})
+_VALUE_RUN: Final = re.compile(f"[^,{_WHITESPACE}]+")
+# Starting a value with these would read as a separator or operator in containerd.
+_NOT_VALUE_START: Final = frozenset(".=!~")
+_REGEX_QUOTES: Final = frozenset("/|")
+_QUOTED_TEXT: Final = {quote: re.compile(f"[^{quote}\\\\\n\0]+") for quote in '"/|'}
+_SIMPLE_ESCAPES: Final = {
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "v": b"\v",
+    "\\": b"\\",
+}
+_NUMERIC_ESCAPE: Final = re.compile(r"[0-7]{3}|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}")
+_RAW_IN_QUOTES: Final = {"\n": ("newline", "\\n"), "\0": ("NUL character", "\\x00")}
+
+_MAX_PATTERN: Final = 1024
+_POSIX_CLASS: Final = re.compile(
+    r"\[:\^?(?:alnum|alpha|ascii|blank|cntrl|digit|graph|lower|print|punct|space|upper|word|xdigit):\]"
+)
+
+# Error messages travel in gRPC trailers, which are small; quote only the start of a long filter.
+_SHOWN_CHARS: Final = 200
+_CHAR_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+
+
+class _MatchAll:
+    __slots__ = ()
+
+    def match(self, adaptor: Adaptor) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "MATCH_ALL"
+
+
+MATCH_ALL: Final[Filter] = _MatchAll()
+"""The filter that matches every item: what no filters, or an empty one, mean."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Present:
+    path: tuple[str, ...]
+
+    def match(self, adaptor: Adaptor) -> bool:
+        return adaptor(self.path)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Equal:
+    path: tuple[str, ...]
+    value: str
+
+    def match(self, adaptor: Adaptor) -> bool:
+        value, present = adaptor(self.path)
+        return present and value == self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _NotEqual:
+    path: tuple[str, ...]
+    value: str
+
+    def match(self, adaptor: Adaptor) -> bool:
+        return adaptor(self.path)[0] != self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Search:
+    path: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def match(self, adaptor: Adaptor) -> bool:
+        return self.pattern.search(adaptor(self.path)[0]) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _All:
+    filters: tuple[Filter, ...]
+
+    def match(self, adaptor: Adaptor) -> bool:
+        # A loop, not all() over a generator: this runs once per listed item.
+        for selector in self.filters:  # noqa: SIM110
+            if not selector.match(adaptor):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Any:
+    filters: tuple[Filter, ...]
+
+    def match(self, adaptor: Adaptor) -> bool:
+        # A loop, not any() over a generator: this runs once per listed item.
+        for alternative in self.filters:  # noqa: SIM110
+            if alternative.match(adaptor):
+                return True
+        return False
+
+
+#: The longest filter string accepted. Parsing and matching cost grows with
+#: the number of selectors; real filters are a few dozen characters.
+MAX_FILTER_LENGTH: Final = 64 * 1024
+
+
+def parse(expression: str) -> Filter:
+    """Parse one filter string; the empty string matches everything.
+
+    Raises `InvalidArgument`, saying where and what was expected, when the
+    filter is malformed, holds an invalid regular expression, or is longer
+    than `MAX_FILTER_LENGTH` characters.
+    """
+    if not expression:
+        return MATCH_ALL
+    if len(expression) > MAX_FILTER_LENGTH:
+        raise InvalidArgument(
+            f"filter {_show(expression)}: longer than {MAX_FILTER_LENGTH} characters"
+        )
+    return _Parser(expression).filter()
+
+
+def parse_all(expressions: Iterable[str]) -> Filter:
+    """Parse several filter strings into one that matches when any of them does.
+
+    No filters at all, or any empty one among them, match everything. Raises
+    `InvalidArgument` for the first malformed filter.
+    """
+    if isinstance(expressions, str):
+        # A str is an Iterable[str] of characters, which would parse without complaint.
+        raise TypeError("parse_all takes an iterable of filter strings, not a single string")
+    filters = [parse(expression) for expression in expressions]
+    if not filters or any(parsed is MATCH_ALL for parsed in filters):
+        return MATCH_ALL
+    return filters[0] if len(filters) == 1 else _Any(tuple(filters))
+
+
+def info_adaptor(digest: str, size: int, labels: Mapping[str, str]) -> Adaptor:
+    """An adaptor for a committed blob.
+
+    Fields: ``digest``; ``size`` in decimal (containerd leaves size unsupported);
+    ``labels.<key>``, the key being the rest of the path joined with ``.``.
+    Longer paths such as ``digest.x`` are absent, where containerd ignores the rest.
+    """
+
+    def field(path: Sequence[str]) -> tuple[str, bool]:
+        if not path:
+            return _ABSENT
+        name = path[0]
+        if name == "labels":
+            return _label(labels, path)
+        if len(path) > 1:
+            return _ABSENT
+        if name == "digest":
+            return digest, True
+        if name == "size":
+            return str(size), True
+        return _ABSENT
+
+    return field
+
+
+def status_adaptor(ref: str, offset: int, total: int, expected: str) -> Adaptor:
+    """An adaptor for an ingest in progress.
+
+    Fields: ``ref``; ``offset`` and ``total`` in decimal; ``expected``, the
+    digest the ingest should commit to, absent when it has none.
+    """
+
+    def field(path: Sequence[str]) -> tuple[str, bool]:
+        if len(path) != 1:
+            return _ABSENT
+        name = path[0]
+        if name == "ref":
+            return ref, True
+        if name == "offset":
+            return str(offset), True
+        if name == "total":
+            return str(total), True
+        if name == "expected" and expected:
+            return expected, True
+        return _ABSENT
+
+    return field
+
+
+def _label(labels: Mapping[str, str], path: Sequence[str]) -> tuple[str, bool]:
+    value = labels.get(".".join(path[1:]))
+    return _ABSENT if value is None else (value, True)
+
+
+class _Parser:
+    """Reads one non-empty filter string, left to right, into a Filter."""
+
+    __slots__ = ("_pos", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._pos = 0
+
+    def filter(self) -> Filter:
+        selectors = [self._selector()]
+        while self._take(","):
+            selectors.append(self._selector())
+        if self._pos < len(self._text):
+            raise self._error(f'expected "," or the end of the filter at position {self._pos}')
+        return selectors[0] if len(selectors) == 1 else _All(tuple(selectors))
+
+    def _selector(self) -> Filter:
+        path = [self._field()]
+        while self._take("."):
+            path.append(self._field())
+        self._skip_space()
+        if self._pos == len(self._text) or self._text[self._pos] == ",":
+            return _Present(tuple(path))
+        operator = self._operator()
+        self._skip_space()
+        value_at = self._pos
+        value = self._value(regex=operator == "~=")
+        if operator == "==":
+            return _Equal(tuple(path), value)
+        if operator == "!=":
+            return _NotEqual(tuple(path), value)
+        return _Search(tuple(path), self._compile(value, value_at))
+
+    def _field(self) -> str:
+        self._skip_space()
+        start = self._pos
+        if self._text.startswith('"', start):
+            return self._quoted()
+        field = _FIELD.match(self._text, start)
+        if field is None:
+            raise self._error(f'expected a field name or a "quoted" field at position {start}')
+        self._pos = field.end()
+        return field.group()
+
+    def _operator(self) -> str:
+        start = self._pos
+        operator = self._text[start : start + 2]
+        if operator not in _OPERATORS:
+            raise self._error(f"expected an operator (==, !=, ~=) at position {start}")
+        self._pos = start + 2
+        return operator
+
+    def _value(self, *, regex: bool) -> str:
+        text, start = self._text, self._pos
+        first = text[start : start + 1]
+        if first == '"' or (regex and first in _REGEX_QUOTES):
+            return self._quoted()
+        if first in _REGEX_QUOTES:
+            raise self._error(
+                f"expected a value at position {start} ({first}...{first} quotes only "
+                'regular expressions after ~=; use "..." here)'
+            )
+        run = _VALUE_RUN.match(text, start)
+        value = "" if run is None else run.group()
+        if not value.isprintable():
+            value = value[: next(i for i, char in enumerate(value) if not char.isprintable())]
+        if not value:
+            raise self._error(f"expected a value at position {start}")
+        if value[0] in _NOT_VALUE_START:
+            raise self._error(
+                f"expected a value at position {start} "
+                f'(quote a value that starts with "{value[0]}")'
+            )
+        self._pos = start + len(value)
+        return value
+
+    def _quoted(self) -> str:
+        text, start = self._text, self._pos
+        quote = text[start]
+        plain = _QUOTED_TEXT[quote]
+        # Built as bytes because \x and octal escapes denote bytes, as in Go.
+        out = bytearray()
+        pos = start + 1
+        while True:
+            run = plain.match(text, pos)
+            if run is not None:
+                # A lone surrogate passes here and then fails the UTF-8 check below.
+                out += run.group().encode("utf-8", "surrogatepass")
+                pos = run.end()
+            if pos == len(text):
+                raise self._error(f"quote at position {start} is not closed")
+            char = text[pos]
+            if char == quote:
+                break
+            if char in _RAW_IN_QUOTES:
+                name, escape = _RAW_IN_QUOTES[char]
+                raise self._error(
+                    f"unexpected {name} in quoted text at position {pos} (write {escape})"
+                )
+            pos = self._escape(pos, quote, out)
+        self._pos = pos + 1
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._error(
+                f"quoted text at position {start} is not valid UTF-8 "
+                "(check its \\x and octal escapes)"
+            ) from None
+
+    def _escape(self, pos: int, quote: str, out: bytearray) -> int:
+        """Decode the escape sequence at *pos* onto *out*; return where it ends."""
+        text = self._text
+        kind = text[pos + 1 : pos + 2]
+        if kind == quote:
+            out += quote.encode()
+            return pos + 2
+        if kind in _SIMPLE_ESCAPES:
+            out += _SIMPLE_ESCAPES[kind]
+            return pos + 2
+        numeric = _NUMERIC_ESCAPE.match(text, pos + 1)
+        if numeric is None:
+            raise self._error(
+                f"invalid escape sequence at position {pos} (use \\a \\b \\f \\n \\r \\t \\v "
+                f"\\\\ \\{quote} \\ooo \\xhh \\uhhhh or \\Uhhhhhhhh)"
+            )
+        digits = numeric.group()
+        if kind in ("u", "U"):
+            code = int(digits[1:], 16)
+            if code > sys.maxunicode or 0xD800 <= code <= 0xDFFF:
+                raise self._error(f"escape at position {pos} does not name a Unicode character")
+            out += chr(code).encode()
+        else:
+            code = int(digits[1:], 16) if kind == "x" else int(digits, 8)
+            if code > 0xFF:
+                raise self._error(f"octal escape at position {pos} is above \\377")
+            out.append(code)
+        return numeric.end()
+
+    def _compile(self, pattern: str, at: int) -> re.Pattern[str]:
+        if len(pattern) > _MAX_PATTERN:
+            raise self._error(
+                f"regular expression at position {at} is longer than {_MAX_PATTERN} characters"
+            )
+        if _POSIX_CLASS.search(pattern):
+            raise self._error(
+                f"regular expression at position {at} uses a POSIX class such as [[:digit:]], "
+                "which Python's re does not support"
+            )
+        try:
+            return re.compile(pattern, re.ASCII)
+        except re.error as exc:
+            reason = exc.msg
+        except RecursionError:
+            reason = "nested too deeply"
+        # OverflowError: a repeat count past re's limit. ValueError: (?u) against ASCII mode.
+        # Warning: "possible nested set" and the like, raised when warnings are errors.
+        except (OverflowError, ValueError, Warning) as exc:
+            reason = str(exc)
+        raise self._error(f"invalid regular expression at position {at}: {reason}")
+
+    def _skip_space(self) -> None:
+        space = _SPACE.match(self._text, self._pos)
+        if space is not None:
+            self._pos = space.end()
+
+    def _take(self, char: str) -> bool:
+        self._skip_space()
+        if self._text.startswith(char, self._pos):
+            self._pos += 1
+            return True
+        return False
+
+    def _error(self, problem: str) -> InvalidArgument:
+        return InvalidArgument(f"filter {_show(self._text)}: {problem}")
+
+
+def _show(expression: str) -> str:
+    if len(expression) <= _SHOWN_CHARS:
+        return _quote(expression)
+    return f"{_quote(expression[:_SHOWN_CHARS])}... ({len(expression)} characters)"
+
+
+def _quote(text: str) -> str:
+    """*text* in double quotes with Go's %q escapes, so that any character shows."""
+    return '"' + "".join(map(_quote_char, text)) + '"'
+
+
+def _quote_char(char: str) -> str:
+    escaped = _CHAR_ESCAPES.get(char)
+    if escaped is not None:
+        return escaped
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
