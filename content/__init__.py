@@ -1,1 +1,53 @@
-"""The content store: blobs by digest and ingests by ref, for the daemon and daemonless clients."""
+"""The content store: blobs by digest and ingests by ref, for the daemon and daemonless clients.
+
+    from contentd.content import open_store
+
+    with open_store("/var/lib/contentd") as store:
+        with store.writer("my-ref", expected=digest) as writer:
+            writer.write(data)
+            writer.commit()
+        with store.reader_at(digest) as reader:
+            data = reader.read()
+
+`Store` is the interface both `LocalStore` (a directory, this process) and the
+client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
+classes.
+"""
+
+from ._reader import BlobReader
+from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
+from ._types import Info, ReaderAt, Status, Store, Writer
+from ._validate import (
+    ALGORITHMS,
+    CANONICAL_ALGORITHM,
+    MAX_LABEL_BYTES,
+    MAX_REF_BYTES,
+    digest_of,
+    validate_digest,
+    validate_labels,
+    validate_namespace,
+    validate_ref,
+)
+from ._writer import LocalWriter
+
+__all__ = [
+    "ALGORITHMS",
+    "CANONICAL_ALGORITHM",
+    "DEFAULT_NAMESPACE",
+    "MAX_LABEL_BYTES",
+    "MAX_REF_BYTES",
+    "BlobReader",
+    "Info",
+    "LocalStore",
+    "LocalWriter",
+    "ReaderAt",
+    "Status",
+    "Store",
+    "Writer",
+    "digest_of",
+    "open_store",
+    "validate_digest",
+    "validate_labels",
+    "validate_namespace",
+    "validate_ref",
+]

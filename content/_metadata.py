@@ -1,0 +1,348 @@
+"""The store's metadata: namespaces, content records and ingest records in SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from contentd.errdefs import ResourceExhausted, Unavailable
+
+#: Reason of the Unavailable error raised when the database stays locked too long.
+STORE_BUSY: Final = "STORE_BUSY"
+#: How long an operation waits for another process's transaction, in seconds.
+BUSY_TIMEOUT: Final = 10.0
+
+_SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS namespaces (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+-- A committed blob as one namespace sees it. The bytes are shared on disk
+-- under blobs/<algorithm>/<hex>; these rows decide visibility.
+CREATE TABLE IF NOT EXISTS content (
+    namespace TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    PRIMARY KEY (namespace, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS content_by_digest ON content (digest);
+-- An ingest in progress. Its bytes are in ingest/<key>/data, unless `base`
+-- names a stored blob it starts from (containerd's shared policy) and nothing
+-- has been appended yet. `committing` (the verified digest) and
+-- `commit_labels` are set just before the bytes move into blobs/, so a crash
+-- in between can be finished on the next open.
+CREATE TABLE IF NOT EXISTS ingests (
+    namespace TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    total INTEGER NOT NULL,
+    expected TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    base TEXT,
+    committing TEXT,
+    commit_labels TEXT,
+    PRIMARY KEY (namespace, ref)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ingests_by_base ON ingests (base) WHERE base IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ingests_by_committing
+    ON ingests (committing) WHERE committing IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRecord:
+    """One row of `content`."""
+
+    digest: str
+    size: int
+    created_at: int
+    updated_at: int
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestRecord:
+    """One row of `ingests`."""
+
+    namespace: str
+    ref: str
+    key: str
+    total: int
+    expected: str
+    started_at: int
+    updated_at: int
+    base: str | None
+    committing: str | None
+    commit_labels: dict[str, str] | None
+
+
+_CONTENT_COLUMNS: Final = "digest, size, created_at, updated_at, labels"
+_INGEST_COLUMNS: Final = (
+    "namespace, ref, key, total, expected, started_at, updated_at, base, committing, commit_labels"
+)
+
+
+def _content(row: tuple[str, int, int, int, str]) -> ContentRecord:
+    return ContentRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+
+def _ingest(
+    row: tuple[str, str, str, int, str, int, int, str | None, str | None, str | None],
+) -> IngestRecord:
+    labels = None if row[9] is None else json.loads(row[9])
+    return IngestRecord(*row[:9], labels)
+
+
+@contextlib.contextmanager
+def translate_errors(doing: str) -> Iterator[None]:
+    """Turn SQLite's busy and full conditions into error classes a caller can act on."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise Unavailable(
+                f"{doing}: metadata database busy for {BUSY_TIMEOUT:g}s", reason=STORE_BUSY
+            ) from exc
+        if code == sqlite3.SQLITE_FULL:
+            raise ResourceExhausted(f"{doing}: no space left for metadata") from exc
+        raise
+
+
+class Transaction:
+    """The statements of one transaction; every method runs inside it."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    # Namespaces
+
+    def ensure_namespace(self, namespace: str, now: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)", (namespace, now)
+        )
+
+    # Content
+
+    def content(self, namespace: str, digest: str) -> ContentRecord | None:
+        row = self._db.execute(
+            f"SELECT {_CONTENT_COLUMNS} FROM content WHERE namespace = ? AND digest = ?",
+            (namespace, digest),
+        ).fetchone()
+        return None if row is None else _content(row)
+
+    def content_page(self, namespace: str, after: str, limit: int) -> list[ContentRecord]:
+        rows = self._db.execute(
+            f"SELECT {_CONTENT_COLUMNS} FROM content WHERE namespace = ? AND digest > ? "
+            "ORDER BY digest LIMIT ?",
+            (namespace, after, limit),
+        ).fetchall()
+        return [_content(row) for row in rows]
+
+    def insert_content(self, namespace: str, record: ContentRecord) -> None:
+        self._db.execute(
+            f"INSERT INTO content (namespace, {_CONTENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                namespace,
+                record.digest,
+                record.size,
+                record.created_at,
+                record.updated_at,
+                json.dumps(record.labels, ensure_ascii=False),
+            ),
+        )
+
+    def set_labels(
+        self, namespace: str, digest: str, labels: Mapping[str, str], updated_at: int
+    ) -> None:
+        self._db.execute(
+            "UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
+            (json.dumps(dict(labels), ensure_ascii=False), updated_at, namespace, digest),
+        )
+
+    def delete_content(self, namespace: str, digest: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM content WHERE namespace = ? AND digest = ?", (namespace, digest)
+        )
+        return cursor.rowcount > 0
+
+    def committed_anywhere(self, digest: str) -> ContentRecord | None:
+        """A content row for `digest` in any namespace."""
+        row = self._db.execute(
+            f"SELECT {_CONTENT_COLUMNS} FROM content WHERE digest = ? LIMIT 1", (digest,)
+        ).fetchone()
+        return None if row is None else _content(row)
+
+    def blob_referenced(self, digest: str) -> bool:
+        """Whether any namespace or ingest still needs the bytes of `digest`."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM content WHERE digest = ?)"
+            " OR EXISTS (SELECT 1 FROM ingests WHERE base = ?)"
+            " OR EXISTS (SELECT 1 FROM ingests WHERE committing = ?)",
+            (digest, digest, digest),
+        ).fetchone()
+        return bool(row[0])
+
+    # Ingests
+
+    def ingest(self, namespace: str, ref: str) -> IngestRecord | None:
+        row = self._db.execute(
+            f"SELECT {_INGEST_COLUMNS} FROM ingests WHERE namespace = ? AND ref = ?",
+            (namespace, ref),
+        ).fetchone()
+        return None if row is None else _ingest(row)
+
+    def ingests(self, namespace: str) -> list[IngestRecord]:
+        rows = self._db.execute(
+            f"SELECT {_INGEST_COLUMNS} FROM ingests WHERE namespace = ? ORDER BY ref",
+            (namespace,),
+        ).fetchall()
+        return [_ingest(row) for row in rows]
+
+    def all_ingests(self) -> list[IngestRecord]:
+        rows = self._db.execute(f"SELECT {_INGEST_COLUMNS} FROM ingests").fetchall()
+        return [_ingest(row) for row in rows]
+
+    def insert_ingest(self, record: IngestRecord) -> None:
+        self._db.execute(
+            f"INSERT INTO ingests ({_INGEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (
+                record.namespace,
+                record.ref,
+                record.key,
+                record.total,
+                record.expected,
+                record.started_at,
+                record.updated_at,
+                record.base,
+            ),
+        )
+
+    def update_ingest(
+        self,
+        namespace: str,
+        ref: str,
+        *,
+        total: int,
+        expected: str,
+        updated_at: int,
+        base: str | None,
+    ) -> None:
+        """Record an ingest's progress; clears any unfinished commit mark."""
+        self._db.execute(
+            "UPDATE ingests SET total = ?, expected = ?, updated_at = ?, base = ?,"
+            " committing = NULL, commit_labels = NULL WHERE namespace = ? AND ref = ?",
+            (total, expected, updated_at, base, namespace, ref),
+        )
+
+    def mark_committing(
+        self, namespace: str, ref: str, digest: str, labels: Mapping[str, str]
+    ) -> None:
+        """Record that the ingest's bytes, verified as `digest`, are about to become a blob."""
+        self._db.execute(
+            "UPDATE ingests SET committing = ?, commit_labels = ? WHERE namespace = ? AND ref = ?",
+            (digest, json.dumps(dict(labels), ensure_ascii=False), namespace, ref),
+        )
+
+    def delete_ingest(self, namespace: str, ref: str) -> None:
+        self._db.execute("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (namespace, ref))
+
+
+class Metadata:
+    """The metadata database of one store root, shared by the threads of a process.
+
+    Each thread gets its own connection (SQLite connections are not safe to
+    share); WAL mode lets readers proceed while one writer commits, in this
+    process or any other. Write transactions take the write lock up front
+    (BEGIN IMMEDIATE) so two processes never deadlock upgrading read locks.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._closed = False
+        with translate_errors("opening the metadata database"):
+            connection = self._connection()
+            with connection:
+                connection.executescript(_SCHEMA)
+                if connection.execute("SELECT version FROM schema_version").fetchone() is None:
+                    connection.execute(
+                        "INSERT INTO schema_version (version) VALUES (?)", (_SCHEMA_VERSION,)
+                    )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        # isolation_level=None: transactions are opened explicitly below.
+        connection = sqlite3.connect(
+            self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before it is acknowledged.
+        connection.execute("PRAGMA synchronous = FULL")
+        self._local.connection = connection
+        with self._guard:
+            self._connections.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def read(self, doing: str) -> Iterator[Transaction]:
+        """A consistent snapshot for several reads."""
+        with translate_errors(doing):
+            connection = self._connection()
+            connection.execute("BEGIN")
+            try:
+                yield Transaction(connection)
+            finally:
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def write(self, doing: str, *, durable: bool = True) -> Iterator[Transaction]:
+        """A write transaction, committed when the block ends and rolled back on error.
+
+        `durable=False` skips the fsync of this commit: it survives the
+        process crashing but maybe not the machine losing power. Use it only
+        for records whose loss a later open repairs (progress marks).
+        """
+        with translate_errors(doing):
+            connection = self._connection()
+            if not durable:
+                connection.execute("PRAGMA synchronous = NORMAL")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Transaction(connection)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    connection.execute("PRAGMA synchronous = FULL")
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._guard:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()

@@ -1,0 +1,366 @@
+"""LocalStore: the content store on a directory, usable by any number of processes at once."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from contentd.errdefs import (
+    REF_LOCKED,
+    AlreadyExists,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+from . import filters
+from ._fs import remove_quietly, translate_os_errors
+from ._locks import IngestLock
+from ._metadata import ContentRecord, IngestRecord
+from ._reader import BlobReader
+from ._root import StoreRoot, ingest_key
+from ._types import Info, Status, datetime_from_ns
+from ._validate import (
+    CANONICAL_ALGORITHM,
+    split_digest,
+    validate_digest,
+    validate_namespace,
+    validate_ref,
+    validate_size,
+)
+from ._writer import LocalWriter, drop_empty
+
+#: Namespace used when none is given, as in containerd's clients.
+DEFAULT_NAMESPACE = "default"
+_PAGE = 1000
+
+
+def _info(record: ContentRecord) -> Info:
+    return Info(
+        digest=record.digest,
+        size=record.size,
+        created_at=datetime_from_ns(record.created_at),
+        updated_at=datetime_from_ns(record.updated_at),
+        labels=record.labels,
+    )
+
+
+def open_store(root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> LocalStore:
+    """Open the store at `root` (created if missing) as `namespace` sees it."""
+    return LocalStore(root, namespace)
+
+
+class LocalStore:
+    """The content store in a directory, as one namespace sees it.
+
+    Any number of LocalStores, in any number of processes, may work on one
+    root at once: ingest locks are file locks and metadata lives in SQLite.
+    Opening repairs what a crashed process left half done. `with_namespace`
+    gives views that share this one's files and connections; closing any of
+    them closes them all.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> None:
+        self._namespace = validate_namespace(namespace)
+        self._root = StoreRoot.open(Path(root))
+
+    @classmethod
+    def _view(cls, root: StoreRoot, namespace: str) -> LocalStore:
+        view = cls.__new__(cls)
+        view._namespace = validate_namespace(namespace)
+        view._root = root
+        return view
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this view reads and writes."""
+        return self._namespace
+
+    @property
+    def path(self) -> Path:
+        """The store's root directory."""
+        return self._root.path
+
+    def with_namespace(self, namespace: str) -> LocalStore:
+        return LocalStore._view(self._root, namespace)
+
+    # Committed content
+
+    def info(self, digest: str) -> Info:
+        validate_digest(digest)
+        with self._root.metadata.read(f"reading content {digest}") as tx:
+            record = tx.content(self._namespace, digest)
+        if record is None:
+            raise NotFound(f"content {digest}")
+        return _info(record)
+
+    def update(
+        self,
+        digest: str,
+        labels: Mapping[str, str],
+        fieldpaths: Sequence[str] = (),
+    ) -> Info:
+        validate_digest(digest)
+        for path in fieldpaths:
+            if path != "labels" and not path.startswith("labels."):
+                raise InvalidArgument(f"cannot update {path!r} field on content info {digest}")
+        now = time.time_ns()
+        with self._root.metadata.write(f"updating content {digest}") as tx:
+            record = tx.content(self._namespace, digest)
+            if record is None:
+                raise NotFound(f"content {digest}")
+            updated = dict(record.labels)
+            if not fieldpaths:
+                updated = dict(labels)
+            for path in fieldpaths:
+                if path == "labels":
+                    updated = dict(labels)
+                else:
+                    key = path.removeprefix("labels.")
+                    updated[key] = labels.get(key, "")
+            updated = drop_empty(updated)
+            tx.set_labels(self._namespace, digest, updated, now)
+        return _info(ContentRecord(digest, record.size, record.created_at, now, updated))
+
+    def walk(self, *filter_expressions: str) -> Iterator[Info]:
+        match = filters.parse_all(filter_expressions)
+        return self._walk(match)
+
+    def _walk(self, match: filters.Filter) -> Iterator[Info]:
+        # Page through the namespace in short read transactions, so a slow
+        # consumer never holds the database open.
+        after = ""
+        while True:
+            with self._root.metadata.read("listing content") as tx:
+                page = tx.content_page(self._namespace, after, _PAGE)
+            for record in page:
+                if match.match(filters.info_adaptor(record.digest, record.size, record.labels)):
+                    yield _info(record)
+            if len(page) < _PAGE:
+                return
+            after = page[-1].digest
+
+    def delete(self, digest: str) -> None:
+        validate_digest(digest)
+        trash = None
+        with self._root.metadata.write(f"deleting content {digest}") as tx:
+            if not tx.delete_content(self._namespace, digest):
+                raise NotFound(f"content {digest}")
+            if not tx.blob_referenced(digest):
+                # Move the bytes aside inside the transaction: if it never
+                # commits, the next open puts them back.
+                target = self._root.blob_path(digest)
+                trash = self._root.trash_path(digest)
+                with translate_os_errors(f"deleting content {digest}"):
+                    try:
+                        os.rename(target, trash)
+                    except FileNotFoundError:
+                        trash = None
+        if trash is not None:
+            remove_quietly(trash)
+
+    def reader_at(self, digest: str) -> BlobReader:
+        validate_digest(digest)
+        with self._root.metadata.read(f"reading content {digest}") as tx:
+            record = tx.content(self._namespace, digest)
+        if record is None:
+            raise NotFound(f"content {digest}")
+        try:
+            fd = os.open(self._root.blob_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            with self._root.metadata.read(f"reading content {digest}") as tx:
+                deleted = tx.content(self._namespace, digest) is None
+            if deleted:
+                raise NotFound(f"content {digest}") from None
+            raise DataLoss(f"content {digest}: its bytes are missing from the store") from None
+        return BlobReader(fd, record.size, digest)
+
+    # Ingests
+
+    def status(self, ref: str) -> Status:
+        validate_ref(ref)
+        with self._root.metadata.read(f"reading ingest {ref}") as tx:
+            record = tx.ingest(self._namespace, ref)
+        if record is None:
+            raise NotFound(f"ref {ref}")
+        return self._status(record)
+
+    def _status(self, record: IngestRecord) -> Status:
+        updated_at = record.updated_at
+        if record.base is not None:
+            offset = record.total
+        else:
+            try:
+                stat = os.stat(self._root.ingest_dir(record.key) / "data")
+            except FileNotFoundError:
+                offset = 0
+            else:
+                offset = stat.st_size
+                # A live writer records progress on close; the file knows now.
+                updated_at = max(updated_at, stat.st_mtime_ns)
+        return Status(
+            ref=record.ref,
+            offset=offset,
+            total=record.total,
+            expected=record.expected,
+            started_at=datetime_from_ns(record.started_at),
+            updated_at=datetime_from_ns(updated_at),
+        )
+
+    def list_statuses(self, *filter_expressions: str) -> list[Status]:
+        match = filters.parse_all(filter_expressions)
+        with self._root.metadata.read("listing ingests") as tx:
+            records = tx.ingests(self._namespace)
+        statuses = []
+        for record in records:
+            status = self._status(record)
+            adaptor = filters.status_adaptor(
+                status.ref, status.offset, status.total, status.expected
+            )
+            if match.match(adaptor):
+                statuses.append(status)
+        return statuses
+
+    def _lock(self, ref: str) -> tuple[str, IngestLock]:
+        key = ingest_key(self._namespace, ref)
+        lock = IngestLock(self._root.ingest_dir(key))
+        with translate_os_errors(f"locking ref {ref}"):
+            acquired = lock.try_acquire()
+        if not acquired:
+            raise Unavailable(f"ref {ref} locked", reason=REF_LOCKED, metadata={"ref": ref})
+        return key, lock
+
+    def abort(self, ref: str) -> None:
+        validate_ref(ref)
+        key, lock = self._lock(ref)
+        try:
+            with self._root.metadata.write(f"aborting ingest {ref}") as tx:
+                found = tx.ingest(self._namespace, ref) is not None
+                tx.delete_ingest(self._namespace, ref)
+        finally:
+            self._root.remove_ingest_files(key, lock)
+        if not found:
+            raise NotFound(f"ref {ref}")
+
+    def writer(
+        self,
+        ref: str,
+        *,
+        total: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> LocalWriter:
+        validate_ref(ref)
+        validate_size("total", total)
+        algorithm = split_digest(expected)[0] if expected else CANONICAL_ALGORITHM
+        labels = drop_empty(labels or {})
+        if expected:
+            with self._root.metadata.read(f"opening writer for ref {ref}") as tx:
+                if tx.content(self._namespace, expected) is not None:
+                    raise AlreadyExists(f"content {expected}")
+        key, lock = self._lock(ref)
+        try:
+            record, base_size = self._open_ingest(ref, key, total, expected, lock)
+            return LocalWriter(
+                self._root, record, lock, labels=labels, algorithm=algorithm, base_size=base_size
+            )
+        except BaseException:
+            self._release_unused(ref, key, lock)
+            raise
+
+    def _open_ingest(
+        self, ref: str, key: str, total: int, expected: str, lock: IngestLock
+    ) -> tuple[IngestRecord, int]:
+        """Create or resume the ingest record, with the lock held; returns it and its base size."""
+        with self._root.metadata.read(f"opening writer for ref {ref}") as tx:
+            previous = tx.ingest(self._namespace, ref)
+        if previous is not None and previous.committing is not None:
+            # Its writer died mid-commit; finish that first, as a reopen would,
+            # and start a new ingest if it was.
+            self._root.finish_commit(previous)
+        now = time.time_ns()
+        data = self._root.ingest_dir(key) / "data"
+        with self._root.metadata.write(f"opening writer for ref {ref}") as tx:
+            tx.ensure_namespace(self._namespace, now)
+            if expected and tx.content(self._namespace, expected) is not None:
+                raise AlreadyExists(f"content {expected}")
+            base: str | None = None
+            base_size = 0
+            if expected:
+                stored = tx.committed_anywhere(expected)
+                # containerd's shared policy: content another namespace stored
+                # need not be sent again, if the sizes agree.
+                if stored is not None and total in (0, stored.size):
+                    base, base_size, total = expected, stored.size, stored.size
+            record = tx.ingest(self._namespace, ref)
+            if record is None:
+                record = IngestRecord(
+                    self._namespace, ref, key, total, expected, now, now, base, None, None
+                )
+                tx.insert_ingest(record)
+            else:
+                if base is None and record.base is not None:
+                    base = record.base
+                    stored = tx.committed_anywhere(base)
+                    base_size = stored.size if stored is not None else 0
+                record = IngestRecord(
+                    self._namespace,
+                    ref,
+                    key,
+                    total if total > 0 else record.total,
+                    expected or record.expected,
+                    record.started_at,
+                    record.updated_at,
+                    base,
+                    None,
+                    None,
+                )
+                tx.update_ingest(
+                    self._namespace,
+                    ref,
+                    total=record.total,
+                    expected=record.expected,
+                    updated_at=record.updated_at,
+                    base=base,
+                )
+        if base is not None:
+            remove_quietly(data)
+        return record, base_size
+
+    def _release_unused(self, ref: str, key: str, lock: IngestLock) -> None:
+        """Release a lock taken for a writer that failed to open.
+
+        Taking the lock created the ingest's directory; if no ingest record
+        exists either, nothing should be left behind.
+        """
+        try:
+            with self._root.metadata.read(f"opening writer for ref {ref}") as tx:
+                exists = tx.ingest(self._namespace, ref) is not None
+        except Exception:  # keep the files when unsure; the next open tidies up
+            exists = True
+        if exists:
+            lock.release()
+        else:
+            self._root.remove_ingest_files(key, lock)
+
+    # Lifetime
+
+    def close(self) -> None:
+        """Close the store (every namespace view of it)."""
+        self._root.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,188 @@
+"""What the store hands out: Info for committed blobs, Status for ingests, and the protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """A UTC datetime from nanoseconds since the epoch (microsecond precision)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """A committed blob as one namespace sees it."""
+
+    digest: str
+    size: int
+    created_at: datetime
+    updated_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """An ingest in progress: how far it got and what it expects to become."""
+
+    ref: str
+    offset: int
+    total: int
+    expected: str
+    started_at: datetime
+    updated_at: datetime
+
+
+class ReaderAt(Protocol):
+    """Random and sequential access to one committed blob; close it when done.
+
+    Reading never goes past `size`: ``read_at`` at the end returns ``b""``.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def read_at(self, size: int, offset: int) -> bytes:
+        """Up to `size` bytes starting at `offset`."""
+        ...
+
+    def read(self, size: int | None = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Writer(Protocol):
+    """One ingest, held under its ref's lock until commit, close or abort.
+
+    Writes append; `truncate(0)` starts over. `commit` verifies and stores the
+    blob and always ends the writer, whether it succeeds or not; `close`
+    releases the lock and keeps what was written, for a later writer on the
+    same ref to resume.
+    """
+
+    @property
+    def ref(self) -> str: ...
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Append `data`; returns how many bytes were written (all of them)."""
+        ...
+
+    def digest(self) -> str:
+        """The digest of everything written so far."""
+        ...
+
+    def status(self) -> Status: ...
+
+    def truncate(self, size: int = 0) -> None:
+        """Discard what was written; only size 0 is supported."""
+        ...
+
+    def commit(
+        self, size: int = 0, expected: str = "", labels: Mapping[str, str] | None = None
+    ) -> str:
+        """Verify size and digest (when given), store the blob and return its digest."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Store(Protocol):
+    """A content store as one namespace sees it.
+
+    `LocalStore` works on a directory, in this process; the client's
+    `RemoteStore` talks to a daemon. Code written against this protocol runs
+    on either. Errors are `contentd.errdefs` classes.
+    """
+
+    @property
+    def namespace(self) -> str: ...
+
+    def with_namespace(self, namespace: str) -> Self:
+        """The same store as another namespace sees it."""
+        ...
+
+    def info(self, digest: str) -> Info:
+        """The committed blob `digest`; NotFound if the namespace has none."""
+        ...
+
+    def update(
+        self, digest: str, labels: Mapping[str, str], fieldpaths: tuple[str, ...] | list[str] = ()
+    ) -> Info:
+        """Change a blob's labels.
+
+        With no field paths the labels are replaced; ``"labels"`` does the
+        same; ``"labels.<key>"`` sets that key from `labels`, or removes it
+        when `labels` lacks it.
+        """
+        ...
+
+    def walk(self, *filters: str) -> Iterator[Info]:
+        """Every committed blob matching any of the filters (all, with none)."""
+        ...
+
+    def delete(self, digest: str) -> None:
+        """Remove a blob from the namespace."""
+        ...
+
+    def reader_at(self, digest: str) -> ReaderAt:
+        """Open a committed blob for reading."""
+        ...
+
+    def status(self, ref: str) -> Status:
+        """The ingest `ref`; NotFound if there is none."""
+        ...
+
+    def list_statuses(self, *filters: str) -> list[Status]:
+        """Every ingest matching any of the filters (all, with none)."""
+        ...
+
+    def abort(self, ref: str) -> None:
+        """Discard the ingest `ref`; Unavailable if a writer holds it."""
+        ...
+
+    def writer(
+        self,
+        ref: str,
+        *,
+        total: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> Writer:
+        """Start or resume the ingest `ref`.
+
+        Unavailable (reason REF_LOCKED) at once if another writer holds the
+        ref; AlreadyExists at once if `expected` is already committed in the
+        namespace. `labels` are the default labels for `commit`.
+        """
+        ...
+
+    def close(self) -> None: ...

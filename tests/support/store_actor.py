@@ -1,0 +1,101 @@
+"""A separate process acting on a store root, for tests of what crosses processes.
+
+    python store_actor.py hold ROOT NAMESPACE REF          write a little, hold the lock, wait
+    python store_actor.py race ROOT NAMESPACE REF GO SIZE  wait for file GO, ingest SIZE bytes
+    python store_actor.py crash ROOT NAMESPACE REF POINT   commit, dying (SIGKILL) at POINT
+
+Each prints one line saying how it ended. The bytes written are a function of
+the size only, so every racer writes the same content.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from contentd import errdefs
+from contentd.content import _fs, _root, _writer, digest_of, open_store
+
+CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
+
+
+def content(size: int) -> bytes:
+    """The bytes every actor writes for `size`."""
+    pattern = b"contentd crosses processes. "
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after(function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        function(*args, **kwargs)
+        _die()
+
+    return wrapper
+
+
+def _before(function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _die()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def hold(root: str, namespace: str, ref: str) -> None:
+    store = open_store(root, namespace)
+    writer = store.writer(ref)
+    writer.write(content(1000))
+    print("holding", flush=True)
+    time.sleep(3600)
+
+
+def race(root: str, namespace: str, ref: str, go: str, size: str) -> None:
+    data = content(int(size))
+    store = open_store(root, namespace)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    try:
+        with store.writer(ref, total=len(data), expected=digest_of(data)) as writer:
+            writer.write(data[writer.status().offset :])
+            writer.commit(len(data), digest_of(data))
+    except errdefs.Unavailable:
+        print("unavailable")
+    except errdefs.AlreadyExists:
+        print("exists")
+    else:
+        print("committed")
+
+
+def crash(root: str, namespace: str, ref: str, point: str) -> None:
+    data = content(300_000)
+    store = open_store(root, namespace)
+    writer = store.writer(ref, total=len(data), expected=digest_of(data))
+    writer.write(data)
+    if point == "after-fsync":
+        _writer.os.fsync = _after(os.fsync)  # type: ignore[attr-defined]
+    elif point == "after-mark":
+        _writer.os.rename = _before(os.rename)  # type: ignore[attr-defined]
+    elif point == "after-rename":
+        _writer.fsync_directory = _after(_fs.fsync_directory)  # type: ignore[attr-defined]
+    elif point == "after-metadata":
+        _root.StoreRoot.remove_ingest_files = _before(  # type: ignore[method-assign]
+            _root.StoreRoot.remove_ingest_files
+        )
+    else:
+        raise SystemExit(f"unknown crash point {point}")
+    writer.commit(len(data), digest_of(data))
+    print("survived")
+
+
+if __name__ == "__main__":
+    action, *arguments = sys.argv[1:]
+    {"hold": hold, "race": race, "crash": crash}[action](*arguments)
