@@ -1,1 +1,28 @@
-"""The gRPC daemon: containerd's Content service over a content store."""
+"""The gRPC daemon: containerd's Content service over a content store.
+
+`Daemon` serves a `LocalStore` on unix sockets and TCP addresses, with the
+gRPC health and reflection services beside it; `contentd serve` runs one.
+"""
+
+from ._server import (
+    CONTENT_SERVICE,
+    MAX_MESSAGE_BYTES,
+    Daemon,
+    ServerOptions,
+    default_address,
+    default_root,
+)
+from ._service import NAMESPACE_HEADER, ContentService, info_message, status_message
+
+__all__ = [
+    "CONTENT_SERVICE",
+    "MAX_MESSAGE_BYTES",
+    "NAMESPACE_HEADER",
+    "ContentService",
+    "Daemon",
+    "ServerOptions",
+    "default_address",
+    "default_root",
+    "info_message",
+    "status_message",
+]

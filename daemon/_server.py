@@ -1,0 +1,187 @@
+"""The daemon: a gRPC server with the Content, health and reflection services over one store."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from contentd.content import LocalStore
+from contentd.errdefs import FailedPrecondition, InvalidArgument
+from contentd.proto import content_pb2, content_pb2_grpc
+
+from ._service import ContentService
+
+#: containerd's limit on gRPC messages, both ways.
+MAX_MESSAGE_BYTES = 16 << 20
+CONTENT_SERVICE = content_pb2.DESCRIPTOR.services_by_name["Content"].full_name
+#: Mode of a unix socket the daemon creates: owner and group may connect.
+SOCKET_MODE = 0o660
+
+_log = logging.getLogger("contentd.daemon")
+
+
+def default_root() -> Path:
+    """The embedded default store root: $XDG_DATA_HOME/contentd or ~/.local/share/contentd."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(data_home) / "contentd"
+
+
+def default_address(root: Path) -> str:
+    """The default listening address: a unix socket in the store root."""
+    return f"unix://{root.resolve() / 'contentd.sock'}"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the daemon serves; the CLI's `serve` flags map onto these."""
+
+    addresses: Sequence[str]
+    socket_group: str | None = None
+    workers: int = 64
+    grace: float = 10.0
+    extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
+
+
+def _socket_path(address: str) -> Path | None:
+    if address.startswith("unix://"):
+        return Path(address.removeprefix("unix://"))
+    if address.startswith("unix:"):
+        return Path(address.removeprefix("unix:"))
+    return None
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file a dead daemon left; refuse if a live one answers on it."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FailedPrecondition(
+            f"cannot listen on unix://{path}: the path exists and is no socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        _log.info("replacing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"cannot listen on unix://{path}: another daemon is serving there")
+
+
+class Daemon:
+    """contentd serving one store: create, `start`, then `stop` (or `wait` for a signal)."""
+
+    def __init__(self, store: LocalStore, options: ServerOptions) -> None:
+        if not options.addresses:
+            raise InvalidArgument("no address to listen on")
+        self._store = store
+        self._options = options
+        self._stopped = threading.Event()
+        grpc_options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            *options.extra_options,
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=options.workers, thread_name_prefix="contentd-rpc"
+            ),
+            options=grpc_options,
+            # Past this many RPCs at once, callers get RESOURCE_EXHAUSTED at
+            # once instead of queueing behind long-lived Write streams.
+            maximum_concurrent_rpcs=options.workers,
+        )
+        # The generated registration function carries no annotations.
+        content_pb2_grpc.add_ContentServicer_to_server(  # type: ignore[no-untyped-call]
+            ContentService(store), self._server
+        )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (CONTENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.addresses: list[str] = []
+        self._sockets: list[Path] = []
+        for address in options.addresses:
+            self.addresses.append(self._listen(address))
+
+    def _listen(self, address: str) -> str:
+        path = _socket_path(address)
+        if path is None:
+            port = self._server.add_insecure_port(address)
+            if port == 0:
+                raise FailedPrecondition(f"cannot listen on {address}")
+            host = address.rsplit(":", 1)[0]
+            return f"{host}:{port}"
+        path = path.absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale_socket(path)
+        # The socket is created with the process umask; narrow it for the
+        # bind so the file never exists with wider permissions than 0660.
+        previous = os.umask(0o777 & ~SOCKET_MODE)
+        try:
+            bound = self._server.add_insecure_port(f"unix://{path}")
+        finally:
+            os.umask(previous)
+        if bound == 0:
+            raise FailedPrecondition(f"cannot listen on unix://{path}")
+        os.chmod(path, SOCKET_MODE)
+        if self._options.socket_group:
+            group = self._options.socket_group
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        self._sockets.append(path)
+        return f"unix://{path}"
+
+    def start(self) -> None:
+        """Start serving; logs one line per listening address once ready."""
+        self._server.start()
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health.set(CONTENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for address in self.addresses:
+            _log.info("serving on %s", address)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, give running ones `grace` seconds, then cancel the rest.
+
+        Canceled Write streams close their writers, so every lock is released
+        and every ingest kept for resuming.
+        """
+        if self._stopped.is_set():
+            return
+        self._health.enter_graceful_shutdown()
+        grace = self._options.grace if grace is None else grace
+        self._server.stop(grace).wait()
+        for path in self._sockets:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._stopped.set()
+        _log.info("stopped")
+
+    def wait(self) -> None:
+        """Block until `stop` has finished."""
+        self._stopped.wait()

@@ -1,0 +1,244 @@
+"""containerd.services.content.v1.Content over a content store, with containerd 1.6's semantics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from contentd.content import Info, LocalStore, LocalWriter, Status
+from contentd.content import validate_digest as _validate_digest
+from contentd.errdefs import (
+    AlreadyExists,
+    ContentdError,
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfRange,
+)
+from contentd.proto import content_pb2 as api
+from contentd.proto import content_pb2_grpc
+
+from ._boundary import streaming, unary
+from ._handoff import StreamRegistry
+
+#: The request metadata key containerd's clients put the namespace in.
+NAMESPACE_HEADER = "containerd-namespace"
+#: Largest Read chunk, as in containerd.
+READ_CHUNK = 1 << 20
+#: List answers are batched up to about this many bytes (containerd batches by 100 items).
+LIST_BATCH_BYTES = 1 << 20
+_LIST_BATCH_ITEMS = 1000
+
+_log = logging.getLogger("contentd.daemon")
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def info_message(info: Info) -> api.Info:
+    """The wire form of a committed blob's Info."""
+    return api.Info(
+        digest=info.digest,
+        size=info.size,
+        created_at=_timestamp(info.created_at),
+        updated_at=_timestamp(info.updated_at),
+        labels=dict(info.labels),
+    )
+
+
+def status_message(status: Status) -> api.Status:
+    """The wire form of an ingest's Status."""
+    return api.Status(
+        started_at=_timestamp(status.started_at),
+        updated_at=_timestamp(status.updated_at),
+        ref=status.ref,
+        offset=status.offset,
+        total=status.total,
+        expected=status.expected,
+    )
+
+
+class ContentService(content_pb2_grpc.ContentServicer):
+    """The Content API over a LocalStore; each request picks its namespace from its metadata."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._streams = StreamRegistry()
+
+    def _namespaced(self, context: grpc.ServicerContext) -> LocalStore:
+        namespace = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == NAMESPACE_HEADER and isinstance(value, str):
+                namespace = value
+        if not namespace:
+            raise FailedPrecondition("namespace is required")
+        return self._store.with_namespace(namespace)
+
+    @unary
+    def Info(self, request: api.InfoRequest, context: grpc.ServicerContext) -> api.InfoResponse:
+        store = self._namespaced(context)
+        return api.InfoResponse(info=info_message(store.info(request.digest)))
+
+    @unary
+    def Update(
+        self, request: api.UpdateRequest, context: grpc.ServicerContext
+    ) -> api.UpdateResponse:
+        store = self._namespaced(context)
+        info = store.update(
+            request.info.digest, dict(request.info.labels), list(request.update_mask.paths)
+        )
+        return api.UpdateResponse(info=info_message(info))
+
+    @streaming
+    def List(
+        self, request: api.ListContentRequest, context: grpc.ServicerContext
+    ) -> Iterator[api.ListContentResponse]:
+        store = self._namespaced(context)
+        batch: list[api.Info] = []
+        batch_bytes = 0
+        for info in store.walk(*request.filters):
+            message = info_message(info)
+            batch.append(message)
+            batch_bytes += message.ByteSize()
+            if batch_bytes >= LIST_BATCH_BYTES or len(batch) >= _LIST_BATCH_ITEMS:
+                yield api.ListContentResponse(info=batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            yield api.ListContentResponse(info=batch)
+
+    @unary
+    def Delete(
+        self, request: api.DeleteContentRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._namespaced(context).delete(request.digest)
+        return empty_pb2.Empty()
+
+    @streaming
+    def Read(
+        self, request: api.ReadContentRequest, context: grpc.ServicerContext
+    ) -> Iterator[api.ReadContentResponse]:
+        store = self._namespaced(context)
+        _validate_digest(request.digest)
+        if request.offset < 0:
+            # containerd reads from 0 instead; a negative offset is a caller's bug.
+            raise InvalidArgument(f"read offset {request.offset}: must not be negative")
+        if request.size < 0:
+            raise InvalidArgument(f"read size {request.size}: must not be negative")
+        with store.reader_at(request.digest) as reader:
+            if request.offset > reader.size:
+                raise OutOfRange(f"read past object length {reader.size} bytes")
+            end = reader.size
+            if request.size and request.offset + request.size < end:
+                end = request.offset + request.size
+            offset = request.offset
+            while offset < end:
+                data = reader.read_at(min(READ_CHUNK, end - offset), offset)
+                if not data:
+                    break
+                yield api.ReadContentResponse(offset=offset, data=data)
+                offset += len(data)
+
+    @unary
+    def Status(
+        self, request: api.StatusRequest, context: grpc.ServicerContext
+    ) -> api.StatusResponse:
+        store = self._namespaced(context)
+        return api.StatusResponse(status=status_message(store.status(request.ref)))
+
+    @unary
+    def ListStatuses(
+        self, request: api.ListStatusesRequest, context: grpc.ServicerContext
+    ) -> api.ListStatusesResponse:
+        store = self._namespaced(context)
+        statuses = store.list_statuses(*request.filters)
+        return api.ListStatusesResponse(statuses=[status_message(s) for s in statuses])
+
+    @unary
+    def Abort(self, request: api.AbortRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self._namespaced(context).abort(request.ref)
+        return empty_pb2.Empty()
+
+    @streaming
+    def Write(
+        self, request_iterator: Iterator[api.WriteContentRequest], context: grpc.ServicerContext
+    ) -> Iterator[api.WriteContentResponse]:
+        store = self._namespaced(context)
+        request = next(request_iterator, None)
+        if request is None:
+            return  # the caller hung up before saying anything
+        ref = request.ref
+        if not ref:
+            raise InvalidArgument("first message must have a reference")
+        total = max(request.total, 0)
+        expected = request.expected
+        # The writer holds the ref's lock for as long as this stream lives;
+        # leaving this block for any reason (commit, error, the caller
+        # leaving) releases it before the stream's status is sent.
+        key = (store.namespace, ref)
+        writer = self._streams.open(key, lambda: store.writer(ref, total=total, expected=expected))
+        with self._streams.holding(key) as holder, writer:
+            first = True
+            while True:
+                if request.expected:
+                    expected = request.expected
+                    if not first:  # opening the writer checked the first one
+                        self._refuse_stored(store, writer, expected)
+                first = False
+                if request.total > 0:
+                    total = request.total
+                status = writer.status()
+                response = api.WriteContentResponse(action=request.action, offset=status.offset)
+                if request.action == api.STAT:
+                    response.started_at.CopyFrom(_timestamp(status.started_at))
+                    response.updated_at.CopyFrom(_timestamp(status.updated_at))
+                    response.total = total
+                elif request.action in (api.WRITE, api.COMMIT):
+                    response.offset = self._write(writer, request, status.offset)
+                    if request.action == api.COMMIT:
+                        labels = dict(request.labels) if request.labels else None
+                        writer.commit(total, expected, labels)
+                        response.total = total
+                else:
+                    raise InvalidArgument(f"unknown write action {request.action}")
+                response.digest = writer.digest()
+                self._streams.answered(holder)
+                yield response
+                if request.action == api.COMMIT:
+                    return
+                request = self._streams.receive(holder, request_iterator)
+                if request is None:
+                    return  # the caller closed its side: keep the ingest for resuming
+
+    @staticmethod
+    def _write(writer: LocalWriter, request: api.WriteContentRequest, offset: int) -> int:
+        """Apply a WRITE or COMMIT message's data; returns the ingest's new offset."""
+        if request.offset < 0:
+            raise InvalidArgument(f"write offset {request.offset}: must not be negative")
+        if request.offset > 0 and request.offset != offset:
+            raise OutOfRange(f"write @{request.offset} must occur at current offset {offset}")
+        if request.offset == 0 and offset > 0:
+            # Writing at zero restarts the ingest, as the API promises.
+            writer.truncate(0)
+            offset = 0
+        if request.data:
+            offset += writer.write(request.data)
+        return offset
+
+    @staticmethod
+    def _refuse_stored(store: LocalStore, writer: LocalWriter, expected: str) -> None:
+        """Fail the write, dropping its ingest, if `expected` is already committed."""
+        try:
+            store.info(expected)
+        except ContentdError:
+            return
+        writer.close()
+        with contextlib.suppress(ContentdError):
+            store.abort(writer.ref)
+        raise AlreadyExists(f"blob with expected digest {expected} exists")

@@ -1,0 +1,101 @@
+"""`contentd serve`: run the daemon."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from contentd.content import open_store
+from contentd.errdefs import ContentdError
+
+from ._server import Daemon, ServerOptions, default_address, default_root
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@click.command()
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store directory [default: $XDG_DATA_HOME/contentd, else ~/.local/share/contentd].",
+)
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    metavar="ADDR",
+    help="unix:///path or host:port; repeatable [default: unix://ROOT/contentd.sock].",
+)
+@click.option("--socket-group", default=None, help="Group (name or id) owning unix sockets.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds running calls get to finish on SIGTERM/SIGINT.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Calls served at once (each Write stream holds one until it ends).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="debug logs one line per request.",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    *,
+    root: Path | None,
+    addresses: tuple[str, ...],
+    socket_group: str | None,
+    grace: float,
+    workers: int,
+    log_level: str,
+) -> None:
+    """Serve the store over gRPC (containerd.services.content.v1.Content)."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # filelock narrates every acquire at debug; ours says what matters.
+    logging.getLogger("filelock").setLevel(logging.WARNING)
+    # The global --root, when given before the verb, names the store too.
+    root = root or (ctx.obj or {}).get("root") or default_root()
+    options = ServerOptions(
+        addresses=addresses or (default_address(root),),
+        socket_group=socket_group,
+        workers=workers,
+        grace=grace,
+    )
+    try:
+        store = open_store(root)
+        daemon = Daemon(store, options)
+    except ContentdError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("contentd.daemon").info("%s: shutting down", signal.strsignal(signum))
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    stop.wait()
+    daemon.stop()
+    store.close()

@@ -1,0 +1,101 @@
+"""Run `contentd serve` as a real subprocess on a temporary unix socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_READY = re.compile(r"serving on (\S+)")
+
+
+@dataclass
+class DaemonProcess:
+    """A running contentd: its address, root, process and everything it logged."""
+
+    address: str
+    root: Path
+    process: subprocess.Popen[str]
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def socket(self) -> str:
+        return self.address.removeprefix("unix://")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the daemon and wait for it to exit; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies without cleaning up."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+    def logged(self) -> str:
+        return "".join(self.log)
+
+
+def contentd_command() -> list[str]:
+    """How to run the CLI from the test environment."""
+    executable = shutil.which("contentd", path=os.path.dirname(sys.executable))
+    if executable:
+        return [executable]
+    return [sys.executable, "-c", "from contentd.client.cli import main; main()"]
+
+
+def start_daemon(
+    root: Path,
+    *extra: str,
+    socket_dir: Path | None = None,
+    timeout: float = 20,
+) -> DaemonProcess:
+    """Start `contentd serve --root ROOT` on a fresh unix socket and wait until it is ready."""
+    # Unix socket paths are limited to about 100 bytes: keep them short.
+    socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+    address = f"unix://{socket_dir / 'contentd.sock'}"
+    process = subprocess.Popen(
+        [*contentd_command(), "serve", "--root", str(root), "--address", address, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    daemon = DaemonProcess(address, root, process)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            daemon.log.append(line)
+            if _READY.search(line):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.05):
+        if process.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise RuntimeError(f"contentd did not start:\n{daemon.logged()}")
+    return daemon
+
+
+@contextmanager
+def running_daemon(root: Path, *extra: str) -> Iterator[DaemonProcess]:
+    """A daemon for the duration of a with-block; stopped with SIGTERM afterwards."""
+    daemon = start_daemon(root, *extra)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
