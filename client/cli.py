@@ -1,13 +1,85 @@
-"""The `contentd` command line."""
+"""The `contentd` command line: ctr-style content verbs on a daemon or directly on a store."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any, Final, NoReturn
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from contentd.content import DEFAULT_NAMESPACE, Info, ReaderAt, Status, Store, open_store
+from contentd.errdefs import (
+    Aborted,
+    AlreadyExists,
+    Canceled,
+    Conflict,
+    ContentdError,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    NotModified,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    classify,
+    public_error,
+)
+
+from ._ingest import write_blob
+from ._remote import RemoteStore
 
 #: Entry-point group through which other packages add verbs (the daemon adds `serve`).
-COMMAND_GROUP = "contentd.commands"
+COMMAND_GROUP: Final = "contentd.commands"
+
+#: The exit status for each error class; usage errors exit 2, as click's do.
+EXIT_CODES: Final[dict[type[ContentdError], int]] = {
+    Unknown: 1,
+    Internal: 1,
+    InvalidArgument: 2,
+    NotFound: 3,
+    AlreadyExists: 4,
+    FailedPrecondition: 5,
+    Conflict: 6,
+    NotModified: 7,
+    Aborted: 8,
+    OutOfRange: 9,
+    Unimplemented: 10,
+    Unavailable: 11,
+    DataLoss: 12,
+    PermissionDenied: 13,
+    Unauthenticated: 14,
+    ResourceExhausted: 15,
+    DeadlineExceeded: 124,
+    Canceled: 130,
+}
+
+_COPY_CHUNK: Final = 1 << 20
+
+
+def default_address() -> str:
+    """The daemon address used when neither --address nor --root is given."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return f"unix://{Path(data_home) / 'contentd' / 'contentd.sock'}"
 
 
 class _Verbs(click.Group):
@@ -22,7 +94,402 @@ class _Verbs(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, cmd_name) or self._registered().get(cmd_name)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ContentdError as exc:
+            _fail(exc)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Report an error as one line on stderr and exit with its class's status."""
+    shown = public_error(exc, passthrough_remote=True)
+    click.echo(f"contentd: {shown}", err=True)
+    sys.exit(EXIT_CODES.get(classify(shown) or Unknown, 1))
+
+
+class _Settings:
+    """The global options, and the store they name (opened on first use)."""
+
+    def __init__(
+        self, address: str | None, root: Path | None, namespace: str, as_json: bool, timeout: float
+    ) -> None:
+        self.address = address
+        self.root = root
+        self.namespace = namespace
+        self.json = as_json
+        self.timeout = timeout
+        self._store: Store | None = None
+
+    def store(self) -> Store:
+        if self._store is None:
+            if self.root is not None:
+                self._store = open_store(self.root, self.namespace)
+            else:
+                remote = RemoteStore(
+                    self.address or default_address(), self.namespace, timeout=self.timeout
+                )
+                remote.wait_ready(timeout=min(self.timeout, 10.0))
+                self._store = remote
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
 
 @click.group(cls=_Verbs)
-def main() -> None:
-    """contentd: a content-addressable blob store speaking containerd's Content API."""
+@click.option(
+    "--address",
+    envvar="CONTENTD_ADDRESS",
+    metavar="ADDR",
+    help="Daemon to talk to: unix:///path or host:port [default: the default daemon's socket].",
+)
+@click.option(
+    "--root",
+    envvar="CONTENTD_ROOT",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Work on this store directory directly, without a daemon.",
+)
+@click.option(
+    "-n",
+    "--namespace",
+    envvar="CONTENTD_NAMESPACE",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    help="Namespace to work in.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds each call to a daemon may take.",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    *,
+    address: str | None,
+    root: Path | None,
+    namespace: str,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """contentd: a content-addressable blob store speaking containerd's Content API.
+
+    Verbs work on a daemon (--address) or directly on a store directory
+    (--root), the same way; errors print one line and exit with a status
+    that names their class (see the README).
+    """
+    if address and root:
+        raise click.UsageError("give --address or --root, not both")
+    settings = _Settings(address, root, namespace, as_json, timeout)
+    ctx.obj = settings
+    ctx.call_on_close(settings.close)
+
+
+pass_settings = click.make_pass_decorator(_Settings)
+
+
+# Formatting
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _info_json(info: Info) -> dict[str, Any]:
+    return {
+        "digest": info.digest,
+        "size": info.size,
+        "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
+        "labels": dict(info.labels),
+    }
+
+
+def _status_json(status: Status) -> dict[str, Any]:
+    return {
+        "ref": status.ref,
+        "offset": status.offset,
+        "total": status.total,
+        "expected": status.expected,
+        "started_at": _iso(status.started_at),
+        "updated_at": _iso(status.updated_at),
+    }
+
+
+def human_size(size: int) -> str:
+    """A size for people: 512 B, 4.0 KiB, 1.5 MiB."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(moment: datetime, now: datetime | None = None) -> str:
+    """How long ago, for people: 5 seconds, 3 minutes, 2 days."""
+    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = seconds // length
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def _labels_text(labels: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels)) or "-"
+
+
+def _table(headers: list[str], rows: Iterable[list[str]]) -> None:
+    rows = list(rows)
+    if sys.stdout.isatty():
+        table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    for row in [headers, *rows]:
+        click.echo("\t".join(row))
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; otherwise nothing at all."""
+    if not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+# Verbs
+
+
+@main.command(name="ls")
+@click.argument("filters", nargs=-1)
+@click.option("-q", "--quiet", is_flag=True, help="Print digests only.")
+@pass_settings
+def list_content(settings: _Settings, filters: tuple[str, ...], quiet: bool) -> None:
+    """List blobs, optionally matching any of FILTERS (e.g. labels.k==v)."""
+    infos = settings.store().walk(*filters)
+    if settings.json:
+        click.echo(json.dumps([_info_json(info) for info in infos]))
+    elif quiet:
+        for info in infos:
+            click.echo(info.digest)
+    else:
+        _table(
+            ["DIGEST", "SIZE", "AGE", "LABELS"],
+            (
+                [
+                    i.digest,
+                    human_size(i.size),
+                    human_age(i.created_at),
+                    _labels_text(i.labels.items()),
+                ]
+                for i in infos
+            ),
+        )
+
+
+@main.command()
+@click.argument("digest")
+@pass_settings
+def info(settings: _Settings, digest: str) -> None:
+    """Show everything about one blob."""
+    described = _info_json(settings.store().info(digest))
+    if settings.json:
+        click.echo(json.dumps(described))
+        return
+    for key in ("digest", "size", "created_at", "updated_at"):
+        click.echo(f"{key}: {described[key]}")
+    click.echo("labels:" + ("" if described["labels"] else " -"))
+    for key, value in sorted(described["labels"].items()):
+        click.echo(f"  {key}={value}")
+
+
+@main.command()
+@click.argument("digest")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of stdout.",
+)
+@pass_settings
+def get(settings: _Settings, digest: str, output: Path | None) -> None:
+    """Write a blob's bytes out, checking them against its digest."""
+    store = settings.store()
+    with store.reader_at(digest) as reader:
+        target: IO[bytes]
+        target = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+        try:
+            _copy_verified(reader, target, digest, reader.size)
+        except BaseException:
+            if output:
+                target.close()
+                output.unlink(missing_ok=True)
+            raise
+        if output:
+            target.close()
+        else:
+            target.flush()
+
+
+def _copy_verified(reader: ReaderAt, target: IO[bytes], digest: str, size: int) -> None:
+    algorithm = digest.partition(":")[0]
+    hasher = hashlib.new(algorithm)
+    done = 0
+    with _progress(digest[:19], size) as progress:
+        while chunk := reader.read(_COPY_CHUNK):
+            hasher.update(chunk)
+            target.write(chunk)
+            done += len(chunk)
+            progress(done)
+    if f"{algorithm}:{hasher.hexdigest()}" != digest or done != size:
+        raise DataLoss(f"content {digest}: the bytes read do not match the digest")
+
+
+def _parse_labels(pairs: Iterable[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--expected-size", type=click.IntRange(min=0), help="Size the blob must have.")
+@click.option("--expected-digest", metavar="DIGEST", help="Digest the blob must have.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label; repeatable.")
+@click.option(
+    "-i",
+    "--input",
+    "source",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Read from FILE instead of stdin.",
+)
+@pass_settings
+def ingest(
+    settings: _Settings,
+    ref: str,
+    expected_size: int | None,
+    expected_digest: str | None,
+    labels: tuple[str, ...],
+    source: Path | None,
+) -> None:
+    """Store stdin (or FILE) as a blob through the ingest REF; prints its digest.
+
+    An interrupted ingest on REF resumes; while another writer holds REF
+    this waits and retries.
+    """
+    parsed = _parse_labels(labels)
+    store = settings.store()
+    size = expected_size
+    if source is not None and size is None:
+        size = source.stat().st_size
+    with (
+        open(source, "rb") if source else sys.stdin.buffer as stream,
+        _progress(ref, size) as progress,
+    ):
+        digest = write_blob(
+            store,
+            ref,
+            stream,
+            size=expected_size,
+            digest=expected_digest,
+            labels=parsed or None,
+            progress=progress,
+        )
+    if settings.json:
+        click.echo(json.dumps({"digest": digest, "ref": ref}))
+    else:
+        click.echo(digest)
+
+
+@main.command()
+@click.argument("regex", required=False)
+@pass_settings
+def active(settings: _Settings, regex: str | None) -> None:
+    """List ingests in progress, optionally whose ref matches REGEX."""
+    filters = [f"ref~={_quote(regex)}"] if regex else []
+    statuses = settings.store().list_statuses(*filters)
+    if settings.json:
+        click.echo(json.dumps([_status_json(status) for status in statuses]))
+        return
+    _table(
+        ["REF", "OFFSET", "TOTAL", "STARTED", "UPDATED"],
+        (
+            [
+                s.ref,
+                human_size(s.offset),
+                human_size(s.total) if s.total else "-",
+                human_age(s.started_at),
+                human_age(s.updated_at),
+            ]
+            for s in statuses
+        ),
+    )
+
+
+def _quote(value: str) -> str:
+    """A filter value in double quotes, escaped the way the filter language reads it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@main.command(name="rm")
+@click.argument("digests", nargs=-1, required=True)
+@pass_settings
+def remove(settings: _Settings, digests: tuple[str, ...]) -> None:
+    """Remove blobs from the namespace."""
+    store = settings.store()
+    failure: ContentdError | None = None
+    for digest in digests:
+        try:
+            store.delete(digest)
+        except ContentdError as exc:
+            click.echo(f"contentd: {public_error(exc, passthrough_remote=True)}", err=True)
+            failure = failure or exc
+        else:
+            if not settings.json:
+                click.echo(digest)
+    if failure is not None:
+        sys.exit(EXIT_CODES.get(classify(failure) or Unknown, 1))
+
+
+@main.command()
+@click.argument("digest")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE...")
+@pass_settings
+def label(settings: _Settings, digest: str, labels: tuple[str, ...]) -> None:
+    """Set labels on a blob; KEY= removes KEY."""
+    parsed = _parse_labels(labels)
+    info = settings.store().update(digest, parsed, [f"labels.{key}" for key in parsed])
+    if settings.json:
+        click.echo(json.dumps(_info_json(info)))
+    else:
+        click.echo(f"{digest}: {_labels_text(info.labels.items())}")
+
+
+@main.command()
+@click.argument("ref")
+@pass_settings
+def abort(settings: _Settings, ref: str) -> None:
+    """Discard an ingest in progress."""
+    settings.store().abort(ref)

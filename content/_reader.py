@@ -62,6 +62,17 @@ class BlobReader(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        buffer = bytearray(size)
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+    def readall(self) -> bytes:
+        data = self.read_at(max(0, self._size - self._position), min(self._position, self._size))
+        self._position += len(data)
+        return data
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         read = self.readinto_at(buffer, min(self._position, self._size))
         self._position += read

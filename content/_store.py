@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from contentd.errdefs import (
     REF_LOCKED,
@@ -24,7 +24,7 @@ from ._locks import IngestLock
 from ._metadata import ContentRecord, IngestRecord
 from ._reader import BlobReader
 from ._root import StoreRoot, ingest_key
-from ._types import Info, Status, datetime_from_ns
+from ._types import Info, ReaderAt, Status, Store, Writer, datetime_from_ns
 from ._validate import (
     CANONICAL_ALGORITHM,
     split_digest,
@@ -364,3 +364,10 @@ class LocalStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the local classes satisfy the Store protocols.
+    _store: type[Store] = LocalStore
+    _reader: type[ReaderAt] = BlobReader
+    _writer: type[Writer] = LocalWriter

@@ -91,8 +91,21 @@ class ServerStartError(RuntimeError):
     """A server did not come up: it exited, or did not answer before its deadline."""
 
 
-def containerd_config(root: Path, state: Path, grpc_socket: Path, ttrpc_socket: Path) -> str:
-    """A version 2 config.toml serving the content service, and little else, from `root`."""
+GC_OFF = """  mutation_threshold = 0
+  deletion_threshold = 1000000000
+"""
+
+
+def containerd_config(
+    root: Path, state: Path, grpc_socket: Path, ttrpc_socket: Path, *, collect: bool = True
+) -> str:
+    """A version 2 config.toml serving the content service, and little else, from `root`.
+
+    With `collect` false the garbage collector never runs: no startup pass, no
+    trigger on mutations (threshold 0), and a deletion threshold no test
+    reaches. Tests that compare Content API behaviour use that, so unreferenced
+    content stays put as it does in contentd, which has no collector.
+    """
 
     def toml_list(items: tuple[str, ...]) -> str:
         return "[\n" + "".join(f"  {json.dumps(item)},\n" for item in items) + "]"
@@ -121,7 +134,7 @@ disabled_plugins = {toml_list(DISABLED_PLUGINS)}
 # lease). Collections after mutations and deletions keep containerd's defaults.
 [plugins."io.containerd.gc.v1.scheduler"]
   startup_delay = "0s"
-"""
+{"" if collect else GC_OFF}"""
 
 
 def short_socket_dir(workdir: Path, longest_name: str) -> tuple[Path, bool]:
@@ -237,6 +250,7 @@ def start_containerd(
     binary: str = "containerd",
     timeout: float = START_TIMEOUT,
     log_level: str = "info",
+    collect: bool = True,
 ) -> ContainerdProcess:
     """Start a containerd with its config, root, state and log (`containerd.log`) under
     `workdir`, and wait until it serves. Start it on an empty `workdir` for a fresh store."""
@@ -250,7 +264,11 @@ def start_containerd(
     config = workdir / "config.toml"
     config.write_text(
         containerd_config(
-            workdir / "root", workdir / "state", socket, socket_dir / "containerd.sock.ttrpc"
+            workdir / "root",
+            workdir / "state",
+            socket,
+            socket_dir / "containerd.sock.ttrpc",
+            collect=collect,
         )
     )
     log_path = workdir / "containerd.log"

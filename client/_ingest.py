@@ -1,0 +1,262 @@
+"""Writing blobs into any Store: waiting out other writers, resuming, verifying, committing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO, Final
+
+from contentd.content import Store, Writer
+from contentd.errdefs import (
+    REF_LOCKED,
+    AlreadyExists,
+    Canceled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    classify,
+    find,
+)
+from contentd.errdefs import Unavailable as _Unavailable
+
+#: Bytes read from the source and sent per write.
+COPY_CHUNK: Final = 1 << 20
+
+
+def is_ref_locked(err: BaseException) -> bool:
+    """Whether `err` says the ref is held by another writer.
+
+    contentd says so with reason REF_LOCKED; containerd, which sends no
+    reason, with an Unavailable error whose message says "locked".
+    """
+    found = find(err)
+    if found is None or classify(found) is not _Unavailable:
+        return False
+    if found.reason is not None:
+        return found.reason == REF_LOCKED
+    return " locked" in found.message
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, first * 2**n)).
+
+    Full jitter spreads racing writers out instead of waking them together.
+    """
+
+    first: float = 0.005
+    cap: float = 1.0
+    multiplier: float = 2.0
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """An endless sequence of waits."""
+        rng = rng or random.Random()
+        ceiling = self.first
+        while True:
+            yield rng.uniform(0, ceiling)
+            ceiling = min(self.cap, ceiling * self.multiplier)
+
+
+class _Deadline:
+    """A bound on a whole operation: an optional timeout and an optional cancel event."""
+
+    def __init__(self, timeout: float | None, cancel: threading.Event | None, doing: str) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+        self._cancel = cancel or threading.Event()
+        self._doing = doing
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Canceled(self._doing)
+        if self._end is not None and time.monotonic() >= self._end:
+            raise DeadlineExceeded(self._doing)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the deadline comes first; raise if it has passed."""
+        if self._end is not None:
+            seconds = min(seconds, max(0.0, self._end - time.monotonic()))
+        self._cancel.wait(seconds)
+        self.check()
+
+
+def open_writer(
+    store: Store,
+    ref: str,
+    *,
+    total: int = 0,
+    expected: str = "",
+    labels: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+    backoff: Backoff | None = None,
+) -> Writer:
+    """Open a writer on `ref`, waiting while another writer holds it.
+
+    Retries on a locked ref with `backoff` until the lock frees, `timeout`
+    seconds pass (DeadlineExceeded) or `cancel` is set (Canceled). Every other
+    error, AlreadyExists for `expected` included, is raised at once.
+    """
+    deadline = _Deadline(timeout, cancel, f"opening a writer for ref {ref}")
+    return _open_writer(store, ref, total, expected, labels, deadline, backoff or Backoff())
+
+
+def _open_writer(
+    store: Store,
+    ref: str,
+    total: int,
+    expected: str,
+    labels: Mapping[str, str] | None,
+    deadline: _Deadline,
+    backoff: Backoff,
+) -> Writer:
+    delays = backoff.delays()
+    while True:
+        deadline.check()
+        try:
+            return store.writer(ref, total=total, expected=expected, labels=labels)
+        except _Unavailable as exc:
+            if not is_ref_locked(exc):
+                raise
+        deadline.sleep(next(delays))
+
+
+def _as_stream(source: BinaryIO | bytes | bytearray | memoryview) -> BinaryIO:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    return source
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, ValueError):
+        return False
+
+
+def write_blob(
+    store: Store,
+    ref: str,
+    source: BinaryIO | bytes | bytearray | memoryview,
+    size: int | None = None,
+    digest: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    *,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+    backoff: Backoff | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Store the bytes of `source` under `ref` and return their digest.
+
+    The same code works on a LocalStore and a RemoteStore. It waits out other
+    writers of the ref (retrying with `backoff`); content that is already
+    stored (AlreadyExists for `digest`) counts as success; an interrupted
+    ingest resumes from its offset, by seeking `source` if it can or else
+    reading past the bytes already there. `size` and `digest`, when given,
+    are verified by the store on commit.
+
+    Bytes a resumed ingest already holds are trusted only when the commit
+    verifies them: with a `digest`, a mismatch starts the ingest over (when
+    `source` can seek back); without one, they are compared with the source's
+    first bytes before anything is appended.
+
+    `timeout` bounds the whole call (DeadlineExceeded) and `cancel`, when set,
+    stops it (Canceled); the ingest is kept for a later resume either way.
+    `progress` is called with the number of bytes in the ingest as it grows.
+    """
+    if size is not None and size < 0:
+        raise InvalidArgument(f"size {size}: must not be negative")
+    stream = _as_stream(source)
+    deadline = _Deadline(timeout, cancel, f"writing ref {ref}")
+    backoff = backoff or Backoff()
+    restart = False
+    while True:
+        try:
+            writer = _open_writer(store, ref, size or 0, digest or "", labels, deadline, backoff)
+        except AlreadyExists:
+            if digest:
+                return digest
+            raise
+        with writer:
+            if restart:
+                writer.truncate(0)
+            resumed = _position(writer, stream, verify=not digest)
+            try:
+                _copy(writer, stream, resumed, deadline, progress)
+                return writer.commit(size or 0, digest or "", labels)
+            except AlreadyExists:
+                return digest or writer.digest()
+            except FailedPrecondition:
+                # Bytes left by an earlier attempt did not match: start over,
+                # if the source can be read again from its start.
+                if restart or resumed == 0 or not _seekable(stream):
+                    raise
+                restart = True
+                stream.seek(0)
+
+
+def _position(writer: Writer, stream: BinaryIO, *, verify: bool) -> int:
+    """Bring `stream` to where the ingest ends; returns that offset (0 if it starts over)."""
+    offset = writer.status().offset
+    if offset == 0:
+        return 0
+    if not verify:
+        if _seekable(stream):
+            stream.seek(offset)
+        else:
+            _skip(stream, offset)
+        return offset
+    # No digest to check the whole commit against: compare what the ingest
+    # holds with the source's first bytes before appending to them.
+    held = writer.digest()
+    algorithm = held.partition(":")[0]
+    if _seekable(stream):
+        stream.seek(0)
+    prefix = _skip(stream, offset, hashlib.new(algorithm) if algorithm else None)
+    if prefix == held:
+        return offset
+    if not _seekable(stream):
+        raise FailedPrecondition(
+            f"ingest {writer.ref} holds {offset} bytes that differ from the source, "
+            "which cannot be read again: abort the ingest and retry"
+        )
+    writer.truncate(0)
+    stream.seek(0)
+    return 0
+
+
+def _skip(stream: BinaryIO, count: int, hasher: hashlib._Hash | None = None) -> str:
+    """Read past `count` bytes; returns their digest when hashing them."""
+    remaining = count
+    while remaining:
+        chunk = stream.read(min(COPY_CHUNK, remaining))
+        if not chunk:
+            raise FailedPrecondition(
+                f"source ended after {count - remaining} bytes, before the ingest's {count}"
+            )
+        if hasher is not None:
+            hasher.update(chunk)
+        remaining -= len(chunk)
+    return f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else ""
+
+
+def _copy(
+    writer: Writer,
+    stream: BinaryIO,
+    done: int,
+    deadline: _Deadline,
+    progress: Callable[[int], None] | None,
+) -> None:
+    if progress:
+        progress(done)
+    while chunk := stream.read(COPY_CHUNK):
+        deadline.check()
+        writer.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done)

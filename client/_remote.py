@@ -1,0 +1,598 @@
+"""RemoteStore: the Store interface over a daemon's Content API (contentd's or containerd's)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
+from contentd.content import (
+    DEFAULT_NAMESPACE,
+    Info,
+    ReaderAt,
+    Status,
+    Store,
+    Writer,
+    validate_namespace,
+)
+from contentd.errdefs import (
+    ContentdError,
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfRange,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    from_grpc,
+)
+from contentd.proto import content_pb2 as api
+from contentd.proto import content_pb2_grpc
+
+#: containerd's message size limit, both ways.
+MAX_MESSAGE_BYTES: Final = 16 << 20
+#: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
+WRITE_CHUNK: Final = 1 << 20
+#: The request metadata key containerd daemons read the namespace from.
+NAMESPACE_HEADER: Final = "containerd-namespace"
+
+_T = TypeVar("_T")
+
+
+def channel_target(address: str) -> str:
+    """A gRPC target for an address: ``unix:///path``, a bare ``/path``, or ``host:port``."""
+    if address.startswith("/"):
+        return f"unix://{address}"
+    return address
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _info(message: api.Info) -> Info:
+    return Info(
+        digest=message.digest,
+        size=message.size,
+        created_at=_datetime(message.created_at),
+        updated_at=_datetime(message.updated_at),
+        labels=dict(message.labels),
+    )
+
+
+def _status(message: api.Status) -> Status:
+    return Status(
+        ref=message.ref,
+        offset=message.offset,
+        total=message.total,
+        expected=message.expected,
+        started_at=_datetime(message.started_at),
+        updated_at=_datetime(message.updated_at),
+    )
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Raise a failed call as its contentd.errdefs class (a RemoteError)."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_grpc(exc) from exc
+
+
+class _Channel:
+    """One gRPC channel and stub, shared by the namespace views of a RemoteStore."""
+
+    def __init__(self, address: str, timeout: float | None, options: Sequence[tuple[str, object]]):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            channel_target(address),
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Notice a dead peer during long idle streams (held writers).
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                *options,
+            ],
+        )
+        self.stub = content_pb2_grpc.ContentStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class RemoteStore:
+    """A content store served by a daemon, as one namespace sees it.
+
+    It implements `contentd.content.Store`, so code written for LocalStore
+    runs against a daemon unchanged; errors are `contentd.errdefs` classes,
+    decoded from the daemon's answers with their reason and metadata. It talks
+    to contentd and to containerd alike.
+
+    `timeout` bounds each unary call and the opening of streams, in seconds
+    (None: no bound). Close the store (or use it as a context manager) to
+    close its channel; `with_namespace` views share the channel.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        timeout: float | None = 30.0,
+        channel_options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        self._namespace = validate_namespace(namespace)
+        self._channel = _Channel(address, timeout, channel_options)
+        self._metadata = ((NAMESPACE_HEADER, self._namespace),)
+
+    @classmethod
+    def _view(cls, channel: _Channel, namespace: str) -> RemoteStore:
+        view = cls.__new__(cls)
+        view._namespace = validate_namespace(namespace)
+        view._channel = channel
+        view._metadata = ((NAMESPACE_HEADER, view._namespace),)
+        return view
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this view reads and writes."""
+        return self._namespace
+
+    @property
+    def address(self) -> str:
+        """The daemon's address."""
+        return self._channel.address
+
+    def with_namespace(self, namespace: str) -> RemoteStore:
+        return RemoteStore._view(self._channel, namespace)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the daemon accepts connections; Unavailable if it does not in time."""
+        try:
+            grpc.channel_ready_future(self._channel.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(f"no daemon answering at {self.address}") from None
+
+    # Committed content
+
+    def info(self, digest: str) -> Info:
+        with _translated():
+            response = self._channel.stub.Info(
+                api.InfoRequest(digest=digest),
+                metadata=self._metadata,
+                timeout=self._channel.timeout,
+            )
+        return _info(response.info)
+
+    def update(
+        self,
+        digest: str,
+        labels: Mapping[str, str],
+        fieldpaths: Sequence[str] = (),
+    ) -> Info:
+        request = api.UpdateRequest(
+            info=api.Info(digest=digest, labels=dict(labels)),
+            update_mask=field_mask_pb2.FieldMask(paths=list(fieldpaths)),
+        )
+        with _translated():
+            response = self._channel.stub.Update(
+                request, metadata=self._metadata, timeout=self._channel.timeout
+            )
+        return _info(response.info)
+
+    def walk(self, *filter_expressions: str) -> Iterator[Info]:
+        call = self._channel.stub.List(
+            api.ListContentRequest(filters=list(filter_expressions)), metadata=self._metadata
+        )
+        # Read the first batch now, so a bad filter fails here as it does on
+        # a LocalStore, not on the caller's first next().
+        with _translated():
+            first = next(call, None)
+        return self._walk(call, first)
+
+    @staticmethod
+    def _walk(
+        call: Iterator[api.ListContentResponse], first: api.ListContentResponse | None
+    ) -> Iterator[Info]:
+        if first is None:
+            return
+        for info in first.info:
+            yield _info(info)
+        with _translated():
+            for batch in call:
+                for info in batch.info:
+                    yield _info(info)
+
+    def delete(self, digest: str) -> None:
+        with _translated():
+            self._channel.stub.Delete(
+                api.DeleteContentRequest(digest=digest),
+                metadata=self._metadata,
+                timeout=self._channel.timeout,
+            )
+
+    def reader_at(self, digest: str) -> RemoteReader:
+        size = self.info(digest).size
+        return RemoteReader(self._channel.stub, self._metadata, digest, size)
+
+    # Ingests
+
+    def status(self, ref: str) -> Status:
+        with _translated():
+            response = self._channel.stub.Status(
+                api.StatusRequest(ref=ref), metadata=self._metadata, timeout=self._channel.timeout
+            )
+        return _status(response.status)
+
+    def list_statuses(self, *filter_expressions: str) -> list[Status]:
+        with _translated():
+            response = self._channel.stub.ListStatuses(
+                api.ListStatusesRequest(filters=list(filter_expressions)),
+                metadata=self._metadata,
+                timeout=self._channel.timeout,
+            )
+        return [_status(status) for status in response.statuses]
+
+    def abort(self, ref: str) -> None:
+        with _translated():
+            self._channel.stub.Abort(
+                api.AbortRequest(ref=ref), metadata=self._metadata, timeout=self._channel.timeout
+            )
+
+    def writer(
+        self,
+        ref: str,
+        *,
+        total: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> RemoteWriter:
+        return RemoteWriter(
+            self._channel,
+            self._metadata,
+            ref,
+            total=total,
+            expected=expected,
+            labels=labels,
+        )
+
+    # Lifetime
+
+    def close(self) -> None:
+        """Close the channel (shared by every namespace view of this store)."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RemoteReader(io.RawIOBase):
+    """A blob on a daemon, as a binary file object with `read_at` and `size`.
+
+    Sequential reads keep one Read stream open from the current position and
+    hold at most one message (1 MiB) beyond what was asked for; `read_at`
+    and seeking start new streams.
+    """
+
+    def __init__(
+        self,
+        stub: content_pb2_grpc.ContentStub,
+        metadata: tuple[tuple[str, str], ...],
+        digest: str,
+        size: int,
+    ) -> None:
+        super().__init__()
+        self._stub = stub
+        self._metadata = metadata
+        self.digest = digest
+        self._size = size
+        self._position = 0
+        self._stream: grpc.Call | None = None
+        self._responses: Iterator[api.ReadContentResponse] | None = None
+        self._pending = memoryview(b"")
+
+    @property
+    def size(self) -> int:
+        """The blob's size in bytes."""
+        return self._size
+
+    def _open_stream(self, offset: int, size: int = 0) -> Iterator[api.ReadContentResponse]:
+        return self._stub.Read(  # type: ignore[no-any-return]
+            api.ReadContentRequest(digest=self.digest, offset=offset, size=size),
+            metadata=self._metadata,
+        )
+
+    def read_at(self, size: int, offset: int) -> bytes:
+        """Up to `size` bytes starting at `offset` (one Read call)."""
+        if size < 0:
+            raise InvalidArgument(f"read of {self.digest}: size {size} must not be negative")
+        if offset < 0:
+            raise InvalidArgument(f"read of {self.digest} at offset {offset}: must not be negative")
+        if offset > self._size:
+            raise OutOfRange(f"read past object length {self._size} bytes")
+        size = min(size, self._size - offset)
+        if size == 0:
+            return b""
+        parts = []
+        with _translated():
+            for response in self._open_stream(offset, size):
+                parts.append(response.data)
+        return b"".join(parts)
+
+    # io.RawIOBase
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._check_open()
+        target = memoryview(buffer).cast("B")
+        if not target or self._position >= self._size:
+            return 0
+        if not self._pending:
+            if self._responses is None:
+                self._responses = self._open_stream(self._position)
+            with _translated():
+                response = next(self._responses, None)
+            if response is None:
+                self._responses = None
+                return 0
+            self._pending = memoryview(response.data)
+        count = min(len(target), len(self._pending))
+        target[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        self._position += count
+        return count
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        buffer = bytearray(size)
+        return bytes(memoryview(buffer)[: self.readinto(buffer)])
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(WRITE_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._position + offset
+        elif whence == io.SEEK_END:
+            target = self._size + offset
+        else:
+            raise InvalidArgument(f"seek whence {whence}: must be 0, 1 or 2")
+        if target < 0:
+            raise InvalidArgument(f"seek of {self.digest} to {target}: must not be negative")
+        if target != self._position:
+            self._drop_stream()
+            self._position = target
+        return target
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._position
+
+    def _drop_stream(self) -> None:
+        if self._responses is not None:
+            self._responses.cancel()  # type: ignore[attr-defined]
+        self._responses = None
+        self._pending = memoryview(b"")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._drop_stream()
+        super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed blob reader")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Requests:
+    """The request side of a Write stream: an iterator gRPC drains while we feed it."""
+
+    _END: Final = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def put(self, request: api.WriteContentRequest) -> None:
+        self._queue.put(request)
+
+    def end(self) -> None:
+        self._queue.put(self._END)
+
+    def __iter__(self) -> Iterator[api.WriteContentRequest]:
+        while (item := self._queue.get()) is not self._END:
+            assert isinstance(item, api.WriteContentRequest)
+            yield item
+
+
+class RemoteWriter:
+    """An ingest on a daemon: one Write stream, holding the ref's lock while it lives.
+
+    Each request waits for its answer, as containerd's own client does, so a
+    writer never runs ahead of the daemon (backpressure). `close` half-closes
+    the stream and waits for the daemon to end it, so the lock is released
+    when `close` returns.
+    """
+
+    def __init__(
+        self,
+        channel: _Channel,
+        metadata: tuple[tuple[str, str], ...],
+        ref: str,
+        *,
+        total: int,
+        expected: str,
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        self._ref = ref
+        self._total = total
+        self._expected = expected
+        self._labels = dict(labels or {})
+        self._requests = _Requests()
+        self._call = channel.stub.Write(iter(self._requests), metadata=metadata)
+        self._responses: Iterator[api.WriteContentResponse] = self._call
+        self._guard = threading.Lock()
+        self._finished = False
+        self._offset = 0
+        self._digest = ""
+        try:
+            response = self._send(
+                api.WriteContentRequest(action=api.STAT, ref=ref, total=total, expected=expected)
+            )
+        except BaseException:
+            self._end()
+            raise
+        self._offset = response.offset
+
+    @property
+    def ref(self) -> str:
+        return self._ref
+
+    def _send(self, request: api.WriteContentRequest) -> api.WriteContentResponse:
+        if self._finished:
+            raise FailedPrecondition(f"writer for ref {self._ref} is closed")
+        with self._guard:
+            self._requests.put(request)
+            with _translated():
+                response = next(self._responses, None)
+        if response is None:
+            self._end()
+            raise Unknown(f"write stream for ref {self._ref} ended without an answer")
+        if response.digest:
+            self._digest = response.digest
+        return response
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_CHUNK):
+            chunk = view[start : start + WRITE_CHUNK]
+            response = self._send(
+                api.WriteContentRequest(action=api.WRITE, offset=self._offset, data=bytes(chunk))
+            )
+            if response.offset != self._offset + len(chunk):
+                raise Unknown(
+                    f"write to ref {self._ref} answered offset {response.offset}, "
+                    f"expected {self._offset + len(chunk)}"
+                )
+            self._offset = response.offset
+        return len(view)
+
+    def digest(self) -> str:
+        return self._digest
+
+    def status(self) -> Status:
+        response = self._send(api.WriteContentRequest(action=api.STAT))
+        self._offset = response.offset
+        return Status(
+            ref=self._ref,
+            offset=response.offset,
+            total=response.total,
+            expected=self._expected,
+            started_at=_datetime(response.started_at),
+            updated_at=_datetime(response.updated_at),
+        )
+
+    def truncate(self, size: int = 0) -> None:
+        if size != 0:
+            raise Unimplemented(f"truncate of ingest {self._ref} to {size} bytes: only 0 is")
+        # A write at offset zero restarts the ingest (the API's promise).
+        response = self._send(api.WriteContentRequest(action=api.WRITE, offset=0))
+        self._offset = response.offset
+
+    def commit(
+        self, size: int = 0, expected: str = "", labels: Mapping[str, str] | None = None
+    ) -> str:
+        labels = self._labels if labels is None else dict(labels)
+        try:
+            response = self._send(
+                api.WriteContentRequest(
+                    action=api.COMMIT,
+                    offset=self._offset,
+                    total=size,
+                    expected=expected,
+                    labels=labels,
+                )
+            )
+        finally:
+            self._end()
+        if size and response.offset != size:
+            raise FailedPrecondition(f"unexpected commit size {response.offset}, expected {size}")
+        if expected and response.digest != expected:
+            raise FailedPrecondition(
+                f"unexpected commit digest {response.digest}, expected {expected}"
+            )
+        self._offset = response.offset
+        return response.digest
+
+    def close(self) -> None:
+        """Half-close the stream and wait until the daemon has released the ref."""
+        self._end()
+
+    def _end(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._requests.end()
+        # Drain to the end of the call: the daemon ends the stream only after
+        # it has closed its writer and released the lock.
+        with contextlib.suppress(grpc.RpcError, ContentdError):
+            for _ in self._responses:
+                pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the remote classes satisfy the Store protocols.
+    _store: type[Store] = RemoteStore
+    _reader: type[ReaderAt] = RemoteReader
+    _writer: type[Writer] = RemoteWriter

@@ -1,0 +1,344 @@
+"""One Store contract, three stores: LocalStore, contentd through RemoteStore, and containerd.
+
+The same tests run against a store directory with no daemon, against a real
+`contentd serve` and against a real containerd 1.6 on a private root, so the
+Python interface means the same thing everywhere and contentd stays
+comparable with containerd. Each test gets namespaces of its own.
+
+Differences that are deliberate (contentd doing better) are tested elsewhere:
+containerd keeps no `expected` digest in ingest statuses, clamps negative read
+offsets to zero, and aborts ingests that a writer still holds.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.containerd import start_containerd
+from support.daemon import running_daemon
+from support.tools import require_tool
+
+from contentd import errdefs
+from contentd.client import RemoteStore, is_ref_locked, write_blob
+from contentd.content import Store, digest_of, open_store
+
+BLOB = bytes(range(256)) * 40
+DIGEST = digest_of(BLOB)
+OTHER = b"some other bytes"
+OTHER_DIGEST = digest_of(OTHER)
+
+_namespaces = itertools.count()
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(scope="module")
+def contentd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_daemon(tmp_path_factory.mktemp("contentd") / "root") as daemon:
+        yield daemon.address
+
+
+@pytest.fixture(scope="module")
+def containerd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    require_tool("containerd", "containerd")
+    with start_containerd(tmp_path_factory.mktemp("containerd"), collect=False) as containerd:
+        yield containerd.address
+
+
+@pytest.fixture(params=["local", "contentd", "containerd"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def new_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Stores in fresh namespaces of the backend under test; all closed afterwards."""
+    opened: list[Store] = []
+    if kind == "local":
+        root = open_store(tmp_path / "root")
+        opened.append(root)
+
+        def factory() -> Store:
+            return root.with_namespace(f"ns{next(_namespaces)}")
+
+    else:
+        address = request.getfixturevalue(f"{kind}_address")
+
+        def factory() -> Store:
+            store = RemoteStore(address, f"contract{next(_namespaces)}-{time.time_ns()}")
+            opened.append(store)
+            return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(new_store: StoreFactory) -> Store:
+    return new_store()
+
+
+@pytest.fixture
+def fresh() -> tuple[bytes, str]:
+    """Bytes no other test stores, and their digest: the daemons outlive single tests, and
+    under the shared policy a blob stored by an earlier test would start ingests full."""
+    data = os.urandom(10_000)
+    return data, digest_of(data)
+
+
+def put(store: Store, data: bytes, ref: str = "ref", **labels: str) -> str:
+    with store.writer(ref, total=len(data), expected=digest_of(data)) as writer:
+        writer.write(data[writer.status().offset :])
+        return writer.commit(len(data), digest_of(data), labels)
+
+
+# Committed content
+
+
+def test_committed_blob_reads_back_whole(store: Store) -> None:
+    assert put(store, BLOB) == DIGEST
+    with store.reader_at(DIGEST) as reader:
+        assert reader.size == len(BLOB)
+        assert reader.read() == BLOB
+
+
+def test_info_reports_size_labels_and_commit_time(store: Store) -> None:
+    before = time.time()
+    put(store, BLOB, team="storage")
+    after = time.time()
+    info = store.info(DIGEST)
+    assert (info.digest, info.size, dict(info.labels)) == (DIGEST, len(BLOB), {"team": "storage"})
+    assert before - 0.01 <= info.created_at.timestamp() <= after + 0.01
+
+
+def test_missing_blob_is_not_found(store: Store) -> None:
+    with pytest.raises(errdefs.NotFound):
+        store.info(DIGEST)
+    with pytest.raises(errdefs.NotFound):
+        store.reader_at(DIGEST)
+    with pytest.raises(errdefs.NotFound):
+        store.delete(DIGEST)
+
+
+def test_malformed_digest_is_invalid(store: Store) -> None:
+    with pytest.raises(errdefs.InvalidArgument):
+        store.info("sha256:nothex")
+
+
+def test_reader_reads_ranges_and_seeks(store: Store) -> None:
+    put(store, BLOB)
+    with store.reader_at(DIGEST) as reader:
+        assert reader.read_at(10, 100) == BLOB[100:110]
+        assert reader.read_at(50, len(BLOB) - 5) == BLOB[-5:]
+        assert reader.read(3) == BLOB[:3]
+        reader.seek(200)
+        assert reader.read(4) == BLOB[200:204]
+        assert reader.tell() == 204
+
+
+def test_delete_hides_the_blob(store: Store) -> None:
+    put(store, BLOB)
+    store.delete(DIGEST)
+    with pytest.raises(errdefs.NotFound):
+        store.info(DIGEST)
+
+
+# Labels
+
+
+def test_update_without_paths_replaces_labels(store: Store) -> None:
+    put(store, BLOB, a="1", b="2")
+    assert dict(store.update(DIGEST, {"c": "3"}).labels) == {"c": "3"}
+    assert dict(store.info(DIGEST).labels) == {"c": "3"}
+
+
+def test_update_with_label_paths_sets_and_removes_keys(store: Store) -> None:
+    put(store, BLOB, k1="v1", k2="v2", keep="yes")
+    store.update(DIGEST, {"k1": "new", "k3": "v3"}, ["labels.k1", "labels.k2", "labels.k3"])
+    assert dict(store.info(DIGEST).labels) == {"k1": "new", "k3": "v3", "keep": "yes"}
+
+
+def test_update_of_an_immutable_field_is_invalid(store: Store) -> None:
+    put(store, BLOB)
+    with pytest.raises(errdefs.InvalidArgument):
+        store.update(DIGEST, {}, ["size"])
+
+
+def test_oversized_label_is_invalid(store: Store) -> None:
+    put(store, BLOB)
+    with pytest.raises(errdefs.InvalidArgument):
+        store.update(DIGEST, {"k": "v" * 4096})
+
+
+# Listing
+
+
+def test_walk_filters_by_label_and_digest(store: Store) -> None:
+    put(store, BLOB, "a", kind="layer")
+    put(store, OTHER, "b", kind="config")
+    assert [i.digest for i in store.walk("labels.kind==layer")] == [DIGEST]
+    assert {i.digest for i in store.walk("labels.kind==layer", "labels.kind==config")} == {
+        DIGEST,
+        OTHER_DIGEST,
+    }
+    assert [i.digest for i in store.walk(f"digest=={OTHER_DIGEST}")] == [OTHER_DIGEST]
+    assert {i.digest for i in store.walk()} == {DIGEST, OTHER_DIGEST}
+
+
+def test_bad_filter_is_invalid(store: Store) -> None:
+    with pytest.raises(errdefs.InvalidArgument):
+        list(store.walk("labels.=="))
+
+
+def test_list_statuses_filters_by_ref(store: Store) -> None:
+    for ref in ("layer-1", "layer-2", "config"):
+        with store.writer(ref) as writer:
+            writer.write(ref.encode())
+    assert sorted(s.ref for s in store.list_statuses()) == ["config", "layer-1", "layer-2"]
+    assert sorted(s.ref for s in store.list_statuses("ref~=^layer-")) == ["layer-1", "layer-2"]
+
+
+# Ingests
+
+
+def test_status_reports_an_ingest_in_progress(store: Store, fresh: tuple[bytes, str]) -> None:
+    data, digest = fresh
+    with store.writer("progress", total=len(data), expected=digest) as writer:
+        writer.write(data[:100])
+    status = store.status("progress")
+    assert (status.ref, status.offset, status.total) == ("progress", 100, len(data))
+    with pytest.raises(errdefs.NotFound):
+        store.status("no-such-ref")
+
+
+def test_ingest_resumes_at_its_offset(store: Store, fresh: tuple[bytes, str]) -> None:
+    data, digest = fresh
+    with store.writer("resumed", total=len(data), expected=digest) as writer:
+        writer.write(data[:1000])
+    with store.writer("resumed", total=len(data), expected=digest) as writer:
+        assert writer.status().offset == 1000
+        writer.write(data[1000:])
+        assert writer.commit(len(data), digest) == digest
+
+
+def test_truncate_starts_the_ingest_over(store: Store) -> None:
+    with store.writer("restart") as writer:
+        writer.write(b"wrong bytes")
+        writer.truncate(0)
+        writer.write(BLOB)
+        assert writer.commit(len(BLOB), DIGEST) == DIGEST
+
+
+def test_wrong_size_or_digest_fails_and_keeps_the_ingest(store: Store) -> None:
+    with store.writer("checked") as writer:
+        writer.write(BLOB)
+        with pytest.raises(errdefs.FailedPrecondition):
+            writer.commit(len(BLOB) + 1)
+    with store.writer("checked") as writer, pytest.raises(errdefs.FailedPrecondition):
+        writer.commit(len(BLOB), OTHER_DIGEST)
+    assert store.status("checked").offset == len(BLOB)
+
+
+def test_writer_expecting_a_stored_digest_is_already_exists(store: Store) -> None:
+    put(store, BLOB)
+    with pytest.raises(errdefs.AlreadyExists):
+        store.writer("late", expected=DIGEST)
+
+
+def test_committing_stored_bytes_again_is_already_exists(store: Store) -> None:
+    put(store, BLOB)
+    with store.writer("again") as writer:
+        writer.write(BLOB)
+        with pytest.raises(errdefs.AlreadyExists):
+            writer.commit(len(BLOB))
+
+
+def test_second_writer_on_a_held_ref_is_refused_as_locked(store: Store) -> None:
+    with store.writer("held") as writer:
+        writer.write(b"x")
+        with pytest.raises(errdefs.Unavailable) as refused:
+            store.writer("held")
+        assert is_ref_locked(refused.value)
+    store.writer("held").close()
+
+
+def test_abort_discards_the_ingest(store: Store) -> None:
+    with store.writer("gone") as writer:
+        writer.write(BLOB)
+    store.abort("gone")
+    with pytest.raises(errdefs.NotFound):
+        store.status("gone")
+    with pytest.raises(errdefs.NotFound):
+        store.abort("gone")
+
+
+# Namespaces
+
+
+def test_namespaces_do_not_see_each_other(new_store: StoreFactory) -> None:
+    first, second = new_store(), new_store()
+    put(first, BLOB)
+    with pytest.raises(errdefs.NotFound):
+        second.info(DIGEST)
+    assert list(second.walk()) == []
+    with first.writer("mine") as writer:
+        writer.write(b"x")
+    assert second.list_statuses() == []
+
+
+def test_stored_bytes_are_shared_without_resending(new_store: StoreFactory) -> None:
+    first, second = new_store(), new_store()
+    put(first, BLOB)
+    with second.writer("adopt", total=len(BLOB), expected=DIGEST) as writer:
+        assert writer.status().offset == len(BLOB)
+        assert writer.commit(len(BLOB), DIGEST) == DIGEST
+    with second.reader_at(DIGEST) as reader:
+        assert reader.read() == BLOB
+
+
+def test_delete_in_one_namespace_leaves_the_other(new_store: StoreFactory) -> None:
+    first, second = new_store(), new_store()
+    put(first, BLOB)
+    put(second, BLOB)
+    first.delete(DIGEST)
+    with second.reader_at(DIGEST) as reader:
+        assert reader.read() == BLOB
+
+
+# write_blob
+
+
+def test_write_blob_stores_a_stream(store: Store) -> None:
+    assert write_blob(store, "stream", io.BytesIO(BLOB), len(BLOB), DIGEST) == DIGEST
+    assert store.info(DIGEST).size == len(BLOB)
+
+
+def test_write_blob_of_stored_content_succeeds(store: Store) -> None:
+    put(store, BLOB)
+    assert write_blob(store, "dup", BLOB, len(BLOB), DIGEST) == DIGEST
+
+
+def test_write_blob_resumes_an_interrupted_ingest(store: Store, fresh: tuple[bytes, str]) -> None:
+    data, digest = fresh
+    with store.writer("half", total=len(data), expected=digest) as writer:
+        writer.write(data[:4000])
+    sent: list[int] = []
+    assert write_blob(store, "half", data, len(data), digest, progress=sent.append) == digest
+    assert sent[0] == 4000
+
+
+def test_write_blob_waits_for_the_ref_to_free(store: Store, fresh: tuple[bytes, str]) -> None:
+    data, digest = fresh
+    holder = store.writer("contended")
+    holder.write(data[:100])
+    threading.Timer(0.5, holder.close).start()
+    started = time.monotonic()
+    assert write_blob(store, "contended", data, len(data), digest, timeout=30) == digest
+    assert time.monotonic() - started >= 0.4
