@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -157,7 +158,13 @@ class RemoteStore:
         return RemoteStore._view(self._channel, namespace)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the daemon accepts connections; Unavailable if it does not in time."""
+        """Wait until the daemon accepts connections; Unavailable if it does not in time.
+
+        A unix socket that does not exist fails at once: nothing will answer there.
+        """
+        target = channel_target(self.address)
+        if target.startswith("unix://") and not os.path.exists(target.removeprefix("unix://")):
+            raise Unavailable(f"no daemon answering at {self.address}: no such socket")
         try:
             grpc.channel_ready_future(self._channel.channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
