@@ -276,15 +276,28 @@ class LocalStore:
     def _open_ingest(
         self, ref: str, key: str, total: int, expected: str, lock: IngestLock
     ) -> tuple[IngestRecord, int]:
-        """Create or resume the ingest record, with the lock held; returns it and its base size."""
+        """Create or resume the ingest record, with the lock held; returns it and its base size.
+
+        An ingest resumes where it stopped, unless the writer now declares a
+        different total than the ingest was started with: then, as in
+        containerd, those bytes were meant for other content and the ingest
+        starts over.
+        """
+        data = self._root.ingest_dir(key) / "data"
         with self._root.metadata.read(f"opening writer for ref {ref}") as tx:
             previous = tx.ingest(self._namespace, ref)
-        if previous is not None and previous.committing is not None:
-            # Its writer died mid-commit; finish that first, as a reopen would,
-            # and start a new ingest if it was.
-            self._root.finish_commit(previous)
+        # A writer that died mid-commit: finish that first, as a reopen would.
+        if (
+            previous is not None
+            and previous.committing is not None
+            and self._root.finish_commit(previous)
+        ):
+            previous = None
+        declared = previous.total if previous is not None else 0
+        if previous is not None and total > 0 and declared > 0 and total != declared:
+            previous = None
+            remove_quietly(data)
         now = time.time_ns()
-        data = self._root.ingest_dir(key) / "data"
         with self._root.metadata.write(f"opening writer for ref {ref}") as tx:
             tx.ensure_namespace(self._namespace, now)
             if expected and tx.content(self._namespace, expected) is not None:
@@ -297,25 +310,25 @@ class LocalStore:
                 # need not be sent again, if the sizes agree.
                 if stored is not None and total in (0, stored.size):
                     base, base_size, total = expected, stored.size, stored.size
-            record = tx.ingest(self._namespace, ref)
-            if record is None:
+            if previous is None:
                 record = IngestRecord(
                     self._namespace, ref, key, total, expected, now, now, base, None, None
                 )
+                tx.delete_ingest(self._namespace, ref)
                 tx.insert_ingest(record)
             else:
-                if base is None and record.base is not None:
-                    base = record.base
+                if base is None and previous.base is not None:
+                    base = previous.base
                     stored = tx.committed_anywhere(base)
                     base_size = stored.size if stored is not None else 0
                 record = IngestRecord(
                     self._namespace,
                     ref,
                     key,
-                    total if total > 0 else record.total,
-                    expected or record.expected,
-                    record.started_at,
-                    record.updated_at,
+                    total or previous.total,
+                    expected or previous.expected,
+                    previous.started_at,
+                    previous.updated_at,
                     base,
                     None,
                     None,

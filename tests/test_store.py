@@ -207,6 +207,25 @@ def test_resume_continues_at_the_offset(store: LocalStore) -> None:
         assert writer.commit(len(BLOB), DIGEST) == DIGEST
 
 
+def test_a_different_total_starts_the_ingest_over(store: LocalStore) -> None:
+    with store.writer("sized", total=100) as writer:
+        writer.write(b"x" * 60)
+        first = writer.status()
+    with store.writer("sized", total=len(BLOB)) as writer:
+        status = writer.status()
+        assert (status.offset, status.total) == (0, len(BLOB))
+        assert status.started_at > first.started_at
+        writer.write(BLOB)
+        assert writer.commit(len(BLOB), DIGEST) == DIGEST
+
+
+def test_an_unknown_total_resumes_whatever_the_ingest_declared(store: LocalStore) -> None:
+    with store.writer("sized", total=100) as writer:
+        writer.write(b"x" * 60)
+    with store.writer("sized") as writer:
+        assert (writer.status().offset, writer.status().total) == (60, 100)
+
+
 def test_truncate_restarts_the_ingest(store: LocalStore) -> None:
     with store.writer("restart") as writer:
         writer.write(b"garbage")

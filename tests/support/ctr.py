@@ -68,3 +68,50 @@ class Ctr:
     def content_get(self, digest: str) -> bytes:
         """The bytes of blob `digest`, from `ctr content get`."""
         return self.run("content", "get", digest)
+
+
+def parse_table(output: bytes) -> list[dict[str, str]]:
+    """The rows of a table ctr prints (`content ls`, `content active`), each mapping column
+    header to cell. ctr pads with tabs, so runs of tabs separate cells; no cell here is
+    empty (ctr prints `-` for no labels) or holds a tab."""
+    lines = output.decode().splitlines()
+    if not lines:
+        return []
+
+    def cells(line: str) -> list[str]:
+        return [cell for cell in line.split("\t") if cell]
+
+    header = cells(lines[0])
+    return [dict(zip(header, cells(line), strict=True)) for line in lines[1:]]
+
+
+def table(ctr: Ctr, *args: str) -> list[dict[str, str]]:
+    """The rows of the table `ctr <args>` prints, parsed by `parse_table`."""
+    return parse_table(ctr.run(*args))
+
+
+def start(ctr: Ctr, *args: str) -> subprocess.Popen[bytes]:
+    """Start `ctr <args>` with pipes on stdin, stdout and stderr, for commands a test feeds
+    while they run; the caller writes, closes stdin and waits."""
+    return subprocess.Popen(
+        ctr.command(*args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def run_with_stdin_file(
+    ctr: Ctr, stdin_path: str, *args: str, timeout: float = CTR_TIMEOUT
+) -> bytes:
+    """Like `Ctr.run`, with stdin read from the file at `stdin_path`. A file is seekable
+    where a pipe is not, and ctr resumes an ingest only by seeking its input to the
+    ingest's offset."""
+    command = ctr.command(*args)
+    with open(stdin_path, "rb") as stdin:
+        result = subprocess.run(
+            command, check=False, stdin=stdin, capture_output=True, timeout=timeout
+        )
+    if result.returncode != 0:
+        raise CtrError(command, result.returncode, result.stderr.decode(errors="replace"))
+    return result.stdout
