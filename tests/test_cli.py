@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from support.tools import require_tool
 
 from contentd import errdefs
 from contentd.client.cli import EXIT_CODES
-from contentd.content import digest_of, open_store
+from contentd.content import LocalStore, digest_of, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 # Every byte value, and more than one 1 MiB message.
@@ -30,15 +31,25 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 @dataclass
 class Cli:
-    """`contentd` with its global options set for one store."""
+    """`contentd` with its global options set for one store, and where that store lives."""
 
     target: list[str]
+    root: Path
+    namespace: str = "default"
+
+    def store(self) -> LocalStore:
+        """The same store, opened directly (a daemon's root welcomes daemonless processes)."""
+        return open_store(self.root, self.namespace)
 
     def run(
-        self, *args: str, stdin: bytes | None = None, namespace: str = "default", check: bool = True
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        namespace: str | None = None,
+        check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         result = subprocess.run(
-            [*contentd_command(), *self.target, "-n", namespace, *args],
+            [*contentd_command(), *self.target, "-n", namespace or self.namespace, *args],
             input=stdin,
             capture_output=True,
             timeout=120,
@@ -61,26 +72,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         yield running
 
 
+_test_namespaces = itertools.count()
+
+
 @pytest.fixture(params=["daemon", "root"])
 def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
     if request.param == "daemon":
         daemon: DaemonProcess = request.getfixturevalue("daemon")
         # A namespace per test keeps tests apart on the shared daemon.
-        return NamespacedCli(["--address", daemon.address], f"t{os.getpid()}{id(request)}")
-    return Cli(["--root", str(tmp_path / "root")])
-
-
-class NamespacedCli(Cli):
-    def __init__(self, target: list[str], namespace: str) -> None:
-        super().__init__(target)
-        self.namespace = namespace
-
-    def run(
-        self, *args: str, stdin: bytes | None = None, namespace: str = "default", check: bool = True
-    ) -> subprocess.CompletedProcess[bytes]:
-        if namespace == "default":
-            namespace = self.namespace
-        return super().run(*args, stdin=stdin, namespace=namespace, check=check)
+        namespace = f"t{next(_test_namespaces)}"
+        return Cli(["--address", daemon.address], daemon.root, namespace)
+    return Cli(["--root", str(tmp_path / "root")], tmp_path / "root")
 
 
 # Ingest, list, read
@@ -134,10 +136,8 @@ def test_ingest_with_a_wrong_digest_fails_and_stores_nothing(cli: Cli) -> None:
     assert cli.text("ingest", "bad", stdin=BLOB).strip() == DIGEST
 
 
-def test_ingest_resumes_an_interrupted_ingest(cli: Cli, tmp_path: Path) -> None:
-    if "--root" not in cli.target:
-        pytest.skip("the interruption is staged on the store directory")
-    with open_store(Path(cli.target[1])) as store, store.writer("resumed") as writer:
+def test_ingest_resumes_an_interrupted_ingest(cli: Cli) -> None:
+    with cli.store() as store, store.writer("resumed") as writer:
         writer.write(BLOB[:300_000])
     assert cli.text("ingest", "resumed", stdin=BLOB).strip() == DIGEST
     assert cli.run("get", DIGEST).stdout == BLOB
@@ -181,9 +181,7 @@ def test_rm_removes_blobs_and_reports_missing_ones(cli: Cli) -> None:
 
 
 def test_active_lists_ingests_in_progress_and_abort_discards_them(cli: Cli) -> None:
-    if "--root" not in cli.target:
-        pytest.skip("the ingest is staged on the store directory")
-    with open_store(Path(cli.target[1])) as store:
+    with cli.store() as store:
         for ref in ("layer-1", "layer-2", "config"):
             with store.writer(ref) as writer:
                 writer.write(b"12345")
@@ -292,7 +290,7 @@ def test_racing_processes_through_a_daemon_and_a_root_all_succeed(tmp_path: Path
 def test_ctr_and_contentd_read_each_others_blobs(daemon: DaemonProcess) -> None:
     require_tool("ctr", "containerd")
     ctr = Ctr(daemon.address, namespace="interop")
-    cli = Cli(["--address", daemon.address])
+    cli = Cli(["--address", daemon.address], daemon.root)
     from_ctr = bytes(reversed(BLOB))
     ctr.content_ingest("from-ctr", from_ctr)
     assert cli.run("get", digest_of(from_ctr), namespace="interop").stdout == from_ctr
