@@ -106,10 +106,11 @@ class Daemon:
             ("grpc.so_reuseport", 0),
             *options.extra_options,
         ]
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix="contentd-rpc"
+        )
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=options.workers, thread_name_prefix="contentd-rpc"
-            ),
+            self._executor,
             options=grpc_options,
             # Past this many RPCs at once, callers get RESOURCE_EXHAUSTED at
             # once instead of queueing behind long-lived Write streams.
@@ -169,13 +170,18 @@ class Daemon:
         """Stop accepting calls, give running ones `grace` seconds, then cancel the rest.
 
         Canceled Write streams close their writers, so every lock is released
-        and every ingest kept for resuming.
+        and every ingest kept for resuming. Returns once every handler has
+        finished, so the store can be closed safely afterwards.
         """
         if self._stopped.is_set():
             return
         self._health.enter_graceful_shutdown()
         grace = self._options.grace if grace is None else grace
         self._server.stop(grace).wait()
+        # gRPC's stop returns while the threads of canceled calls are still
+        # unwinding (closing writers, recording progress); the store must
+        # outlive them.
+        self._executor.shutdown(wait=True)
         for path in self._sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
