@@ -26,14 +26,19 @@ def _log_done(method: str, started: float) -> None:
     _log.debug("%s OK in %.1f ms", method, (time.monotonic() - started) * 1000)
 
 
+def _log_abandoned(method: str, started: float) -> None:
+    elapsed_ms = (time.monotonic() - started) * 1000
+    _log.debug("%s abandoned by the caller after %.1f ms", method, elapsed_ms)
+
+
 def _answer(method: str, started: float, exc: Exception, context: grpc.ServicerContext) -> None:
     """Abort the RPC with the status for `exc`; return quietly if the caller already left."""
-    elapsed_ms = (time.monotonic() - started) * 1000
     if not context.is_active():
         # Canceled, past its deadline, or disconnected: no one to answer.
-        _log.debug("%s abandoned by the caller after %.1f ms", method, elapsed_ms)
+        _log_abandoned(method, started)
         return
     status = to_grpc_status(exc)
+    elapsed_ms = (time.monotonic() - started) * 1000
     _log.debug("%s %s in %.1f ms: %s", method, status.code.name, elapsed_ms, status.details)
     context.abort_with_status(status)
 
@@ -71,6 +76,11 @@ def streaming(
         started = time.monotonic()
         try:
             yield from method(self, request, context)
+        except GeneratorExit:
+            # gRPC drops a stream whose caller left while it waited at a
+            # yield; closing the generator still runs the handler's cleanup.
+            _log_abandoned(name, started)
+            raise
         except Exception as exc:
             _answer(name, started, exc, context)
             return  # the caller is gone

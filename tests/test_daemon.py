@@ -953,13 +953,6 @@ def test_debug_log_has_one_line_per_request(tmp_path: Path) -> None:
         assert "Info NOT_FOUND in" in running.logged()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="daemon/_boundary.py streaming() logs only when the handler returns or raises an "
-    "Exception; gRPC abandons a generator suspended at a yield when its caller leaves, "
-    "and the GeneratorExit that closes it is not an Exception: no line at all",
-)
 def test_debug_log_has_a_line_for_a_read_its_caller_cancels(tmp_path: Path) -> None:
     with (
         running_daemon(tmp_path / "root", "--log-level", "debug") as running,
