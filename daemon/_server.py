@@ -54,8 +54,20 @@ class ServerOptions:
     addresses: Sequence[str]
     socket_group: str | None = None
     workers: int = 64
+    #: Write streams at once; None: three quarters of the workers, so the
+    #: rest stay free for every other call.
+    max_write_streams: int | None = None
+    #: Seconds a Write stream may wait for its client before it is canceled
+    #: (its lock released, its ingest kept); None never cancels.
+    write_idle_timeout: float | None = 300.0
     grace: float = 10.0
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
+
+    def write_stream_limit(self) -> int:
+        """The number of Write streams the daemon runs at once."""
+        if self.max_write_streams is not None:
+            return self.max_write_streams
+        return max(1, self.workers * 3 // 4)
 
 
 def _socket_path(address: str) -> Path | None:
@@ -116,9 +128,14 @@ class Daemon:
             # once instead of queueing behind long-lived Write streams.
             maximum_concurrent_rpcs=options.workers,
         )
+        self._content = ContentService(
+            store,
+            max_write_streams=options.write_stream_limit(),
+            write_idle_timeout=options.write_idle_timeout,
+        )
         # The generated registration function carries no annotations.
         content_pb2_grpc.add_ContentServicer_to_server(  # type: ignore[no-untyped-call]
-            ContentService(store), self._server
+            self._content, self._server
         )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -182,6 +199,7 @@ class Daemon:
         # unwinding (closing writers, recording progress); the store must
         # outlive them.
         self._executor.shutdown(wait=True)
+        self._content.close()
         for path in self._sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -23,7 +23,7 @@ from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 
 from ._boundary import streaming, unary
-from ._handoff import StreamRegistry
+from ._streams import StreamRegistry, StreamState
 
 #: The request metadata key containerd's clients put the namespace in.
 NAMESPACE_HEADER = "containerd-namespace"
@@ -68,9 +68,15 @@ def status_message(status: Status) -> api.Status:
 class ContentService(content_pb2_grpc.ContentServicer):
     """The Content API over a LocalStore; each request picks its namespace from its metadata."""
 
-    def __init__(self, store: LocalStore) -> None:
+    def __init__(
+        self, store: LocalStore, *, max_write_streams: int, write_idle_timeout: float | None
+    ) -> None:
         self._store = store
-        self._streams = StreamRegistry()
+        self._streams = StreamRegistry(max_write_streams, write_idle_timeout)
+
+    def close(self) -> None:
+        """Stop the service's background work (the idle Write stream watchdog)."""
+        self._streams.close()
 
     def _namespaced(self, context: grpc.ServicerContext) -> LocalStore:
         namespace = ""
@@ -162,7 +168,9 @@ class ContentService(content_pb2_grpc.ContentServicer):
 
     @unary
     def Abort(self, request: api.AbortRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self._namespaced(context).abort(request.ref)
+        store = self._namespaced(context)
+        # Like a new writer, an abort may meet a stream that is just ending.
+        self._streams.open((store.namespace, request.ref), lambda: store.abort(request.ref))
         return empty_pb2.Empty()
 
     @streaming
@@ -170,9 +178,19 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self, request_iterator: Iterator[api.WriteContentRequest], context: grpc.ServicerContext
     ) -> Iterator[api.WriteContentResponse]:
         store = self._namespaced(context)
-        request = next(request_iterator, None)
-        if request is None:
-            return  # the caller hung up before saying anything
+        with self._streams.admitted(context) as state:
+            request = self._streams.receive(state, request_iterator)
+            if request is None:
+                return  # the caller hung up before saying anything
+            yield from self._write_stream(store, state, request, request_iterator)
+
+    def _write_stream(
+        self,
+        store: LocalStore,
+        state: StreamState,
+        request: api.WriteContentRequest,
+        request_iterator: Iterator[api.WriteContentRequest],
+    ) -> Iterator[api.WriteContentResponse]:
         ref = request.ref
         if not ref:
             raise InvalidArgument("first message must have a reference")
@@ -183,9 +201,10 @@ class ContentService(content_pb2_grpc.ContentServicer):
         # leaving) releases it before the stream's status is sent.
         key = (store.namespace, ref)
         writer = self._streams.open(key, lambda: store.writer(ref, total=total, expected=expected))
-        with self._streams.holding(key) as holder, writer:
+        with self._streams.holding(key, state), writer:
             first = True
             while True:
+                state.yielding = False
                 if request.expected:
                     expected = request.expected
                     if not first:  # opening the writer checked the first one
@@ -208,13 +227,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 else:
                     raise InvalidArgument(f"unknown write action {request.action}")
                 response.digest = writer.digest()
-                self._streams.answered(holder)
+                state.waiting()
                 yield response
                 if request.action == api.COMMIT:
                     return
-                request = self._streams.receive(holder, request_iterator)
-                if request is None:
+                next_request = self._streams.receive(state, request_iterator)
+                if next_request is None:
                     return  # the caller closed its side: keep the ingest for resuming
+                request = next_request
 
     @staticmethod
     def _write(writer: LocalWriter, request: api.WriteContentRequest, offset: int) -> int:

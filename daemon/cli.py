@@ -49,6 +49,19 @@ _LEVELS = ("debug", "info", "warning", "error")
     help="Calls served at once (each Write stream holds one until it ends).",
 )
 @click.option(
+    "--max-write-streams",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write streams at once; more are refused [default: 3/4 of --workers].",
+)
+@click.option(
+    "--write-idle-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds a Write stream may wait for its client before it is canceled (0: never).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -64,6 +77,8 @@ def serve(
     socket_group: str | None,
     grace: float,
     workers: int,
+    max_write_streams: int | None,
+    write_idle_timeout: float,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -80,6 +95,8 @@ def serve(
         addresses=addresses or (default_address(root),),
         socket_group=socket_group,
         workers=workers,
+        max_write_streams=max_write_streams,
+        write_idle_timeout=write_idle_timeout or None,
         grace=grace,
     )
     try:

@@ -45,7 +45,7 @@ from support.grpc_client import (
 
 from contentd import errdefs
 from contentd.content import LocalStore, digest_of, open_store
-from contentd.daemon._handoff import HANDOFF_SECONDS
+from contentd.daemon._streams import HANDOFF_SECONDS
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 
@@ -798,23 +798,53 @@ def test_health_check_answers_serving(channel: grpc.Channel, service: str) -> No
     assert health(channel, service) == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="maximum_concurrent_rpcs=--workers counts idle Write streams: once they fill "
-    "every worker, every other call, health checks included, gets RESOURCE_EXHAUSTED",
-)
-def test_health_check_answers_while_idle_write_streams_fill_every_worker(tmp_path: Path) -> None:
+def test_write_streams_beyond_the_limit_are_refused_and_other_calls_still_answer(
+    tmp_path: Path,
+) -> None:
+    # Four workers leave room for three Write streams; the fourth worker stays free.
     with (
-        running_daemon(tmp_path / "root", "--workers", "2") as running,
+        running_daemon(tmp_path / "root", "--workers", "4") as running,
         content_stub(running.address) as stub,
         connect(running.address) as channel,
         WriteStream(stub, "default") as first,
         WriteStream(stub, "default") as second,
+        WriteStream(stub, "default") as third,
+        WriteStream(stub, "default") as fourth,
     ):
-        first.send(write("first", b"abc"))
-        second.send(write("second", b"abc"))
+        for number, stream in enumerate((first, second, third)):
+            stream.send(write(f"idle-{number}", b"abc"))
+        error = refusal(lambda: fourth.send(write("one-too-many", b"abc")), Code.RESOURCE_EXHAUSTED)
+        assert error.reason == "TOO_MANY_WRITE_STREAMS"
         assert health(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert status(stub, "default", "idle-0").offset == 3
+
+
+def test_idle_write_stream_is_canceled_and_releases_its_ref(tmp_path: Path) -> None:
+    with (
+        running_daemon(tmp_path / "root", "--write-idle-timeout", "0.5") as running,
+        content_stub(running.address) as stub,
+        WriteStream(stub, "default") as idle,
+    ):
+        idle.send(write("forgotten", b"abcde"))
+        with pytest.raises(grpc.RpcError) as ended:
+            idle.receive()
+        assert ended.value.code() == Code.CANCELLED
+        with WriteStream(stub, "default") as resumed:
+            assert resumed.send(stat("forgotten")).offset == 5
+    assert "canceling a write stream idle for over 0.5s" in running.logged()
+
+
+def test_busy_write_stream_is_not_idle(tmp_path: Path) -> None:
+    with (
+        running_daemon(tmp_path / "root", "--write-idle-timeout", "0.5") as running,
+        content_stub(running.address) as stub,
+        WriteStream(stub, "default") as busy,
+    ):
+        busy.send(stat("steady"))
+        for _ in range(8):
+            time.sleep(0.2)
+            busy.send(write("steady", b"x", offset=busy.send(stat("steady")).offset))
+    assert "canceling a write stream" not in running.logged()
 
 
 def test_reflection_lists_the_content_service(channel: grpc.Channel) -> None:
