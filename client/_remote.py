@@ -99,8 +99,11 @@ class _Channel:
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # Notice a dead peer during long idle streams (held writers).
-                ("grpc.keepalive_time_ms", 60_000),
+                # Notice a dead daemon during long idle streams (held
+                # writers). Five minutes is the shortest interval gRPC servers,
+                # containerd's included, accept by default without answering
+                # with GOAWAY "too many pings".
+                ("grpc.keepalive_time_ms", 300_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
                 *options,
             ],

@@ -115,7 +115,14 @@ class Daemon:
         grpc_options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A second daemon on the same TCP port must fail, not share it.
             ("grpc.so_reuseport", 0),
+            # Probe idle connections, so a TCP peer that vanished without
+            # closing is noticed and its calls canceled.
+            ("grpc.keepalive_time_ms", 120_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Accept clients' keepalive pings down to one a minute.
+            ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
             *options.extra_options,
         ]
         self._executor = futures.ThreadPoolExecutor(

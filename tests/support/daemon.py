@@ -27,6 +27,8 @@ class DaemonProcess:
     root: Path
     process: subprocess.Popen[str]
     log: list[str] = field(default_factory=list)
+    #: A directory made for the socket, removed once the daemon has exited.
+    socket_dir: Path | None = None
 
     @property
     def socket(self) -> str:
@@ -36,13 +38,21 @@ class DaemonProcess:
         """Signal the daemon and wait for it to exit; returns its exit status."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._remove_socket_dir()
 
     def kill(self) -> None:
         """SIGKILL: the daemon dies without cleaning up."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self.socket_dir is not None and self.process.poll() is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def logged(self) -> str:
         return "".join(self.log)
@@ -64,6 +74,7 @@ def start_daemon(
 ) -> DaemonProcess:
     """Start `contentd serve --root ROOT` on a fresh unix socket and wait until it is ready."""
     # Unix socket paths are limited to about 100 bytes: keep them short.
+    owned = socket_dir is None
     socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
     address = f"unix://{socket_dir / 'contentd.sock'}"
     process = subprocess.Popen(
@@ -72,7 +83,7 @@ def start_daemon(
         stderr=subprocess.PIPE,
         text=True,
     )
-    daemon = DaemonProcess(address, root, process)
+    daemon = DaemonProcess(address, root, process, socket_dir=socket_dir if owned else None)
     ready = threading.Event()
 
     def pump() -> None:
