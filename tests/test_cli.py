@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
+import pty
 import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from support.daemon import DaemonProcess, contentd_command, running_daemon
 from support.tools import require_tool
 
 from contentd import errdefs
-from contentd.client.cli import EXIT_CODES
+from contentd.client.cli import EXIT_CODES, human_age, human_size
 from contentd.content import LocalStore, digest_of, open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,6 +227,50 @@ def test_json_objects_are_flat_with_utc_times(cli: Cli) -> None:
     assert (listed["digest"], listed["size"], listed["labels"]) == (DIGEST, len(BLOB), {"k": "v"})
     assert ISO_UTC.match(listed["created_at"])
     assert cli.json("info", DIGEST) == listed
+
+
+def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    Cli(["--root", str(root)], root).run("ingest", "layer", stdin=BLOB)
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*contentd_command(), "--root", str(root), "get", DIGEST, "-o", str(tmp_path / "out")],
+            stderr=follower,
+            capture_output=False,
+            check=False,
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+            while chunk := os.read(leader, 65536):
+                shown += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert result.returncode == 0
+    assert (tmp_path / "out").read_bytes() == BLOB
+    assert DIGEST[:19].encode() in shown
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")],
+)
+def test_sizes_read_in_binary_units(size: int, shown: str) -> None:
+    assert human_size(size) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0 seconds"), (1, "1 second"), (59, "59 seconds"), (60, "1 minute"), (7200, "2 hours")],
+)
+def test_ages_read_in_the_largest_whole_unit(seconds: int, shown: str) -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert human_age(now - timedelta(seconds=seconds), now) == shown
 
 
 def test_address_and_root_together_are_a_usage_error(tmp_path: Path) -> None:

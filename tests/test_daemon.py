@@ -919,6 +919,22 @@ def test_second_daemon_on_a_live_socket_fails_and_the_first_keeps_serving(
             assert health(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_socket_group_owns_the_socket(tmp_path: Path) -> None:
+    group = 4242  # any id: the test runs as root, who may give files to any group
+    if os.getuid() != 0:
+        group = os.getgid()
+    with running_daemon(tmp_path / "root", "--socket-group", str(group)) as running:
+        assert os.stat(running.socket).st_gid == group
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_and_terminate_stop_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    running = start_daemon(tmp_path / "root")
+    assert running.stop(sig) == 0, running.logged()
+    assert not os.path.exists(running.socket)
+    assert "shutting down" in running.logged()
+
+
 def test_sigterm_with_an_open_write_stream_stops_within_the_grace_and_keeps_the_ingest(
     tmp_path: Path,
 ) -> None:
