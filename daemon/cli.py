@@ -89,8 +89,9 @@ def serve(
     )
     # filelock narrates every acquire at debug; ours says what matters.
     logging.getLogger("filelock").setLevel(logging.WARNING)
-    # The global --root, when given before the verb, names the store too.
-    root = root or (ctx.obj or {}).get("root") or default_root()
+    # `contentd --root DIR serve` names the store with the global option.
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    root = root or parent.get("root") or default_root()
     options = ServerOptions(
         addresses=addresses or (default_address(root),),
         socket_group=socket_group,

@@ -919,6 +919,49 @@ def test_second_daemon_on_a_live_socket_fails_and_the_first_keeps_serving(
             assert health(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
+def serve_until_ready(args: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [*contentd_command(), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "serving on " in line:
+            return line.split("serving on ")[1].strip(), process
+    process.wait()
+    raise AssertionError("the daemon exited before serving")
+
+
+def test_serve_without_options_uses_the_embedded_default(tmp_path: Path) -> None:
+    # README's Quick start: `contentd serve` on a fresh machine, no root needed.
+    data_home = tmp_path / "data"
+    address, process = serve_until_ready(["serve"], {"XDG_DATA_HOME": str(data_home)})
+    try:
+        assert address == f"unix://{data_home / 'contentd' / 'contentd.sock'}"
+        with connect(address) as channel:
+            assert health(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert (data_home / "contentd" / "metadata.db").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_global_root_names_the_store_to_serve(tmp_path: Path) -> None:
+    root = tmp_path / "given"
+    address, process = serve_until_ready(
+        ["--root", str(root), "serve"], {"XDG_DATA_HOME": str(tmp_path / "unused")}
+    )
+    try:
+        assert address == f"unix://{root / 'contentd.sock'}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert not (tmp_path / "unused").exists()
+
+
 def test_socket_group_owns_the_socket(tmp_path: Path) -> None:
     group = 4242  # any id: the test runs as root, who may give files to any group
     if os.getuid() != 0:
