@@ -51,9 +51,3 @@ def remove_quietly(path: Path) -> None:
     """Unlink a file that may already be gone."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def rmdir_quietly(path: Path) -> None:
-    """Remove a directory that may be gone, or no longer empty because someone reused it."""
-    with contextlib.suppress(FileNotFoundError, OSError):
-        path.rmdir()

@@ -10,20 +10,19 @@ from filelock import FileLock, Timeout
 
 
 class IngestLock:
-    """An exclusive lock on one ingest directory, taken without waiting.
+    """An exclusive lock on one ingest, taken without waiting.
 
-    It is an flock (through filelock) on ``<ingest dir>/lock``, so it holds
+    It is an flock (through filelock) on the ingest's lock file, so it holds
     across processes and the kernel drops it when its process dies: no stale
-    locks. The lock file lives and dies with the ingest directory, so lock
-    files never outnumber ingests. When the ingest is finished (committed or
-    aborted) the holder unlinks the file *while still holding the lock*;
-    filelock's acquire rejects an unlinked inode and retries on the path, so
-    a waiter that opened the old file can never share the lock with one that
-    creates the new file.
+    locks. The lock file lives and dies with the ingest, so lock files never
+    outnumber ingests. When the ingest is finished (committed or aborted) the
+    holder unlinks the file *while still holding the lock*; filelock's acquire
+    rejects an unlinked inode and retries on the path, so a waiter that opened
+    the old file can never share the lock with one that creates the new file.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self._path = directory / "lock"
+    def __init__(self, path: Path) -> None:
+        self._path = path
         # thread_local=False: a daemon may release on another thread than the
         # one that acquired (stream teardown callbacks). fallback_to_soft=False:
         # a soft lock would outlive a crashed holder.
@@ -38,6 +37,30 @@ class IngestLock:
         except Timeout:
             return False
         return True
+
+    def write_note(self, note: str) -> None:
+        """Leave `note` in the lock file, for whoever takes the lock after a crash.
+
+        Only the holder writes the file's content (filelock never truncates
+        it), and the note goes with the file when the ingest is finished.
+        """
+        fd = os.open(self._path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, note.encode())
+        finally:
+            os.close(fd)
+
+    def clear_note(self) -> None:
+        """Empty the lock file again."""
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self._path, 0)
+
+    def read_note(self) -> str:
+        """The note a holder left in the lock file ("" if none)."""
+        try:
+            return self._path.read_text()
+        except FileNotFoundError:
+            return ""
 
     @property
     def held(self) -> bool:

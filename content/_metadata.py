@@ -6,12 +6,16 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Generic, TypeVar, cast
 
 from contentd.errdefs import ResourceExhausted, Unavailable
+
+from ._fs import fsync_directory
+
+_T = TypeVar("_T")
 
 #: Reason of the Unavailable error raised when the database stays locked too long.
 STORE_BUSY: Final = "STORE_BUSY"
@@ -37,11 +41,9 @@ CREATE TABLE IF NOT EXISTS content (
     PRIMARY KEY (namespace, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS content_by_digest ON content (digest);
--- An ingest in progress. Its bytes are in ingest/<key>/data, unless `base`
--- names a stored blob it starts from (containerd's shared policy) and nothing
--- has been appended yet. `committing` (the verified digest) and
--- `commit_labels` are set just before the bytes move into blobs/, so a crash
--- in between can be finished on the next open.
+-- An ingest in progress. Its bytes are in ingest/<key>, unless `base` names a
+-- stored blob it starts from (containerd's shared policy) and nothing has been
+-- appended yet.
 CREATE TABLE IF NOT EXISTS ingests (
     namespace TEXT NOT NULL,
     ref TEXT NOT NULL,
@@ -51,13 +53,9 @@ CREATE TABLE IF NOT EXISTS ingests (
     started_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     base TEXT,
-    committing TEXT,
-    commit_labels TEXT,
     PRIMARY KEY (namespace, ref)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingests_by_base ON ingests (base) WHERE base IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ingests_by_committing
-    ON ingests (committing) WHERE committing IS NOT NULL;
 """
 
 
@@ -84,25 +82,18 @@ class IngestRecord:
     started_at: int
     updated_at: int
     base: str | None
-    committing: str | None
-    commit_labels: dict[str, str] | None
 
 
 _CONTENT_COLUMNS: Final = "digest, size, created_at, updated_at, labels"
-_INGEST_COLUMNS: Final = (
-    "namespace, ref, key, total, expected, started_at, updated_at, base, committing, commit_labels"
-)
+_INGEST_COLUMNS: Final = "namespace, ref, key, total, expected, started_at, updated_at, base"
 
 
 def _content(row: tuple[str, int, int, int, str]) -> ContentRecord:
     return ContentRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
 
-def _ingest(
-    row: tuple[str, str, str, int, str, int, int, str | None, str | None, str | None],
-) -> IngestRecord:
-    labels = None if row[9] is None else json.loads(row[9])
-    return IngestRecord(*row[:9], labels)
+def _ingest(row: tuple[str, str, str, int, str, int, int, str | None]) -> IngestRecord:
+    return IngestRecord(*row)
 
 
 @contextlib.contextmanager
@@ -126,6 +117,15 @@ class Transaction:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
+        self.sync_dirs: set[Path] = set()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._db
+
+    def sync_before_commit(self, directory: Path) -> None:
+        """Have `directory` fsynced before this transaction commits (after a rename into it)."""
+        self.sync_dirs.add(directory)
 
     # Namespaces
 
@@ -189,9 +189,8 @@ class Transaction:
         """Whether any namespace or ingest still needs the bytes of `digest`."""
         row = self._db.execute(
             "SELECT EXISTS (SELECT 1 FROM content WHERE digest = ?)"
-            " OR EXISTS (SELECT 1 FROM ingests WHERE base = ?)"
-            " OR EXISTS (SELECT 1 FROM ingests WHERE committing = ?)",
-            (digest, digest, digest),
+            " OR EXISTS (SELECT 1 FROM ingests WHERE base = ?)",
+            (digest, digest),
         ).fetchone()
         return bool(row[0])
 
@@ -217,7 +216,7 @@ class Transaction:
 
     def insert_ingest(self, record: IngestRecord) -> None:
         self._db.execute(
-            f"INSERT INTO ingests ({_INGEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            f"INSERT INTO ingests ({_INGEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.namespace,
                 record.ref,
@@ -240,24 +239,30 @@ class Transaction:
         updated_at: int,
         base: str | None,
     ) -> None:
-        """Record an ingest's progress; clears any unfinished commit mark."""
+        """Record an ingest's progress."""
         self._db.execute(
-            "UPDATE ingests SET total = ?, expected = ?, updated_at = ?, base = ?,"
-            " committing = NULL, commit_labels = NULL WHERE namespace = ? AND ref = ?",
+            "UPDATE ingests SET total = ?, expected = ?, updated_at = ?, base = ?"
+            " WHERE namespace = ? AND ref = ?",
             (total, expected, updated_at, base, namespace, ref),
-        )
-
-    def mark_committing(
-        self, namespace: str, ref: str, digest: str, labels: Mapping[str, str]
-    ) -> None:
-        """Record that the ingest's bytes, verified as `digest`, are about to become a blob."""
-        self._db.execute(
-            "UPDATE ingests SET committing = ?, commit_labels = ? WHERE namespace = ? AND ref = ?",
-            (digest, json.dumps(dict(labels), ensure_ascii=False), namespace, ref),
         )
 
     def delete_ingest(self, namespace: str, ref: str) -> None:
         self._db.execute("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (namespace, ref))
+
+
+class _Pending(Generic[_T]):
+    """One caller's part of a group commit."""
+
+    def __init__(self, body: Callable[[Transaction], _T]):
+        self.body = body
+        self.finished = False
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> _T:
+        if self.error is not None:
+            raise self.error
+        return cast(_T, self.result)
 
 
 class Metadata:
@@ -274,6 +279,15 @@ class Metadata:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        # Writers in this process queue here rather than in SQLite: SQLite's
+        # busy handler sleeps in steps of up to 100 ms while it waits for the
+        # write lock, which wrecks throughput when many threads commit. Other
+        # processes still meet SQLite's own wait, bounded by BUSY_TIMEOUT.
+        self._write_lock = threading.Lock()
+        # Group commit (see `commit`): callers waiting for the next batch.
+        self._batch = threading.Condition()
+        self._queue: list[_Pending[Any]] = []
+        self._batch_running = False
         self._closed = False
         with translate_errors("opening the metadata database"):
             connection = self._connection()
@@ -322,14 +336,18 @@ class Metadata:
         process crashing but maybe not the machine losing power. Use it only
         for records whose loss a later open repairs (progress marks).
         """
-        with translate_errors(doing):
+        with translate_errors(doing), self._write_lock:
             connection = self._connection()
             if not durable:
                 connection.execute("PRAGMA synchronous = NORMAL")
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    yield Transaction(connection)
+                    tx = Transaction(connection)
+                    yield tx
+                    # Renames the transaction records must be durable first.
+                    for directory in tx.sync_dirs:
+                        fsync_directory(directory)
                     connection.execute("COMMIT")
                 except BaseException:
                     if connection.in_transaction:
@@ -338,6 +356,57 @@ class Metadata:
             finally:
                 if not durable:
                     connection.execute("PRAGMA synchronous = FULL")
+
+    def commit(self, doing: str, body: Callable[[Transaction], _T]) -> _T:
+        """Run `body` in a durable write transaction, shared with concurrent callers.
+
+        Group commit: callers that arrive while a batch is being made durable
+        wait and go together in the next one, each `body` inside a savepoint
+        of one transaction, so a batch costs one fsync of the log (and one of
+        each directory the bodies renamed blobs into) however many callers it
+        carries. A `body` that raises rolls back its own savepoint only and
+        its caller gets the exception; the others commit.
+        """
+        pending = _Pending(body)
+        with self._batch:
+            self._queue.append(pending)
+            while not pending.finished and self._batch_running:
+                self._batch.wait()
+            if not pending.finished:
+                self._batch_running = True
+                batch, self._queue = self._queue, []
+            else:
+                batch = []
+        if batch:
+            try:
+                self._run_batch(doing, batch)
+            finally:
+                with self._batch:
+                    self._batch_running = False
+                    self._batch.notify_all()
+        return pending.outcome()
+
+    def _run_batch(self, doing: str, batch: list[_Pending[Any]]) -> None:
+        try:
+            with self.write(doing) as tx:
+                connection = tx.connection
+                for pending in batch:
+                    connection.execute("SAVEPOINT caller")
+                    try:
+                        pending.result = pending.body(tx)
+                    except Exception as exc:
+                        connection.execute("ROLLBACK TO caller")
+                        pending.error = exc
+                    connection.execute("RELEASE caller")
+        except BaseException as exc:
+            for pending in batch:
+                if pending.error is None:
+                    pending.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for pending in batch:
+                pending.finished = True
 
     def close(self) -> None:
         """Close every thread's connection."""

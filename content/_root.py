@@ -4,8 +4,9 @@ Layout::
 
     <root>/metadata.db                 SQLite (WAL): namespaces, content and ingest records
     <root>/blobs/<algorithm>/<hex>     committed blobs, read-only, shared by namespaces
-    <root>/ingest/<key>/data           bytes of an ingest in progress
-    <root>/ingest/<key>/lock           its writer's lock (see IngestLock)
+    <root>/ingest/<key>                bytes of an ingest in progress
+    <root>/ingest/<key>.lock           its writer's lock (see IngestLock); while it
+                                       commits, also what it stores (for crash repair)
     <root>/trash/                      blobs being deleted, gone once the delete commits
 
 An ingest's key hashes its namespace and ref, so refs never become paths.
@@ -14,18 +15,20 @@ An ingest's key hashes its namespace and ref, so refs never become paths.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from contentd.errdefs import InvalidArgument
 
-from ._fs import fsync_directory, remove_quietly, rmdir_quietly, translate_os_errors
+from ._fs import remove_quietly, translate_os_errors
 from ._locks import IngestLock
-from ._metadata import ContentRecord, IngestRecord, Metadata
+from ._metadata import ContentRecord, Metadata
 from ._validate import ALGORITHMS, split_digest
 
 _log = logging.getLogger("contentd.store")
@@ -60,8 +63,13 @@ class StoreRoot:
         algorithm, encoded = split_digest(digest)
         return self.path / "blobs" / algorithm / encoded
 
-    def ingest_dir(self, key: str) -> Path:
+    def ingest_data(self, key: str) -> Path:
+        """Where an ingest's bytes are written."""
         return self.path / "ingest" / key
+
+    def ingest_lock(self, key: str) -> IngestLock:
+        """The lock a writer of this ingest holds."""
+        return IngestLock(self.path / "ingest" / f"{key}.lock")
 
     def trash_path(self, digest: str) -> Path:
         algorithm, encoded = split_digest(digest)
@@ -69,10 +77,8 @@ class StoreRoot:
 
     def remove_ingest_files(self, key: str, lock: IngestLock) -> None:
         """Delete an ingest's files and release its lock; the lock file goes last, while held."""
-        directory = self.ingest_dir(key)
-        remove_quietly(directory / "data")
+        remove_quietly(self.ingest_data(key))
         lock.release(remove=True)
-        rmdir_quietly(directory)
 
     def close(self) -> None:
         self.metadata.close()
@@ -111,21 +117,26 @@ class StoreRoot:
 
     def _repair_ingests(self) -> None:
         with self.metadata.read("listing ingests for repair") as tx:
-            records = {record.key: record for record in tx.all_ingests()}
-        for entry in (self.path / "ingest").iterdir():
-            record = records.pop(entry.name, None)
-            if record is None:
-                self._remove_orphan_ingest(entry.name)
-            elif record.committing is not None:
-                self._finish_commit_unlocked(record)
-        for record in records.values():
-            if record.committing is not None:
-                self._finish_commit_unlocked(record)
+            known = {record.key for record in tx.all_ingests()}
+        entries = list((self.path / "ingest").iterdir())
+        keys = {entry.name.removesuffix(".lock") for entry in entries}
+        # A lock file with content carries a commit intent (see write_commit_intent).
+        noted = {
+            entry.name.removesuffix(".lock")
+            for entry in entries
+            if entry.name.endswith(".lock") and entry.stat().st_size
+        }
+        for key in sorted(keys):
+            if key in noted or key not in known:
+                self._repair_ingest(key)
 
-    def _remove_orphan_ingest(self, key: str) -> None:
-        lock = IngestLock(self.ingest_dir(key))
+    def _repair_ingest(self, key: str) -> None:
+        lock = self.ingest_lock(key)
         if not lock.try_acquire():
-            return  # a live writer is creating it
+            return  # a live writer is creating or committing it
+        if self.finish_commit(key, lock):
+            self.remove_ingest_files(key, lock)
+            return
         with self.metadata.read("checking an ingest for repair") as tx:
             known = any(record.key == key for record in tx.all_ingests())
         if known:
@@ -134,47 +145,61 @@ class StoreRoot:
         self.remove_ingest_files(key, lock)
         _log.info("removed ingest files with no ingest record (%s)", key)
 
-    def _finish_commit_unlocked(self, record: IngestRecord) -> None:
-        lock = IngestLock(self.ingest_dir(record.key))
-        if not lock.try_acquire():
-            return  # its writer is still committing
-        if self.finish_commit(record):
-            self.remove_ingest_files(record.key, lock)
-        else:
-            lock.release()
+    # Commit intents
 
-    def finish_commit(self, record: IngestRecord) -> bool:
-        """Finish or undo a commit its writer did not live to finish; the ingest lock is held.
+    @staticmethod
+    def write_commit_intent(
+        lock: IngestLock, namespace: str, ref: str, digest: str, labels: dict[str, str]
+    ) -> None:
+        """Note, before the bytes move, what a commit stores: a crash then leaves enough to finish.
+
+        The note goes in the ingest's lock file, which its holder owns, so a
+        commit creates no file of its own (file churn is what costs most on
+        ext4). It is not fsynced: it guards against the process dying, and a
+        power cut before the commit completes only loses a commit that was
+        never acknowledged.
+        """
+        intent = {"namespace": namespace, "ref": ref, "digest": digest, "labels": labels}
+        lock.write_note(json.dumps(intent, ensure_ascii=False))
+
+    @staticmethod
+    def commit_intent(lock: IngestLock) -> dict[str, Any] | None:
+        note = lock.read_note()
+        if not note:
+            return None
+        try:
+            intent: dict[str, Any] = json.loads(note)
+        except ValueError:
+            return {}  # torn by a crash while being written: the bytes never moved
+        return intent
+
+    def finish_commit(self, key: str, lock: IngestLock) -> bool:
+        """Finish or undo a commit its writer did not live to finish; `lock` is held.
 
         If the verified bytes reached blobs/, the blob is recorded in the
-        namespace with the labels the commit carried and the ingest is
-        dropped (returns True). Otherwise the mark is cleared and the ingest
-        stays, resumable (returns False).
+        namespace with the labels the commit carried and the ingest is dropped
+        (returns True). Otherwise the intent goes and the ingest stays,
+        resumable (returns False).
         """
-        digest = record.committing
-        assert digest is not None
-        target = self.blob_path(digest)
-        if not target.exists():
-            with self.metadata.write("repairing an interrupted commit") as tx:
-                tx.update_ingest(
-                    record.namespace,
-                    record.ref,
-                    total=record.total,
-                    expected=record.expected,
-                    updated_at=record.updated_at,
-                    base=record.base,
-                )
+        intent = self.commit_intent(lock)
+        if intent is None:
+            return False
+        try:
+            namespace, ref = str(intent["namespace"]), str(intent["ref"])
+            digest, labels = str(intent["digest"]), dict(intent["labels"])
+            target = self.blob_path(digest)
+        except (KeyError, TypeError, ValueError, InvalidArgument):
+            target = None
+        if target is None or not target.exists():
+            lock.clear_note()
             return False
         size = target.stat().st_size
-        fsync_directory(target.parent)
         with self.metadata.write("finishing an interrupted commit") as tx:
-            if tx.content(record.namespace, digest) is None:
+            if tx.content(namespace, digest) is None:
                 now = time.time_ns()
-                tx.insert_content(
-                    record.namespace,
-                    ContentRecord(digest, size, now, now, dict(record.commit_labels or {})),
-                )
-            tx.delete_ingest(record.namespace, record.ref)
-        remove_quietly(self.ingest_dir(record.key) / "data")
-        _log.warning("finished the interrupted commit of %s in %s", digest, record.namespace)
+                tx.insert_content(namespace, ContentRecord(digest, size, now, now, labels))
+            tx.delete_ingest(namespace, ref)
+            tx.sync_before_commit(target.parent)
+        remove_quietly(self.ingest_data(key))
+        _log.warning("finished the interrupted commit of %s in %s", digest, namespace)
         return True

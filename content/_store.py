@@ -196,7 +196,7 @@ class LocalStore:
             offset = record.total
         else:
             try:
-                stat = os.stat(self._root.ingest_dir(record.key) / "data")
+                stat = os.stat(self._root.ingest_data(record.key))
             except FileNotFoundError:
                 offset = 0
             else:
@@ -228,7 +228,7 @@ class LocalStore:
 
     def _lock(self, ref: str) -> tuple[str, IngestLock]:
         key = ingest_key(self._namespace, ref)
-        lock = IngestLock(self._root.ingest_dir(key))
+        lock = self._root.ingest_lock(key)
         with translate_os_errors(f"locking ref {ref}"):
             acquired = lock.try_acquire()
         if not acquired:
@@ -283,22 +283,19 @@ class LocalStore:
         containerd, those bytes were meant for other content and the ingest
         starts over.
         """
-        data = self._root.ingest_dir(key) / "data"
+        data = self._root.ingest_data(key)
+        # A writer that died mid-commit: finish that first, as a reopen would.
+        self._root.finish_commit(key, lock)
         with self._root.metadata.read(f"opening writer for ref {ref}") as tx:
             previous = tx.ingest(self._namespace, ref)
-        # A writer that died mid-commit: finish that first, as a reopen would.
-        if (
-            previous is not None
-            and previous.committing is not None
-            and self._root.finish_commit(previous)
-        ):
-            previous = None
         declared = previous.total if previous is not None else 0
         if previous is not None and total > 0 and declared > 0 and total != declared:
             previous = None
             remove_quietly(data)
         now = time.time_ns()
-        with self._root.metadata.write(f"opening writer for ref {ref}") as tx:
+        # Not fsynced: an ingest record lost to a power cut only loses the
+        # ingest's progress (the next open removes its files), never a blob.
+        with self._root.metadata.write(f"opening writer for ref {ref}", durable=False) as tx:
             tx.ensure_namespace(self._namespace, now)
             if expected and tx.content(self._namespace, expected) is not None:
                 raise AlreadyExists(f"content {expected}")
@@ -311,9 +308,7 @@ class LocalStore:
                 if stored is not None and total in (0, stored.size):
                     base, base_size, total = expected, stored.size, stored.size
             if previous is None:
-                record = IngestRecord(
-                    self._namespace, ref, key, total, expected, now, now, base, None, None
-                )
+                record = IngestRecord(self._namespace, ref, key, total, expected, now, now, base)
                 tx.delete_ingest(self._namespace, ref)
                 tx.insert_ingest(record)
             else:
@@ -330,8 +325,6 @@ class LocalStore:
                     previous.started_at,
                     previous.updated_at,
                     base,
-                    None,
-                    None,
                 )
                 tx.update_ingest(
                     self._namespace,

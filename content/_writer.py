@@ -6,15 +6,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from contentd.errdefs import AlreadyExists, ContentdError, FailedPrecondition, Unimplemented
 
-from ._fs import fsync_directory, remove_quietly, translate_os_errors, write_all
+from ._fs import translate_os_errors, write_all
 from ._locks import IngestLock
-from ._metadata import ContentRecord, IngestRecord
+from ._metadata import ContentRecord, IngestRecord, Transaction
 from ._root import StoreRoot
 from ._types import Status, datetime_from_ns
 from ._validate import (
@@ -37,7 +38,7 @@ def drop_empty(labels: Mapping[str, str]) -> dict[str, str]:
 class LocalWriter:
     """A Writer on a LocalStore ingest; holds the ingest's lock until commit or close.
 
-    The bytes go to ``ingest/<key>/data`` as they arrive, hashed on the way,
+    The bytes go to ``ingest/<key>`` as they arrive, hashed on the way,
     so commit only has to fsync, verify and rename. An ingest that starts
     from a blob another namespace stored (containerd's shared policy) has no
     data file until something is appended to it.
@@ -72,7 +73,8 @@ class LocalWriter:
         self._finished = False
         # Set once the ingest no longer exists (committed, or found committed).
         self._gone = False
-        # Set once the bytes moved into blobs/: the ingest's data file is gone.
+        # Set once the bytes moved into blobs/: the ingest's data file is gone,
+        # and if the record failed to commit, its intent is left for repair.
         self._moved = False
         if self._base is None:
             self._open_data()
@@ -82,8 +84,8 @@ class LocalWriter:
         return self._ref
 
     @property
-    def _data_path(self) -> os.PathLike[str]:
-        return self._root.ingest_dir(self._key) / "data"
+    def _data_path(self) -> Path:
+        return self._root.ingest_data(self._key)
 
     def _open_data(self, *, truncate: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
@@ -220,13 +222,38 @@ class LocalWriter:
                 hasher.update(chunk)
         return f"{algorithm}:{hasher.hexdigest()}"
 
-    def _commit_shared(self, digest: str, size: int, labels: dict[str, str]) -> None:
-        now = time.time_ns()
-        with self._root.metadata.write(f"committing {digest}") as tx:
-            exists = tx.content(self._namespace, digest) is not None
-            if not exists:
-                tx.insert_content(self._namespace, ContentRecord(digest, size, now, now, labels))
+    def _record_blob(
+        self, digest: str, size: int, labels: dict[str, str], *, move: bool
+    ) -> Callable[[Transaction], bool]:
+        """The transaction that makes the blob visible; it answers whether it already was.
+
+        With `move`, the ingest's bytes are renamed into blobs/ inside the
+        transaction, under the write lock a delete also takes: no delete can
+        move a blob aside between our look at blobs/ and our record.
+        """
+
+        def record(tx: Transaction) -> bool:
+            if tx.content(self._namespace, digest) is not None:
+                tx.delete_ingest(self._namespace, self._ref)
+                return True
+            now = time.time_ns()
+            tx.insert_content(self._namespace, ContentRecord(digest, size, now, now, labels))
             tx.delete_ingest(self._namespace, self._ref)
+            target = self._root.blob_path(digest)
+            # Another namespace may hold these bytes already; they were
+            # verified when they got there, and ours are dropped.
+            if move and not target.exists():
+                with translate_os_errors(f"committing {digest}"):
+                    os.rename(self._data_path, target)
+                self._moved = True
+                tx.sync_before_commit(target.parent)
+            return False
+
+        return record
+
+    def _commit_shared(self, digest: str, size: int, labels: dict[str, str]) -> None:
+        record = self._record_blob(digest, size, labels, move=False)
+        exists = self._root.metadata.commit(f"committing {digest}", record)
         self._gone = True
         if exists:
             raise AlreadyExists(f"content {digest}")
@@ -234,40 +261,13 @@ class LocalWriter:
     def _commit_own(self, digest: str, size: int, labels: dict[str, str]) -> None:
         fd = self._fd
         assert fd is not None
-        metadata = self._root.metadata
         doing = f"committing {digest}"
         with translate_os_errors(doing):
-            os.fsync(fd)
-        # Mark the ingest first, so a crash after the rename below is finished
-        # by the next open instead of leaving an unreferenced blob. Losing this
-        # mark to a power cut only loses that repair: the commit was not yet
-        # acknowledged.
-        with metadata.write(doing, durable=False) as tx:
-            exists = tx.content(self._namespace, digest) is not None
-            if exists:
-                tx.delete_ingest(self._namespace, self._ref)
-            else:
-                tx.mark_committing(self._namespace, self._ref, digest, labels)
-        if exists:
-            self._gone = True
-            raise AlreadyExists(f"content {digest}")
-        target = self._root.blob_path(digest)
-        with translate_os_errors(doing):
-            if target.exists():
-                # Stored already (by another namespace, or by a commit a crash
-                # interrupted): those bytes were verified when they got there.
-                remove_quietly(self._root.ingest_dir(self._key) / "data")
-            else:
-                os.fchmod(fd, 0o444)
-                os.rename(self._data_path, target)
-                fsync_directory(target.parent)
-        self._moved = True
-        now = time.time_ns()
-        with metadata.write(doing) as tx:
-            exists = tx.content(self._namespace, digest) is not None
-            if not exists:
-                tx.insert_content(self._namespace, ContentRecord(digest, size, now, now, labels))
-            tx.delete_ingest(self._namespace, self._ref)
+            os.fdatasync(fd)
+            os.fchmod(fd, 0o444)
+            self._root.write_commit_intent(self._lock, self._namespace, self._ref, digest, labels)
+        record = self._record_blob(digest, size, labels, move=True)
+        exists = self._root.metadata.commit(doing, record)
         self._gone = True
         if exists:
             raise AlreadyExists(f"content {digest}")
@@ -306,8 +306,9 @@ class LocalWriter:
             if self._gone:
                 self._root.remove_ingest_files(self._key, self._lock)
             elif not self._moved:
-                # A commit that failed after the bytes moved keeps its mark:
-                # the next open finishes it.
+                # A commit that failed after the bytes moved keeps its
+                # intent: the next open, or writer of this ref, finishes it.
+                self._lock.clear_note()
                 self._record_progress_quietly()
         finally:
             self._lock.release()

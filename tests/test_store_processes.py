@@ -130,7 +130,7 @@ def test_interrupted_delete_is_undone_on_open(root: Path, store: LocalStore) -> 
 
 def test_orphan_ingest_files_are_removed_on_open(root: Path, store: LocalStore) -> None:
     orphan = root / "ingest" / ("f" * 64)
-    orphan.mkdir()
-    (orphan / "data").write_bytes(b"left by a crash")
+    orphan.write_bytes(b"left by a crash")
+    orphan.with_suffix(".lock").touch()
     with open_store(root):
-        assert not orphan.exists()
+        assert list((root / "ingest").iterdir()) == []

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contentd import errdefs
-from contentd.content import _fs, _root, _writer, digest_of, open_store
+from contentd.content import _fs, _metadata, _root, _writer, digest_of, open_store
 
 CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
 
@@ -81,11 +81,12 @@ def crash(root: str, namespace: str, ref: str, point: str) -> None:
     writer = store.writer(ref, total=len(data), expected=digest_of(data))
     writer.write(data)
     if point == "after-fsync":
-        _writer.os.fsync = _after(os.fsync)  # type: ignore[attr-defined]
+        _writer.os.fdatasync = _after(os.fdatasync)  # type: ignore[attr-defined]
     elif point == "after-mark":
         _writer.os.rename = _before(os.rename)  # type: ignore[attr-defined]
     elif point == "after-rename":
-        _writer.fsync_directory = _after(_fs.fsync_directory)  # type: ignore[attr-defined]
+        # The directory fsync that makes the rename durable runs with the commit's batch.
+        _metadata.fsync_directory = _after(_fs.fsync_directory)  # type: ignore[attr-defined]
     elif point == "after-metadata":
         _root.StoreRoot.remove_ingest_files = _before(  # type: ignore[method-assign]
             _root.StoreRoot.remove_ingest_files
