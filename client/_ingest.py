@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
-from contentd.content import Store, Writer
+from contentd.content import Store, Writer, digest_of
 from contentd.errdefs import (
     REF_LOCKED,
     AlreadyExists,
@@ -26,6 +26,8 @@ from contentd.errdefs import Unavailable as _Unavailable
 
 #: Bytes read from the source and sent per write.
 COPY_CHUNK: Final = 1 << 20
+#: Sources up to this size are stored in one step with `Store.put`.
+SMALL_BLOB: Final = 1 << 20
 
 
 def is_ref_locked(err: BaseException) -> bool:
@@ -171,9 +173,12 @@ def write_blob(
     """
     if size is not None and size < 0:
         raise InvalidArgument(f"size {size}: must not be negative")
-    stream = _as_stream(source)
     deadline = _Deadline(timeout, cancel, f"writing ref {ref}")
     backoff = backoff or Backoff()
+    small = _small(source, size)
+    if small is not None:
+        return _put(store, ref, small, size, digest, labels, deadline, backoff, progress)
+    stream = _as_stream(source)
     restart = False
     while True:
         try:
@@ -198,6 +203,46 @@ def write_blob(
                     raise
                 restart = True
                 stream.seek(0)
+
+
+def _small(source: BinaryIO | bytes | bytearray | memoryview, size: int | None) -> bytes | None:
+    """The whole source, when it is small enough to store in one message."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source) if len(source) <= SMALL_BLOB else None
+    if size is None or size > SMALL_BLOB:
+        return None
+    data = source.read(size + 1)
+    if len(data) > size:
+        raise FailedPrecondition(f"source is longer than its declared size {size}")
+    return data
+
+
+def _put(
+    store: Store,
+    ref: str,
+    data: bytes,
+    size: int | None,
+    digest: str | None,
+    labels: Mapping[str, str] | None,
+    deadline: _Deadline,
+    backoff: Backoff,
+    progress: Callable[[int], None] | None,
+) -> str:
+    delays = backoff.delays()
+    while True:
+        deadline.check()
+        try:
+            stored = store.put(ref, data, size=size or 0, expected=digest or "", labels=labels)
+        except AlreadyExists:
+            stored = digest or digest_of(data)
+        except _Unavailable as exc:
+            if not is_ref_locked(exc):
+                raise
+            deadline.sleep(next(delays))
+            continue
+        if progress:
+            progress(len(data))
+        return stored
 
 
 def _position(writer: Writer, stream: BinaryIO, *, verify: bool) -> int:

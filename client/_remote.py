@@ -276,6 +276,45 @@ class RemoteStore:
             labels=labels,
         )
 
+    def put(
+        self,
+        ref: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        size: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Store small `data` through `ref` in one message: a Write whose only request commits.
+
+        The Content API lets a COMMIT carry the data; one round trip stores
+        the blob on contentd and containerd alike. `data` must fit in one
+        message (16 MiB with containerd's limits).
+        """
+        request = api.WriteContentRequest(
+            action=api.COMMIT,
+            ref=ref,
+            total=size,
+            expected=expected,
+            data=bytes(data),
+            labels=dict(labels or {}),
+        )
+        call = self._channel.stub.Write(
+            iter((request,)), metadata=self._metadata, timeout=self._channel.timeout
+        )
+        with _translated():
+            responses: list[api.WriteContentResponse] = list(call)
+        if not responses:
+            raise Unknown(f"write stream for ref {ref} ended without an answer")
+        answer = responses[0]
+        if size and answer.offset != size:
+            raise FailedPrecondition(f"unexpected commit size {answer.offset}, expected {size}")
+        if expected and answer.digest != expected:
+            raise FailedPrecondition(
+                f"unexpected commit digest {answer.digest}, expected {expected}"
+            )
+        return answer.digest
+
     # Lifetime
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from contentd.errdefs import InvalidArgument
 
 from ._fs import remove_quietly, translate_os_errors
 from ._locks import IngestLock
-from ._metadata import ContentRecord, Metadata
+from ._metadata import ContentRecord, Metadata, Transaction
 from ._validate import ALGORITHMS, split_digest
 
 _log = logging.getLogger("contentd.store")
@@ -37,6 +37,14 @@ _log = logging.getLogger("contentd.store")
 def ingest_key(namespace: str, ref: str) -> str:
     """The directory name of an ingest: a hash, so any ref is safe on disk."""
     return hashlib.sha256(f"{namespace}\0{ref}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass
+class Recording:
+    """How recording a blob went, filled in as it happens (the caller reads it even on error)."""
+
+    existed: bool = False
+    moved: bool = False
 
 
 @dataclass
@@ -74,6 +82,45 @@ class StoreRoot:
     def trash_path(self, digest: str) -> Path:
         algorithm, encoded = split_digest(digest)
         return self.path / "trash" / f"{algorithm}.{encoded}.{secrets.token_hex(4)}"
+
+    def record_blob(
+        self,
+        namespace: str,
+        ref: str,
+        digest: str,
+        size: int,
+        labels: dict[str, str],
+        *,
+        source: Path | None,
+        outcome: Recording,
+    ) -> None:
+        """Make `digest` visible in `namespace` and drop the ingest `ref`, durably.
+
+        It runs in a group commit (see Metadata.commit). With `source` (an
+        ingest's verified bytes), the bytes are renamed into blobs/ inside the
+        transaction, under the write lock a delete also takes, so no delete
+        can move a blob aside between this look at blobs/ and this record; if
+        another namespace stored them already, those verified bytes stay and
+        `source` is left for the caller to drop. `outcome` says whether the
+        namespace had the blob already and whether `source` moved.
+        """
+
+        def record(tx: Transaction) -> None:
+            tx.delete_ingest(namespace, ref)
+            if tx.content(namespace, digest) is not None:
+                outcome.existed = True
+                return
+            now = time.time_ns()
+            tx.ensure_namespace(namespace, now)
+            tx.insert_content(namespace, ContentRecord(digest, size, now, now, labels))
+            target = self.blob_path(digest)
+            if source is not None and not target.exists():
+                with translate_os_errors(f"committing {digest}"):
+                    os.rename(source, target)
+                outcome.moved = True
+                tx.sync_before_commit(target.parent)
+
+        self.metadata.commit(f"committing {digest}", record)
 
     def remove_ingest_files(self, key: str, lock: IngestLock) -> None:
         """Delete an ingest's files and release its lock; the lock file goes last, while held."""

@@ -13,20 +13,22 @@ from contentd.errdefs import (
     REF_LOCKED,
     AlreadyExists,
     DataLoss,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
 
 from . import filters
-from ._fs import remove_quietly, translate_os_errors
+from ._fs import remove_quietly, translate_os_errors, write_all
 from ._locks import IngestLock
 from ._metadata import ContentRecord, IngestRecord
 from ._reader import BlobReader
-from ._root import StoreRoot, ingest_key
+from ._root import Recording, StoreRoot, ingest_key
 from ._types import Info, ReaderAt, Status, Store, Writer, datetime_from_ns
 from ._validate import (
     CANONICAL_ALGORITHM,
+    new_hasher,
     split_digest,
     validate_digest,
     validate_namespace,
@@ -272,6 +274,74 @@ class LocalStore:
         except BaseException:
             self._release_unused(ref, key, lock)
             raise
+
+    def put(
+        self,
+        ref: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        size: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Store `data` as a blob through the ingest `ref` in one step; returns its digest.
+
+        It is a writer opened, written, committed and closed at once: the ref
+        must be free (Unavailable, REF_LOCKED, otherwise), any ingest on it is
+        replaced, `size` and `expected` are verified (FailedPrecondition), and
+        a digest the namespace already holds is AlreadyExists. Bytes that fail
+        verification leave nothing behind. Meant for small blobs, which it
+        stores with one file, one lock and one (group-committed) transaction.
+        """
+        validate_ref(ref)
+        validate_size("size", size)
+        algorithm = split_digest(expected)[0] if expected else CANONICAL_ALGORITHM
+        final_labels = drop_empty(labels or {})
+        view = memoryview(data).cast("B")
+        hasher = new_hasher(algorithm)
+        hasher.update(view)
+        digest = f"{algorithm}:{hasher.hexdigest()}"
+        # As a writer would: a stored expectation first, then verification.
+        with self._root.metadata.read(f"storing {digest}") as tx:
+            for stored in (expected, digest):
+                if stored and tx.content(self._namespace, stored) is not None:
+                    raise AlreadyExists(f"content {stored}")
+        if size and size != len(view):
+            raise FailedPrecondition(f"unexpected commit size {len(view)}, expected {size}")
+        if expected and expected != digest:
+            raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
+        key, lock = self._lock(ref)
+        source = self._root.ingest_data(key)
+        outcome = Recording()
+        try:
+            self._root.finish_commit(key, lock)
+            with translate_os_errors(f"storing {digest}"):
+                fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+                try:
+                    write_all(fd, view)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            self._root.write_commit_intent(lock, self._namespace, ref, digest, final_labels)
+            self._root.record_blob(
+                self._namespace,
+                ref,
+                digest,
+                len(view),
+                final_labels,
+                source=source,
+                outcome=outcome,
+            )
+        except BaseException:
+            if outcome.moved:
+                lock.release()  # the record failed after the rename: its intent stays for repair
+            else:
+                self._root.remove_ingest_files(key, lock)
+            raise
+        self._root.remove_ingest_files(key, lock)
+        if outcome.existed:
+            raise AlreadyExists(f"content {digest}")
+        return digest
 
     def _open_ingest(
         self, ref: str, key: str, total: int, expected: str, lock: IngestLock

@@ -185,4 +185,21 @@ class Store(Protocol):
         """
         ...
 
+    def put(
+        self,
+        ref: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        size: int = 0,
+        expected: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Store small `data` through the ingest `ref` in one step; returns its digest.
+
+        Equivalent to opening a writer, writing `data` from offset 0,
+        committing and closing, in one exchange: Unavailable if the ref is
+        held, AlreadyExists if the namespace has the digest already.
+        """
+        ...
+
     def close(self) -> None: ...

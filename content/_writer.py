@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -15,8 +15,8 @@ from contentd.errdefs import AlreadyExists, ContentdError, FailedPrecondition, U
 
 from ._fs import translate_os_errors, write_all
 from ._locks import IngestLock
-from ._metadata import ContentRecord, IngestRecord, Transaction
-from ._root import StoreRoot
+from ._metadata import IngestRecord
+from ._root import Recording, StoreRoot
 from ._types import Status, datetime_from_ns
 from ._validate import (
     new_hasher,
@@ -222,54 +222,37 @@ class LocalWriter:
                 hasher.update(chunk)
         return f"{algorithm}:{hasher.hexdigest()}"
 
-    def _record_blob(
-        self, digest: str, size: int, labels: dict[str, str], *, move: bool
-    ) -> Callable[[Transaction], bool]:
-        """The transaction that makes the blob visible; it answers whether it already was.
-
-        With `move`, the ingest's bytes are renamed into blobs/ inside the
-        transaction, under the write lock a delete also takes: no delete can
-        move a blob aside between our look at blobs/ and our record.
-        """
-
-        def record(tx: Transaction) -> bool:
-            if tx.content(self._namespace, digest) is not None:
-                tx.delete_ingest(self._namespace, self._ref)
-                return True
-            now = time.time_ns()
-            tx.insert_content(self._namespace, ContentRecord(digest, size, now, now, labels))
-            tx.delete_ingest(self._namespace, self._ref)
-            target = self._root.blob_path(digest)
-            # Another namespace may hold these bytes already; they were
-            # verified when they got there, and ours are dropped.
-            if move and not target.exists():
-                with translate_os_errors(f"committing {digest}"):
-                    os.rename(self._data_path, target)
-                self._moved = True
-                tx.sync_before_commit(target.parent)
-            return False
-
-        return record
-
     def _commit_shared(self, digest: str, size: int, labels: dict[str, str]) -> None:
-        record = self._record_blob(digest, size, labels, move=False)
-        exists = self._root.metadata.commit(f"committing {digest}", record)
+        outcome = Recording()
+        self._root.record_blob(
+            self._namespace, self._ref, digest, size, labels, source=None, outcome=outcome
+        )
         self._gone = True
-        if exists:
+        if outcome.existed:
             raise AlreadyExists(f"content {digest}")
 
     def _commit_own(self, digest: str, size: int, labels: dict[str, str]) -> None:
         fd = self._fd
         assert fd is not None
-        doing = f"committing {digest}"
-        with translate_os_errors(doing):
+        with translate_os_errors(f"committing {digest}"):
             os.fdatasync(fd)
             os.fchmod(fd, 0o444)
             self._root.write_commit_intent(self._lock, self._namespace, self._ref, digest, labels)
-        record = self._record_blob(digest, size, labels, move=True)
-        exists = self._root.metadata.commit(doing, record)
+        outcome = Recording()
+        try:
+            self._root.record_blob(
+                self._namespace,
+                self._ref,
+                digest,
+                size,
+                labels,
+                source=self._data_path,
+                outcome=outcome,
+            )
+        finally:
+            self._moved = outcome.moved
         self._gone = True
-        if exists:
+        if outcome.existed:
             raise AlreadyExists(f"content {digest}")
 
     def _record_progress(self) -> None:

@@ -196,10 +196,23 @@ class ContentService(content_pb2_grpc.ContentServicer):
             raise InvalidArgument("first message must have a reference")
         total = max(request.total, 0)
         expected = request.expected
+        key = (store.namespace, ref)
+        if request.action == api.COMMIT and request.offset == 0:
+            # Everything in one message: store it in one step. (A commit at
+            # offset 0 restarts any ingest on the ref, as the API says.)
+            labels = dict(request.labels) if request.labels else None
+            data = request.data
+            digest = self._streams.open(
+                key,
+                lambda: store.put(ref, data, size=total, expected=expected, labels=labels),
+            )
+            yield api.WriteContentResponse(
+                action=api.COMMIT, offset=len(data), total=total, digest=digest
+            )
+            return
         # The writer holds the ref's lock for as long as this stream lives;
         # leaving this block for any reason (commit, error, the caller
         # leaving) releases it before the stream's status is sent.
-        key = (store.namespace, ref)
         writer = self._streams.open(key, lambda: store.writer(ref, total=total, expected=expected))
         with self._streams.holding(key, state), writer:
             first = True

@@ -113,6 +113,31 @@ def test_crash_during_commit_leaves_no_blob_or_a_whole_one(root: Path, point: st
         assert [p.name for p in blobs] == [digest.split(":")[1]]
 
 
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_crash_during_put_leaves_no_blob_or_a_whole_one(root: Path, point: str) -> None:
+    open_store(root).close()
+    crashed = actor("crash-put", str(root), "default", "putting", point)
+    out, err = crashed.communicate(timeout=60)
+    assert crashed.returncode == -signal.SIGKILL, (out, err)
+    data = actor_content(300_000)
+    digest = digest_of(data)
+    with open_store(root) as reopened:
+        listed = [info.digest for info in reopened.walk()]
+        if listed:
+            # Killed after the bytes moved: the reopen finished the commit, labels too.
+            assert point in ("after-rename", "after-metadata")
+            assert listed == [digest]
+            assert dict(reopened.info(digest).labels) == {"via": "put"}
+            with reopened.reader_at(digest) as reader:
+                assert reader.read() == data
+        else:
+            assert point in ("after-fsync", "after-mark")
+        assert reopened.list_statuses() == []
+        reopened.writer("putting").close()  # no lock is left held
+        reopened.abort("putting")
+        assert list((root / "ingest").iterdir()) == []
+
+
 def test_interrupted_delete_is_undone_on_open(root: Path, store: LocalStore) -> None:
     data = b"precious"
     digest = digest_of(data)

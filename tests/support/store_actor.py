@@ -3,6 +3,7 @@
     python store_actor.py hold ROOT NAMESPACE REF          write a little, hold the lock, wait
     python store_actor.py race ROOT NAMESPACE REF GO SIZE  wait for file GO, ingest SIZE bytes
     python store_actor.py crash ROOT NAMESPACE REF POINT   commit, dying (SIGKILL) at POINT
+    python store_actor.py crash-put ROOT NAMESPACE REF POINT   the same through put()
 
 Each prints one line saying how it ended. The bytes written are a function of
 the size only, so every racer writes the same content.
@@ -75,11 +76,7 @@ def race(root: str, namespace: str, ref: str, go: str, size: str) -> None:
         print("committed")
 
 
-def crash(root: str, namespace: str, ref: str, point: str) -> None:
-    data = content(300_000)
-    store = open_store(root, namespace)
-    writer = store.writer(ref, total=len(data), expected=digest_of(data))
-    writer.write(data)
+def _arm(point: str) -> None:
     if point == "after-fsync":
         _writer.os.fdatasync = _after(os.fdatasync)  # type: ignore[attr-defined]
     elif point == "after-mark":
@@ -93,10 +90,26 @@ def crash(root: str, namespace: str, ref: str, point: str) -> None:
         )
     else:
         raise SystemExit(f"unknown crash point {point}")
+
+
+def crash(root: str, namespace: str, ref: str, point: str) -> None:
+    data = content(300_000)
+    store = open_store(root, namespace)
+    writer = store.writer(ref, total=len(data), expected=digest_of(data))
+    writer.write(data)
+    _arm(point)
     writer.commit(len(data), digest_of(data))
+    print("survived")
+
+
+def crash_put(root: str, namespace: str, ref: str, point: str) -> None:
+    data = content(300_000)
+    store = open_store(root, namespace)
+    _arm(point)
+    store.put(ref, data, size=len(data), expected=digest_of(data), labels={"via": "put"})
     print("survived")
 
 
 if __name__ == "__main__":
     action, *arguments = sys.argv[1:]
-    {"hold": hold, "race": race, "crash": crash}[action](*arguments)
+    {"hold": hold, "race": race, "crash": crash, "crash-put": crash_put}[action](*arguments)
