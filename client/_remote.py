@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from contentd.content import (
     DEFAULT_NAMESPACE,
+    Closing,
     Info,
     ReaderAt,
+    SeekableBlob,
     Status,
     Store,
     Writer,
@@ -28,7 +28,6 @@ from contentd.errdefs import (
     ContentdError,
     FailedPrecondition,
     InvalidArgument,
-    OutOfRange,
     Unavailable,
     Unimplemented,
     Unknown,
@@ -114,7 +113,7 @@ class _Channel:
         self.channel.close()
 
 
-class RemoteStore:
+class RemoteStore(Closing):
     """A content store served by a daemon, as one namespace sees it.
 
     It implements `contentd.content.Store`, so code written for LocalStore
@@ -321,24 +320,13 @@ class RemoteStore:
         """Close the channel (shared by every namespace view of this store)."""
         self._channel.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RemoteReader(io.RawIOBase):
+class RemoteReader(SeekableBlob):
     """A blob on a daemon, as a binary file object with `read_at` and `size`.
 
     Sequential reads keep one Read stream open from the current position and
     hold at most one message (1 MiB) beyond what was asked for; `read_at`
-    and seeking start new streams.
+    asks for exactly its range, and seeking elsewhere starts a new stream.
     """
 
     def __init__(
@@ -348,20 +336,13 @@ class RemoteReader(io.RawIOBase):
         digest: str,
         size: int,
     ) -> None:
-        super().__init__()
+        super().__init__(digest, size)
         self._stub = stub
         self._metadata = metadata
-        self.digest = digest
-        self._size = size
-        self._position = 0
-        self._stream: grpc.Call | None = None
         self._responses: Iterator[api.ReadContentResponse] | None = None
+        # Received but not yet read, and where it sits in the blob.
         self._pending = memoryview(b"")
-
-    @property
-    def size(self) -> int:
-        """The blob's size in bytes."""
-        return self._size
+        self._pending_offset = 0
 
     def _open_stream(self, offset: int, size: int = 0) -> Iterator[api.ReadContentResponse]:
         return self._stub.Read(  # type: ignore[no-any-return]
@@ -370,82 +351,33 @@ class RemoteReader(io.RawIOBase):
         )
 
     def read_at(self, size: int, offset: int) -> bytes:
-        """Up to `size` bytes starting at `offset` (one Read call)."""
         if size < 0:
             raise InvalidArgument(f"read of {self.digest}: size {size} must not be negative")
-        if offset < 0:
-            raise InvalidArgument(f"read of {self.digest} at offset {offset}: must not be negative")
-        if offset > self._size:
-            raise OutOfRange(f"read past object length {self._size} bytes")
+        self._check_offset(offset)
+        self._check_open()
         size = min(size, self._size - offset)
         if size == 0:
             return b""
-        parts = []
         with _translated():
-            for response in self._open_stream(offset, size):
-                parts.append(response.data)
-        return b"".join(parts)
+            return b"".join(r.data for r in self._open_stream(offset, size))
 
-    # io.RawIOBase
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        self._check_open()
-        target = memoryview(buffer).cast("B")
-        if not target or self._position >= self._size:
-            return 0
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        if self._responses is None or offset != self._pending_offset:
+            self._drop_stream()
+            self._responses = self._open_stream(offset)
+            self._pending_offset = offset
         if not self._pending:
-            if self._responses is None:
-                self._responses = self._open_stream(self._position)
             with _translated():
                 response = next(self._responses, None)
             if response is None:
-                self._responses = None
+                self._drop_stream()
                 return 0
             self._pending = memoryview(response.data)
-        count = min(len(target), len(self._pending))
-        target[:count] = self._pending[:count]
+        count = min(len(view), len(self._pending))
+        view[:count] = self._pending[:count]
         self._pending = self._pending[count:]
-        self._position += count
+        self._pending_offset += count
         return count
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        buffer = bytearray(size)
-        return bytes(memoryview(buffer)[: self.readinto(buffer)])
-
-    def readall(self) -> bytes:
-        parts = []
-        while chunk := self.read(WRITE_CHUNK):
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._position + offset
-        elif whence == io.SEEK_END:
-            target = self._size + offset
-        else:
-            raise InvalidArgument(f"seek whence {whence}: must be 0, 1 or 2")
-        if target < 0:
-            raise InvalidArgument(f"seek of {self.digest} to {target}: must not be negative")
-        if target != self._position:
-            self._drop_stream()
-            self._position = target
-        return target
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._position
 
     def _drop_stream(self) -> None:
         if self._responses is not None:
@@ -453,25 +385,17 @@ class RemoteReader(io.RawIOBase):
         self._responses = None
         self._pending = memoryview(b"")
 
+    def readall(self) -> bytes:
+        # Stream from the position, rather than asking for the whole rest at once.
+        parts = []
+        while chunk := self.read(WRITE_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
     def close(self) -> None:
         if not self.closed:
             self._drop_stream()
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed blob reader")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Requests:
@@ -494,7 +418,7 @@ class _Requests:
             yield item
 
 
-class RemoteWriter:
+class RemoteWriter(Closing):
     """An ingest on a daemon: one Write stream, holding the ref's lock while it lives.
 
     Each request waits for its answer, as containerd's own client does, so a
@@ -627,17 +551,6 @@ class RemoteWriter:
         with contextlib.suppress(grpc.RpcError, ContentdError):
             for _ in self._responses:
                 pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
 classes.
 """
 
-from ._reader import BlobReader
+from ._reader import BlobReader, SeekableBlob
 from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
-from ._types import Info, ReaderAt, Status, Store, Writer
+from ._types import Closing, Info, ReaderAt, Status, Store, Writer
 from ._validate import (
     ALGORITHMS,
     CANONICAL_ALGORITHM,
@@ -37,10 +37,12 @@ __all__ = [
     "MAX_LABEL_BYTES",
     "MAX_REF_BYTES",
     "BlobReader",
+    "Closing",
     "Info",
     "LocalStore",
     "LocalWriter",
     "ReaderAt",
+    "SeekableBlob",
     "Status",
     "Store",
     "Writer",

@@ -1,34 +1,39 @@
-"""Reading committed blobs: random access and file-like streaming over one open file."""
+"""Reading committed blobs: random access and file-like streaming, locally or from a daemon."""
 
 from __future__ import annotations
 
 import io
 import os
-from types import TracebackType
-from typing import Self
 
 from contentd.errdefs import InvalidArgument, OutOfRange
 
 
-class BlobReader(io.RawIOBase):
-    """A committed blob opened for reading; a binary file object with `read_at` and `size`.
+class SeekableBlob(io.RawIOBase):
+    """A committed blob as a read-only binary file, with `size` and `read_at`.
 
-    `size` is the blob's committed size, and reads never go past it even if
-    the file on disk were longer. Reads use pread, so `read_at` from several
-    threads on one reader is safe.
+    Subclasses supply `_read_into`, which fills a buffer from a position; the
+    file semantics (position, seeking, bounds, closing) live here once.
+    Reads never go past `size`.
     """
 
-    def __init__(self, fd: int, size: int, digest: str) -> None:
+    def __init__(self, digest: str, size: int) -> None:
         super().__init__()
-        self._fd = fd
+        self.digest = digest
         self._size = size
         self._position = 0
-        self.digest = digest
 
     @property
     def size(self) -> int:
         """The blob's size in bytes."""
         return self._size
+
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        """Fill `view` (already cut to what the blob holds) from `offset`; the byte count."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed blob reader")
 
     def _check_offset(self, offset: int) -> None:
         if offset < 0:
@@ -40,19 +45,24 @@ class BlobReader(io.RawIOBase):
 
     def read_at(self, size: int, offset: int) -> bytes:
         """Up to `size` bytes from `offset`; ``b""`` at the end of the blob."""
-        self._check_offset(offset)
         if size < 0:
             raise InvalidArgument(f"read of {self.digest}: size {size} must not be negative")
-        self._check_closed()
-        return os.pread(self._fd, min(size, self._size - offset), offset)
+        buffer = bytearray(min(size, max(0, self._size - offset)))
+        return bytes(memoryview(buffer)[: self.readinto_at(buffer, offset)])
 
     def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> int:
         """Fill `buffer` from `offset` (as far as the blob goes); returns the byte count."""
         self._check_offset(offset)
-        self._check_closed()
+        self._check_open()
         view = memoryview(buffer).cast("B")
         wanted = min(len(view), self._size - offset)
-        return os.preadv(self._fd, [view[:wanted]], offset) if wanted else 0
+        done = 0
+        while done < wanted:
+            count = self._read_into(view[done:wanted], offset + done)
+            if count == 0:
+                break
+            done += count
+        return done
 
     # io.RawIOBase
 
@@ -69,8 +79,9 @@ class BlobReader(io.RawIOBase):
         return bytes(memoryview(buffer)[: self.readinto(buffer)])
 
     def readall(self) -> bytes:
-        data = self.read_at(max(0, self._size - self._position), min(self._position, self._size))
-        self._position += len(data)
+        start = min(self._position, self._size)
+        data = self.read_at(self._size - start, start)
+        self._position = start + len(data)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -79,7 +90,7 @@ class BlobReader(io.RawIOBase):
         return read
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_closed()
+        self._check_open()
         if whence == io.SEEK_SET:
             target = offset
         elif whence == io.SEEK_CUR:
@@ -94,29 +105,39 @@ class BlobReader(io.RawIOBase):
         return target
 
     def tell(self) -> int:
-        self._check_closed()
+        self._check_open()
         return self._position
 
+
+class BlobReader(SeekableBlob):
+    """A committed blob in a local store, read with pread from one open file.
+
+    `size` is the blob's committed size, and reads never go past it even if
+    the file on disk were longer. pread keeps `read_at` from several threads
+    on one reader safe.
+    """
+
+    def __init__(self, fd: int, size: int, digest: str) -> None:
+        super().__init__(digest, size)
+        self._fd = fd
+
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        return os.preadv(self._fd, [view], offset)
+
+    def read_at(self, size: int, offset: int) -> bytes:
+        # One pread, straight into the bytes returned: the daemon's Read
+        # path calls this for every 1 MiB it sends.
+        if size < 0:
+            raise InvalidArgument(f"read of {self.digest}: size {size} must not be negative")
+        self._check_offset(offset)
+        self._check_open()
+        return os.pread(self._fd, min(size, self._size - offset), offset)
+
     def fileno(self) -> int:
-        self._check_closed()
+        self._check_open()
         return self._fd
 
     def close(self) -> None:
         if not self.closed:
             os.close(self._fd)
         super().close()
-
-    def _check_closed(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed blob reader")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

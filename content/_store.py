@@ -6,8 +6,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from contentd.errdefs import (
     REF_LOCKED,
@@ -25,7 +24,7 @@ from ._locks import IngestLock
 from ._metadata import ContentRecord, IngestRecord
 from ._reader import BlobReader
 from ._root import Recording, StoreRoot, ingest_key
-from ._types import Info, ReaderAt, Status, Store, Writer, datetime_from_ns
+from ._types import Closing, Info, ReaderAt, Status, Store, Writer, datetime_from_ns
 from ._validate import (
     CANONICAL_ALGORITHM,
     new_hasher,
@@ -57,7 +56,7 @@ def open_store(root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE)
     return LocalStore(root, namespace)
 
 
-class LocalStore:
+class LocalStore(Closing):
     """The content store in a directory, as one namespace sees it.
 
     Any number of LocalStores, in any number of processes, may work on one
@@ -429,17 +428,6 @@ class LocalStore:
     def close(self) -> None:
         """Close the store (every namespace view of it)."""
         self._root.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 if TYPE_CHECKING:

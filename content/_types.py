@@ -38,6 +38,24 @@ class Status:
     updated_at: datetime
 
 
+class Closing:
+    """Closes itself at the end of a with-block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class ReaderAt(Protocol):
     """Random and sequential access to one committed blob; close it when done.
 

@@ -8,8 +8,6 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from contentd.errdefs import AlreadyExists, ContentdError, FailedPrecondition, Unimplemented
 
@@ -17,7 +15,7 @@ from ._fs import translate_os_errors, write_all
 from ._locks import IngestLock
 from ._metadata import IngestRecord
 from ._root import Recording, StoreRoot
-from ._types import Status, datetime_from_ns
+from ._types import Closing, Status, datetime_from_ns
 from ._validate import (
     new_hasher,
     split_digest,
@@ -35,7 +33,7 @@ def drop_empty(labels: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in validate_labels(labels).items() if value}
 
 
-class LocalWriter:
+class LocalWriter(Closing):
     """A Writer on a LocalStore ingest; holds the ingest's lock until commit or close.
 
     The bytes go to ``ingest/<key>`` as they arrive, hashed on the way,
@@ -295,14 +293,3 @@ class LocalWriter:
                 self._record_progress_quietly()
         finally:
             self._lock.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
