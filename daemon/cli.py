@@ -14,6 +14,7 @@ import click
 from contentd.content import open_store
 from contentd.errdefs import ContentdError
 
+from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions, default_address, default_root
 
 _LEVELS = ("debug", "info", "warning", "error")
@@ -89,6 +90,7 @@ def serve(
     )
     # filelock narrates every acquire at debug; ours says what matters.
     logging.getLogger("filelock").setLevel(logging.WARNING)
+    pin_allocator_thresholds()
     # `contentd --root DIR serve` names the store with the global option.
     parent = ctx.parent.params if ctx.parent is not None else {}
     root = root or parent.get("root") or default_root()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -45,6 +46,7 @@ from support.grpc_client import (
 
 from contentd import errdefs
 from contentd.content import LocalStore, digest_of, open_store
+from contentd.daemon._memory import pin_allocator_thresholds
 from contentd.daemon._streams import HANDOFF_SECONDS
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
@@ -1069,3 +1071,8 @@ def test_tcp_address_logs_its_port_and_serves(tmp_path: Path) -> None:
         with content_stub(f"127.0.0.1:{found[0]}") as stub:
             digest = put(stub, "default", b"over tcp")
             assert info(stub, "default", digest).size == len(b"over tcp")
+
+
+def test_allocator_thresholds_pin_on_glibc() -> None:
+    # Without the pin, large messages may cost fresh pages each (see daemon/_memory.py).
+    assert pin_allocator_thresholds() == (platform.libc_ver()[0] == "glibc")
