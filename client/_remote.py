@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -40,6 +41,8 @@ from contentd.proto import content_pb2_grpc
 MAX_MESSAGE_BYTES: Final = 16 << 20
 #: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
 WRITE_CHUNK: Final = 1 << 20
+#: WRITE requests a writer keeps in flight before it waits for an answer.
+WRITE_WINDOW: Final = 4
 #: The request metadata key containerd daemons read the namespace from.
 NAMESPACE_HEADER: Final = "containerd-namespace"
 
@@ -421,10 +424,13 @@ class _Requests:
 class RemoteWriter(Closing):
     """An ingest on a daemon: one Write stream, holding the ref's lock while it lives.
 
-    Each request waits for its answer, as containerd's own client does, so a
-    writer never runs ahead of the daemon (backpressure). `close` half-closes
-    the stream and waits for the daemon to end it, so the lock is released
-    when `close` returns.
+    Writes are pipelined: up to `WRITE_WINDOW` WRITE requests are in flight
+    before the writer waits for the oldest answer, so the daemon writes one
+    chunk while the next is on its way, and never more than the window runs
+    ahead of it (backpressure). Every answer's offset is still checked, in
+    order. Other requests wait for all answers first. `close` half-closes the
+    stream and waits for the daemon to end it, so the lock is released when
+    `close` returns.
     """
 
     def __init__(
@@ -448,6 +454,8 @@ class RemoteWriter(Closing):
         self._finished = False
         self._offset = 0
         self._digest = ""
+        # The offset each WRITE in flight should answer with, oldest first.
+        self._in_flight: collections.deque[int] = collections.deque()
         try:
             response = self._send(
                 api.WriteContentRequest(action=api.STAT, ref=ref, total=total, expected=expected)
@@ -461,13 +469,13 @@ class RemoteWriter(Closing):
     def ref(self) -> str:
         return self._ref
 
-    def _send(self, request: api.WriteContentRequest) -> api.WriteContentResponse:
+    def _check_open(self) -> None:
         if self._finished:
             raise FailedPrecondition(f"writer for ref {self._ref} is closed")
-        with self._guard:
-            self._requests.put(request)
-            with _translated():
-                response = next(self._responses, None)
+
+    def _receive(self) -> api.WriteContentResponse:
+        with _translated():
+            response = next(self._responses, None)
         if response is None:
             self._end()
             raise Unknown(f"write stream for ref {self._ref} ended without an answer")
@@ -475,22 +483,45 @@ class RemoteWriter(Closing):
             self._digest = response.digest
         return response
 
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), WRITE_CHUNK):
-            chunk = view[start : start + WRITE_CHUNK]
-            response = self._send(
-                api.WriteContentRequest(action=api.WRITE, offset=self._offset, data=bytes(chunk))
+    def _receive_write(self) -> None:
+        """Take the answer to the oldest WRITE in flight and check where it left the ingest."""
+        expected = self._in_flight.popleft()
+        response = self._receive()
+        if response.offset != expected:
+            raise Unknown(
+                f"write to ref {self._ref} answered offset {response.offset}, expected {expected}"
             )
-            if response.offset != self._offset + len(chunk):
-                raise Unknown(
-                    f"write to ref {self._ref} answered offset {response.offset}, "
-                    f"expected {self._offset + len(chunk)}"
+
+    def _send(self, request: api.WriteContentRequest) -> api.WriteContentResponse:
+        """Send a request and wait for its answer, after those of every WRITE in flight."""
+        self._check_open()
+        with self._guard:
+            while self._in_flight:
+                self._receive_write()
+            self._requests.put(request)
+            return self._receive()
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self._check_open()
+        view = memoryview(data).cast("B")
+        with self._guard:
+            for start in range(0, len(view), WRITE_CHUNK):
+                if len(self._in_flight) >= WRITE_WINDOW:
+                    self._receive_write()
+                chunk = view[start : start + WRITE_CHUNK]
+                self._requests.put(
+                    api.WriteContentRequest(
+                        action=api.WRITE, offset=self._offset, data=bytes(chunk)
+                    )
                 )
-            self._offset = response.offset
+                self._offset += len(chunk)
+                self._in_flight.append(self._offset)
         return len(view)
 
     def digest(self) -> str:
+        with self._guard:
+            while self._in_flight:
+                self._receive_write()
         return self._digest
 
     def status(self) -> Status:

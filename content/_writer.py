@@ -155,6 +155,11 @@ class LocalWriter(Closing):
             return self._base
         return f"{self._algorithm}:{self._hasher.hexdigest()}"
 
+    @property
+    def offset(self) -> int:
+        """How many bytes the ingest holds (cheaper than a whole `status`)."""
+        return self._base_size if self._base is not None else self._offset
+
     def status(self) -> Status:
         return Status(
             ref=self._ref,

@@ -225,14 +225,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 first = False
                 if request.total > 0:
                     total = request.total
-                status = writer.status()
-                response = api.WriteContentResponse(action=request.action, offset=status.offset)
+                response = api.WriteContentResponse(action=request.action, offset=writer.offset)
                 if request.action == api.STAT:
+                    status = writer.status()
                     response.started_at.CopyFrom(_timestamp(status.started_at))
                     response.updated_at.CopyFrom(_timestamp(status.updated_at))
                     response.total = total
                 elif request.action in (api.WRITE, api.COMMIT):
-                    response.offset = self._write(writer, request, status.offset)
+                    response.offset = self._write(writer, request, writer.offset)
                     if request.action == api.COMMIT:
                         labels = dict(request.labels) if request.labels else None
                         writer.commit(total, expected, labels)
@@ -260,8 +260,10 @@ class ContentService(content_pb2_grpc.ContentServicer):
             # Writing at zero restarts the ingest, as the API promises.
             writer.truncate(0)
             offset = 0
-        if request.data:
-            offset += writer.write(request.data)
+        # Each access to a bytes field copies it out of the message: once.
+        data = request.data
+        if data:
+            offset += writer.write(data)
         return offset
 
     @staticmethod
