@@ -14,6 +14,7 @@ client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
 classes.
 """
 
+from ._metadata import ContentRecord
 from ._reader import BlobReader, SeekableBlob
 from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
 from ._types import Closing, Info, ReaderAt, Status, Store, Writer
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_REF_BYTES",
     "BlobReader",
     "Closing",
+    "ContentRecord",
     "Info",
     "LocalStore",
     "LocalWriter",

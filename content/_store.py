@@ -129,10 +129,14 @@ class LocalStore(Closing):
         return _info(ContentRecord(digest, record.size, record.created_at, now, updated))
 
     def walk(self, *filter_expressions: str) -> Iterator[Info]:
+        return map(_info, self.walk_records(*filter_expressions))
+
+    def walk_records(self, *filter_expressions: str) -> Iterator[ContentRecord]:
+        """`walk`, as stored records (times in nanoseconds): what a server lists from."""
         match = filters.parse_all(filter_expressions)
         return self._walk(match)
 
-    def _walk(self, match: filters.Filter) -> Iterator[Info]:
+    def _walk(self, match: filters.Filter) -> Iterator[ContentRecord]:
         # Page through the namespace in short read transactions, so a slow
         # consumer never holds the database open.
         after = ""
@@ -141,7 +145,7 @@ class LocalStore(Closing):
                 page = tx.content_page(self._namespace, after, _PAGE)
             for record in page:
                 if match.match(filters.info_adaptor(record.digest, record.size, record.labels)):
-                    yield _info(record)
+                    yield record
             if len(page) < _PAGE:
                 return
             after = page[-1].digest

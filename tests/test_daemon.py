@@ -1076,3 +1076,15 @@ def test_tcp_address_logs_its_port_and_serves(tmp_path: Path) -> None:
 def test_allocator_thresholds_pin_on_glibc() -> None:
     # Without the pin, large messages may cost fresh pages each (see daemon/_memory.py).
     assert pin_allocator_thresholds() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_list_and_info_describe_a_blob_identically(
+    stub: content_pb2_grpc.ContentStub, ns: str
+) -> None:
+    digest = put(stub, ns, content(ns, tag="described twice"), labels={"k": "v"})
+    (listed,) = [
+        info
+        for batch in stub.List(api.ListContentRequest(), metadata=namespaced(ns))
+        for info in batch.info
+    ]
+    assert listed == info(stub, ns, digest)
