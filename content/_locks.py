@@ -6,72 +6,95 @@ import contextlib
 import os
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import lock_descriptor, unlock_descriptor
+
+# A finishing holder unlinks the lock file; a contender that opened it just
+# before may lock the unlinked file and must try the path again. Twice in a
+# row means the ref is busy being finished and started over: call it held.
+_ATTEMPTS = 3
 
 
 class IngestLock:
     """An exclusive lock on one ingest, taken without waiting.
 
-    It is an flock (through filelock) on the ingest's lock file, so it holds
-    across processes and the kernel drops it when its process dies: no stale
-    locks. The lock file lives and dies with the ingest, so lock files never
-    outnumber ingests. When the ingest is finished (committed or aborted) the
-    holder unlinks the file *while still holding the lock*; filelock's acquire
-    rejects an unlinked inode and retries on the path, so a waiter that opened
+    It is filelock's native lock (an flock) on the ingest's lock file, taken
+    through `filelock.lock_descriptor` on a descriptor this object owns, so it
+    holds across processes (and against filelock's FileLock on the same file)
+    and the kernel drops it when its process dies: no stale locks. The lock
+    file lives and dies with the ingest, so lock files never outnumber
+    ingests. When the ingest is finished (committed or aborted) the holder
+    unlinks the file *while still holding the lock*, and a new holder checks
+    that the path still names the file it locked, so a contender that opened
     the old file can never share the lock with one that creates the new file.
+
+    While it commits, the holder keeps a note in the file: what the commit is
+    about to store, for whoever takes the lock after a crash.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        # thread_local=False: a daemon may release on another thread than the
-        # one that acquired (stream teardown callbacks). fallback_to_soft=False:
-        # a soft lock would outlive a crashed holder.
-        self._lock = FileLock(
-            str(self._path), timeout=0, thread_local=False, fallback_to_soft=False
-        )
+        self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; False at once if another holder has it."""
-        try:
-            self._lock.acquire()
-        except Timeout:
-            return False
-        return True
-
-    def write_note(self, note: str) -> None:
-        """Leave `note` in the lock file, for whoever takes the lock after a crash.
-
-        Only the holder writes the file's content (filelock never truncates
-        it), and the note goes with the file when the ingest is finished.
-        """
-        fd = os.open(self._path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-        try:
-            os.write(fd, note.encode())
-        finally:
+        for _ in range(_ATTEMPTS):
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                if not lock_descriptor(fd, blocking=False):
+                    os.close(fd)
+                    return False
+                if self._names(fd):
+                    self._fd = fd
+                    return True
+                unlock_descriptor(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
+        return False
 
-    def clear_note(self) -> None:
-        """Empty the lock file again."""
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(self._path, 0)
-
-    def read_note(self) -> str:
-        """The note a holder left in the lock file ("" if none)."""
+    def _names(self, fd: int) -> bool:
+        """Whether the lock file's path still names the file open as `fd`."""
         try:
-            return self._path.read_text()
+            named = os.stat(self._path, follow_symlinks=False)
         except FileNotFoundError:
-            return ""
+            return False
+        return os.path.samestat(named, os.fstat(fd))
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
-        return self._lock.is_locked
+        return self._fd is not None
+
+    def _held_fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError("the ingest lock is not held")
+        return self._fd
+
+    def write_note(self, note: str) -> None:
+        """Leave `note` in the lock file, for whoever takes the lock after a crash."""
+        fd = self._held_fd()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+
+    def clear_note(self) -> None:
+        """Empty the lock file again."""
+        os.ftruncate(self._held_fd(), 0)
+
+    def read_note(self) -> str:
+        """The note a holder left in the lock file ("" if none)."""
+        fd = self._held_fd()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def release(self, *, remove: bool = False) -> None:
         """Release the lock; with `remove`, unlink the lock file first (the ingest is gone)."""
-        if not self._lock.is_locked:
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
-        if remove:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
-        self._lock.release(force=True)
+        try:
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path)
+            unlock_descriptor(fd)
+        finally:
+            os.close(fd)
