@@ -30,3 +30,9 @@ lint: env
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The side-by-side benchmark against containerd (benchmarks/README.md), e.g. ARGS=--quick.
+.PHONY: bench
+bench: $(BIN)/python
+	$(PIP) $(EDITABLE) -e .
+	$(BIN)/python benchmarks/run.py $(ARGS)

@@ -1,0 +1,290 @@
+"""Benchmark contentd side by side with containerd, over the same Python client.
+
+    python benchmarks/run.py [--quick] [--only WORKLOAD...] [--json FILE]
+
+For each workload in turn, it starts `contentd serve`, runs the workload, stops it, then
+does the same with a private containerd (content plugins only, its own root, state and
+socket); the two never run at the same time. Each server keeps one root, in a temporary
+directory, for the whole run. Progress goes to stderr; the environment and two Markdown
+tables (the results, then the daemons' peak memory and CPU time) go to stdout. Everything
+started is stopped and everything written is removed on the way out, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+try:
+    from environment import describe, load_average
+    from servers import CONTAINERD, CONTENTD, Containerd, Contentd, Server
+    from workloads import FULL, QUICK, WORKLOADS, Context, Data, Result, Scale, Workload
+except ModuleNotFoundError as missing:
+    sys.exit(
+        f"benchmarks/run.py: {missing}; run it with the project's virtualenv "
+        "(`make bench`, or `.venv/bin/python benchmarks/run.py`)"
+    )
+
+MIB: Final = 1 << 20
+#: The issue's memory target for the daemon while it ingests the large blob.
+RSS_TARGET_MB: Final = 150
+
+
+class Progress:
+    """Timestamped progress lines on stderr."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    names = [workload.name for workload in WORKLOADS]
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Benchmark contentd side by side with containerd.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="scaled-down sizes, to smoke-test the harness in about a minute",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=names,
+        metavar="WORKLOAD",
+        help=f"run only these workloads (of {', '.join(names)})",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
+    parser.add_argument(
+        "--populate-writers",
+        type=int,
+        metavar="N",
+        help="writer processes populating the listing namespace (default: 8)",
+    )
+    parser.add_argument(
+        "--tmpdir",
+        type=Path,
+        default=None,
+        help="where the servers' roots go (default: the system's temporary directory)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the roots and logs (the path is printed)"
+    )
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def terminated_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit, so cleanup runs when the harness is killed politely."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        print("benchmarks/run.py: terminated, cleaning up", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_workload(
+    workload: Workload, server: Server, scale: Scale, data: Data, progress: Progress
+) -> list[Result]:
+    """Start `server`, run `workload` on it, and stop it whatever happens."""
+    progress(f"{server.name}: starting for {workload.name}")
+    running = server.start()
+    try:
+        return workload.run(Context(running, scale, data, progress))
+    except Exception:
+        print(f"--- {server.name} log (last lines) ---\n{server.log()}", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+
+
+# Reporting.
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if unit == "s":
+        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+    if unit == "MB/s":
+        return f"{value:,.1f} MB/s"
+    return f"{value:,.0f} {unit}"
+
+
+def ratio(ours: Result, theirs: Result | None) -> float | None:
+    """How many times better contentd did: rate over rate, or time over time inverted."""
+    if theirs is None or ours.value <= 0 or theirs.value <= 0:
+        return None
+    if ours.higher_is_better:
+        return ours.value / theirs.value
+    return theirs.value / ours.value
+
+
+def paired(results: Sequence[Result]) -> list[tuple[Result, Result | None]]:
+    """contentd's results in order, each with containerd's result for the same case."""
+    theirs = {r.case: r for r in results if r.server == CONTAINERD}
+    return [(r, theirs.get(r.case)) for r in results if r.server == CONTENTD]
+
+
+def results_table(results: Sequence[Result]) -> str:
+    lines = [
+        "| workload | contentd | containerd | ratio (>1: contentd better) |",
+        "|---|---:|---:|---:|",
+    ]
+    for ours, theirs in paired(results):
+        times = ratio(ours, theirs)
+        shown = "n/a" if times is None else f"{times:.2f}"
+        if times is not None and not ours.counted:
+            shown = f"({shown})"
+        their_value = format_value(theirs.value if theirs else None, ours.unit)
+        lines.append(
+            f"| {ours.title} | {format_value(ours.value, ours.unit)} | {their_value} | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def format_usage(result: Result | None) -> tuple[str, str]:
+    if result is None or result.usage is None:
+        return "n/a", "n/a"
+    usage = result.usage
+    memory = f"{usage.peak_rss / MIB:,.0f} MiB (HWM {usage.hwm / MIB:,.0f})"
+    return memory, f"{usage.cpu_seconds:,.1f} s"
+
+
+def usage_table(results: Sequence[Result]) -> str:
+    lines = [
+        "| workload | contentd peak RSS | contentd CPU | containerd peak RSS | containerd CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for ours, theirs in paired(results):
+        ours_rss, ours_cpu = format_usage(ours)
+        theirs_rss, theirs_cpu = format_usage(theirs)
+        lines.append(f"| {ours.title} | {ours_rss} | {ours_cpu} | {theirs_rss} | {theirs_cpu} |")
+    return "\n".join(lines)
+
+
+def memory_target_line(results: Sequence[Result]) -> str | None:
+    for result in results:
+        if result.server == CONTENTD and result.case == "large-ingest" and result.usage:
+            peak = result.usage.peak_rss / 1e6
+            verdict = "met" if peak < RSS_TARGET_MB else "NOT met"
+            return (
+                f"contentd peak RSS during the large ingest: {peak:,.0f} MB "
+                f"(target: under {RSS_TARGET_MB} MB, {verdict})."
+            )
+    return None
+
+
+def report(environment: dict[str, str], results: Sequence[Result]) -> str:
+    lines = [f"- {key}: {value}" for key, value in environment.items()]
+    lines += [
+        "",
+        results_table(results),
+        "",
+        "Ratios are contentd over containerd for rates and containerd over contentd for "
+        "seconds, so above 1 contentd is better either way; a ratio in parentheses is for "
+        "a figure outside the comparison. MB = 10^6 bytes.",
+        "",
+        usage_table(results),
+        "",
+        "Peak RSS is the highest VmRSS sampled every 50 ms while the clients worked; HWM is "
+        "the daemon's VmHWM then, its peak since it started for this workload (setup "
+        "included). CPU is user + system seconds of the daemon process over the same window.",
+    ]
+    target = memory_target_line(results)
+    if target:
+        lines += ["", target]
+    return "\n".join(lines)
+
+
+def write_json(
+    path: Path,
+    environment: dict[str, str],
+    scale: Scale,
+    quick: bool,
+    results: Sequence[Result],
+    timings: dict[str, float],
+) -> None:
+    document = {
+        "environment": environment,
+        "quick": quick,
+        "scale": dataclasses.asdict(scale),
+        "wall_seconds": timings,
+        "results": [dataclasses.asdict(result) for result in results],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress = Progress()
+    scale = QUICK if args.quick else FULL
+    if args.populate_writers:
+        scale = dataclasses.replace(scale, populate_writers=args.populate_writers)
+    selected = [w for w in WORKLOADS if args.only is None or w.name in args.only]
+
+    workdir = Path(tempfile.mkdtemp(prefix="contentd-bench-", dir=args.tmpdir))
+    servers: list[Server] = [Contentd(workdir / "contentd")]
+    if Containerd.available():
+        servers.append(Containerd(workdir / "containerd"))
+    else:
+        progress("containerd is not installed (no `containerd` on PATH): running contentd alone")
+    environment = describe(workdir)
+    for key, value in environment.items():
+        progress(f"{key}: {value}")
+
+    results: list[Result] = []
+    timings: dict[str, float] = {}
+    try:
+        with terminated_as_exit():
+            data = Data(workdir / "data")
+            for workload in selected:
+                started = time.monotonic()
+                workload.prepare(data, scale)
+                timings[f"{workload.name}/prepare"] = time.monotonic() - started
+                for server in servers:
+                    started = time.monotonic()
+                    results += run_workload(workload, server, scale, data, progress)
+                    timings[f"{workload.name}/{server.name}"] = time.monotonic() - started
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            progress(f"removing {workdir}")
+            shutil.rmtree(workdir, ignore_errors=True)
+    timings["total"] = time.monotonic() - progress.started
+    environment["load average at end (1/5/15 min)"] = load_average()
+    progress(f"done in {timings['total']:.1f} s")
+
+    print(report(environment, results))
+    if args.json:
+        write_json(args.json, environment, scale, args.quick, results, timings)
+        progress(f"raw numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

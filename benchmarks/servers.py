@@ -1,0 +1,122 @@
+"""The two servers under test, started one at a time on roots that outlive each start.
+
+Both come from the test support helpers: `contentd serve` as a subprocess
+(`support.daemon.start_daemon`) and a private containerd with only its content plugins
+(`support.containerd.start_containerd`, garbage collector on, so workloads label what they
+keep with `containerd.io/gc.root`). A server's root lives in a directory of the benchmark's
+own; stopping and starting it again keeps its content, so each workload runs on a fresh
+process of a store that holds what earlier workloads wrote.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+REPO: Final = Path(__file__).resolve().parent.parent
+# tests/ is no package: its helpers import as `support.*` with the folder on the path.
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.containerd import ContainerdProcess, log_tail, start_containerd  # noqa: E402
+from support.daemon import DaemonProcess, start_daemon  # noqa: E402
+
+START_TIMEOUT: Final = 60.0
+STOP_TIMEOUT: Final = 60.0
+CONTENTD: Final = "contentd"
+CONTAINERD: Final = "containerd"
+
+
+@dataclass
+class Running:
+    """A started server: where to reach it and which process to measure."""
+
+    name: str
+    address: str
+    pid: int
+
+
+class Server(ABC):
+    """One of the servers under test, bound to a directory that holds its store."""
+
+    name: str
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @abstractmethod
+    def start(self) -> Running:
+        """Start the server on its store and wait until it serves."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server if it runs; safe to call more than once."""
+
+    @abstractmethod
+    def log(self) -> str:
+        """The last lines the server logged, for error reports."""
+
+
+class Contentd(Server):
+    """`contentd serve` with its root under the work directory."""
+
+    name = CONTENTD
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self._daemon: DaemonProcess | None = None
+        self._last_log = ""
+
+    def start(self) -> Running:
+        self._daemon = start_daemon(self.workdir / "root", timeout=START_TIMEOUT)
+        return Running(self.name, self._daemon.address, self._daemon.process.pid)
+
+    def stop(self) -> None:
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return
+        try:
+            status = daemon.stop(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            raise RuntimeError(f"contentd did not stop within {STOP_TIMEOUT:g} s") from None
+        if status != 0:
+            print(f"warning: contentd exited with status {status}", file=sys.stderr)
+        self._last_log = daemon.logged()
+
+    def log(self) -> str:
+        daemon = self._daemon
+        text = daemon.logged() if daemon is not None else self._last_log
+        return "\n".join(text.splitlines()[-40:]) or "(nothing logged)"
+
+
+class Containerd(Server):
+    """A private containerd (content plugins only, collector on) under the work directory."""
+
+    name = CONTAINERD
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self._process: ContainerdProcess | None = None
+
+    @staticmethod
+    def available() -> bool:
+        """Whether a containerd binary is on PATH."""
+        return shutil.which("containerd") is not None
+
+    def start(self) -> Running:
+        self._process = start_containerd(self.workdir, timeout=START_TIMEOUT, collect=True)
+        return Running(self.name, self._process.address, self._process.process.pid)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop(timeout=STOP_TIMEOUT)
+
+    def log(self) -> str:
+        return log_tail(self.workdir / "containerd.log")

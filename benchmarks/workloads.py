@@ -1,0 +1,469 @@
+"""The five workloads of the side-by-side benchmark, each a set of measured cases.
+
+A workload runs against one server at a time: the harness starts the server, calls
+`run`, and stops it. Each case launches its clients (see `clients`), measures the daemon
+process from the moment every client is ready until the last one is done, and yields a
+`Result`. Cases marked not `counted` are reported for information only (how long the
+listing's population took).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Final, TypeVar
+
+from clients import (
+    Blob,
+    Contend,
+    LargeIngest,
+    LargeRead,
+    Listing,
+    Populate,
+    SmallBlobs,
+    contend,
+    gc_root_labels,
+    ingest_large,
+    list_blobs,
+    populate,
+    read_large,
+    run_clients,
+    small_blobs,
+    span,
+)
+from clients import Client as ClientFunction
+from measure import Monitor, Usage
+from servers import Running
+
+from contentd.client import RemoteStore
+from contentd.errdefs import NotFound
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+MB: Final = 1e6
+SMALL_BLOB: Final = 4096
+LIST_ROUNDS: Final = 3
+LIST_FILTER: Final = "labels.kind==a"
+CONTENTION_REF: Final = "same-ref"
+LARGE_REF: Final = "bench-large"
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each workload is."""
+
+    large_size: int
+    small_seconds: float
+    small_clients: tuple[int, ...]
+    list_count: int
+    populate_writers: int
+    contention_clients: int
+    contention_size: int
+
+    # Timeouts assume throughputs far below anything either server manages, so they only
+    # catch a hang.
+
+    def large_timeout(self) -> float:
+        return 120 + self.large_size / (2 * MB)
+
+    def small_timeout(self) -> float:
+        return self.small_seconds + 120
+
+    def populate_timeout(self) -> float:
+        return 120 + self.list_count / 20
+
+    def list_timeout(self) -> float:
+        return 120 + LIST_ROUNDS * self.list_count / 500
+
+    def contention_timeout(self) -> float:
+        return 120 + self.contention_clients * self.contention_size / (2 * MB)
+
+
+FULL: Final = Scale(
+    large_size=GIB,
+    small_seconds=15.0,
+    small_clients=(1, 8),
+    list_count=100_000,
+    populate_writers=8,
+    contention_clients=16,
+    contention_size=64 * MIB,
+)
+QUICK: Final = Scale(
+    large_size=64 * MIB,
+    small_seconds=2.0,
+    small_clients=(1, 8),
+    list_count=2_000,
+    populate_writers=8,
+    contention_clients=4,
+    contention_size=8 * MIB,
+)
+
+
+def human_bytes(size: int) -> str:
+    """1 GiB, 64 MiB, 4 KiB: sizes as the workload titles name them."""
+    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One case's outcome on one server."""
+
+    case: str
+    title: str
+    server: str
+    value: float
+    unit: str
+    #: Whether a larger value is better (rates) or worse (seconds).
+    higher_is_better: bool
+    #: False for figures reported for information only, outside the comparison.
+    counted: bool
+    #: The daemon process over the measured window (None when it was not measured).
+    usage: Usage | None
+    raw: dict[str, object] = field(default_factory=dict)
+
+
+class Data:
+    """Source files the clients read, made once per run and shared by both servers."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._blobs: dict[str, Blob] = {}
+
+    def random_blob(self, name: str, size: int) -> Blob:
+        """A file of `size` random bytes, written the first time it is asked for."""
+        blob = self._blobs.get(name)
+        if blob is not None and blob.size == size:
+            return blob
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{name}.bin"
+        hasher = hashlib.sha256()
+        with path.open("wb") as out:
+            remaining = size
+            while remaining:
+                piece = os.urandom(min(remaining, 16 * MIB))
+                hasher.update(piece)
+                out.write(piece)
+                remaining -= len(piece)
+        blob = Blob(path, size, "sha256:" + hasher.hexdigest())
+        self._blobs[name] = blob
+        return blob
+
+
+@dataclass
+class Context:
+    """What a workload needs to run against one server."""
+
+    server: Running
+    scale: Scale
+    data: Data
+    progress: Callable[[str], None]
+
+    def clients(
+        self,
+        client: ClientFunction[J, R],
+        jobs: Sequence[J],
+        *,
+        namespace: str,
+        timeout: float,
+        measure: bool = True,
+    ) -> tuple[list[R], Usage | None]:
+        """Run `client` once per job in processes of their own, measuring the daemon from
+        the moment all are ready until all are done (unless `measure` is false)."""
+        # Bytes an earlier step left dirty would otherwise be written back on this one's time.
+        os.sync()
+        monitor = Monitor(self.server.pid)
+        try:
+            results = run_clients(
+                client,
+                jobs,
+                address=self.server.address,
+                namespace=namespace,
+                timeout=timeout,
+                on_ready=monitor.start if measure else lambda: None,
+            )
+        finally:
+            monitor.stop()
+        return results, monitor.usage if measure else None
+
+    def store(self, namespace: str) -> RemoteStore:
+        """A client in the harness itself, for checks outside the measured windows."""
+        return RemoteStore(self.server.address, namespace, timeout=60.0)
+
+
+class Workload(ABC):
+    """A named workload: `--only NAME` selects it."""
+
+    name: ClassVar[str]
+    namespace: ClassVar[str]
+
+    def prepare(self, data: Data, scale: Scale) -> None:  # noqa: B027 (most need nothing)
+        """Make source data, before any server starts."""
+
+    @abstractmethod
+    def run(self, ctx: Context) -> list[Result]:
+        """Run every case against `ctx.server`."""
+
+    def result(
+        self,
+        ctx: Context,
+        case: str,
+        title: str,
+        value: float,
+        unit: str,
+        usage: Usage | None,
+        *,
+        higher_is_better: bool,
+        counted: bool = True,
+        **raw: object,
+    ) -> Result:
+        ctx.progress(f"{ctx.server.name}: {title}: {value:,.2f} {unit}")
+        return Result(
+            case=f"{self.name}/{case}" if case else self.name,
+            title=title,
+            server=ctx.server.name,
+            value=value,
+            unit=unit,
+            higher_is_better=higher_is_better,
+            counted=counted,
+            usage=usage,
+            raw=raw,
+        )
+
+
+class LargeIngestWorkload(Workload):
+    """One large blob in 1 MiB WRITE messages, committed with a gc.root label."""
+
+    name = "large-ingest"
+    namespace = "bench-large"
+
+    def prepare(self, data: Data, scale: Scale) -> None:
+        data.random_blob("large", scale.large_size)
+
+    def run(self, ctx: Context) -> list[Result]:
+        blob = ctx.data.random_blob("large", ctx.scale.large_size)
+        job = LargeIngest(blob, LARGE_REF, gc_root_labels())
+        [timed], usage = ctx.clients(
+            ingest_large, [job], namespace=self.namespace, timeout=ctx.scale.large_timeout()
+        )
+        rate = blob.size / MB / timed.window.seconds
+        title = f"large ingest: {human_bytes(blob.size)} in 1 MiB writes"
+        return [
+            self.result(
+                ctx,
+                "",
+                title,
+                rate,
+                "MB/s",
+                usage,
+                higher_is_better=True,
+                seconds=timed.window.seconds,
+            )
+        ]
+
+
+class LargeReadWorkload(Workload):
+    """The large blob streamed back with Read, 1 MiB at a time."""
+
+    name = "large-read"
+    namespace = LargeIngestWorkload.namespace
+
+    def prepare(self, data: Data, scale: Scale) -> None:
+        data.random_blob("large", scale.large_size)
+
+    def run(self, ctx: Context) -> list[Result]:
+        blob = ctx.data.random_blob("large", ctx.scale.large_size)
+        with ctx.store(self.namespace) as store:
+            try:
+                store.info(blob.digest)
+            except NotFound:
+                ctx.progress(f"{ctx.server.name}: ingesting the large blob first (not measured)")
+                ctx.clients(
+                    ingest_large,
+                    [LargeIngest(blob, LARGE_REF, gc_root_labels())],
+                    namespace=self.namespace,
+                    timeout=ctx.scale.large_timeout(),
+                    measure=False,
+                )
+        [timed], usage = ctx.clients(
+            read_large,
+            [LargeRead(blob.digest, blob.size)],
+            namespace=self.namespace,
+            timeout=ctx.scale.large_timeout(),
+        )
+        rate = blob.size / MB / timed.window.seconds
+        title = f"large read: {human_bytes(blob.size)} in 1 MiB reads"
+        return [
+            self.result(
+                ctx,
+                "",
+                title,
+                rate,
+                "MB/s",
+                usage,
+                higher_is_better=True,
+                seconds=timed.window.seconds,
+            )
+        ]
+
+
+class SmallBlobsWorkload(Workload):
+    """4 KiB blobs: write, durable commit (labelled), then Info; 1 and 8 client processes."""
+
+    name = "small"
+    namespace = "bench-small"
+
+    def run(self, ctx: Context) -> list[Result]:
+        results = []
+        for clients in ctx.scale.small_clients:
+            job = SmallBlobs(SMALL_BLOB, ctx.scale.small_seconds, gc_root_labels())
+            timed, usage = ctx.clients(
+                small_blobs,
+                [job] * clients,
+                namespace=self.namespace,
+                timeout=ctx.scale.small_timeout(),
+            )
+            count = sum(t.count for t in timed)
+            seconds = span([t.window for t in timed])
+            plural = "client" if clients == 1 else "clients"
+            title = f"small blobs: 4 KiB write+commit+info, {clients} {plural}"
+            results.append(
+                self.result(
+                    ctx,
+                    f"{clients}",
+                    title,
+                    count / seconds,
+                    "blobs/s",
+                    usage,
+                    higher_is_better=True,
+                    blobs=count,
+                    seconds=seconds,
+                    per_client=[t.count for t in timed],
+                )
+            )
+        return results
+
+
+class ListingWorkload(Workload):
+    """A namespace of many small labelled blobs, listed whole and through a label filter."""
+
+    name = "listing"
+    namespace = "bench-list"
+
+    def run(self, ctx: Context) -> list[Result]:
+        count, writers = ctx.scale.list_count, ctx.scale.populate_writers
+        ctx.progress(f"{ctx.server.name}: populating {count:,} blobs with {writers} writers")
+        jobs = [Populate(first, count, writers) for first in range(writers)]
+        timed, usage = ctx.clients(
+            populate, jobs, namespace=self.namespace, timeout=ctx.scale.populate_timeout()
+        )
+        seconds = span([t.window for t in timed])
+        results = [
+            self.result(
+                ctx,
+                "populate",
+                f"listing: populate {count:,} blobs, {writers} writers (not counted)",
+                seconds,
+                "s",
+                usage,
+                higher_is_better=False,
+                counted=False,
+                blobs=sum(t.count for t in timed),
+                blobs_per_second=count / seconds,
+                writers=writers,
+            )
+        ]
+        half = math.ceil(count / 2)
+        cases = (
+            ("all", (), count, f"listing: List all {count:,} (best of {LIST_ROUNDS})"),
+            (
+                "filtered",
+                (LIST_FILTER,),
+                half,
+                f"listing: List {LIST_FILTER} ({half:,}; best of {LIST_ROUNDS})",
+            ),
+        )
+        for case, filters, expected, title in cases:
+            [listed], usage = ctx.clients(
+                list_blobs,
+                [Listing(filters, expected, LIST_ROUNDS)],
+                namespace=self.namespace,
+                timeout=ctx.scale.list_timeout(),
+            )
+            results.append(
+                self.result(
+                    ctx,
+                    case,
+                    title,
+                    min(listed.rounds),
+                    "s",
+                    usage,
+                    higher_is_better=False,
+                    rounds=list(listed.rounds),
+                )
+            )
+        return results
+
+
+class ContentionWorkload(Workload):
+    """Many clients ingesting the same content on one ref, through write_blob's retries."""
+
+    name = "contention"
+    namespace = "bench-contention"
+
+    def prepare(self, data: Data, scale: Scale) -> None:
+        data.random_blob("contention", scale.contention_size)
+
+    def run(self, ctx: Context) -> list[Result]:
+        scale = ctx.scale
+        blob = ctx.data.random_blob("contention", scale.contention_size)
+        timeout = scale.contention_timeout()
+        job = Contend(blob, CONTENTION_REF, gc_root_labels(), timeout)
+        timed, usage = ctx.clients(
+            contend, [job] * scale.contention_clients, namespace=self.namespace, timeout=timeout
+        )
+        seconds = span([t.window for t in timed])
+        wrong = [t.digests for t in timed if t.digests != (blob.digest,)]
+        if wrong:
+            raise RuntimeError(f"contention: clients returned {wrong}, expected {blob.digest}")
+        with ctx.store(self.namespace) as store:
+            stored = sum(1 for info in store.walk() if info.digest == blob.digest)
+            ingests = len(store.list_statuses())
+        if stored != 1:
+            raise RuntimeError(f"contention: {stored} blobs listed with {blob.digest}, not 1")
+        title = (
+            f"lock contention: {scale.contention_clients} clients, one ref, "
+            f"{human_bytes(blob.size)} (until all succeed)"
+        )
+        return [
+            self.result(
+                ctx,
+                "",
+                title,
+                seconds,
+                "s",
+                usage,
+                higher_is_better=False,
+                per_client_seconds=[t.window.seconds for t in timed],
+                ingests_left=ingests,
+            )
+        ]
+
+
+WORKLOADS: Final[tuple[Workload, ...]] = (
+    LargeIngestWorkload(),
+    LargeReadWorkload(),
+    SmallBlobsWorkload(),
+    ListingWorkload(),
+    ContentionWorkload(),
+)

@@ -1,0 +1,33 @@
+"""The benchmark harness still runs end to end; it measures nothing here (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.tools import require_tool
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path) -> None:
+    require_tool("containerd", "containerd")
+    report = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads(report.read_text())["results"]
+    measured = {(r["case"], r["server"]) for r in results}
+    for case in ("large-ingest", "large-read", "small/1", "small/8", "contention"):
+        assert {(case, "contentd"), (case, "containerd")} <= measured
+    assert "| workload |" in run.stdout
