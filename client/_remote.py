@@ -364,7 +364,8 @@ class RemoteReader(SeekableBlob):
         with _translated():
             return b"".join(r.data for r in self._open_stream(offset, size))
 
-    def _read_into(self, view: memoryview, offset: int) -> int:
+    def _piece(self, offset: int, limit: int) -> bytes | memoryview:
+        """Up to `limit` received bytes from `offset`, fetching the next message if needed."""
         if self._responses is None or offset != self._pending_offset:
             self._drop_stream()
             self._responses = self._open_stream(offset)
@@ -374,13 +375,32 @@ class RemoteReader(SeekableBlob):
                 response = next(self._responses, None)
             if response is None:
                 self._drop_stream()
-                return 0
-            self._pending = memoryview(response.data)
-        count = min(len(view), len(self._pending))
-        view[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        self._pending_offset += count
-        return count
+                return b""
+            data = response.data
+            if len(data) <= limit:
+                # The whole message is wanted: hand it over as it came.
+                self._pending_offset += len(data)
+                return data
+            self._pending = memoryview(data)
+        piece = self._pending[:limit]
+        self._pending = self._pending[limit:]
+        self._pending_offset += len(piece)
+        return piece
+
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        piece = self._piece(offset, len(view))
+        view[: len(piece)] = piece
+        return len(piece)
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        self._check_open()
+        if size == 0 or self._position >= self._size:
+            return b""
+        piece = self._piece(self._position, min(size, self._size - self._position))
+        self._position += len(piece)
+        return piece if isinstance(piece, bytes) else bytes(piece)
 
     def _drop_stream(self) -> None:
         if self._responses is not None:
