@@ -124,9 +124,10 @@ class RemoteStore(Closing):
     decoded from the daemon's answers with their reason and metadata. It talks
     to contentd and to containerd alike.
 
-    `timeout` bounds each unary call and the opening of streams, in seconds
-    (None: no bound). Close the store (or use it as a context manager) to
-    close its channel; `with_namespace` views share the channel.
+    `timeout` bounds each call, in seconds (None: no bound), except Read and
+    Write streams, which last as long as their data does. Close the store (or
+    use it as a context manager) to close its channel; `with_namespace` views
+    share the channel.
     """
 
     def __init__(
@@ -204,7 +205,9 @@ class RemoteStore(Closing):
 
     def walk(self, *filter_expressions: str) -> Iterator[Info]:
         call = self._channel.stub.List(
-            api.ListContentRequest(filters=list(filter_expressions)), metadata=self._metadata
+            api.ListContentRequest(filters=list(filter_expressions)),
+            metadata=self._metadata,
+            timeout=self._channel.timeout,
         )
         # Read the first batch now, so a bad filter fails here as it does on
         # a LocalStore, not on the caller's first next().
