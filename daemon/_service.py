@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -25,6 +26,9 @@ from contentd.proto import content_pb2_grpc
 from ._boundary import streaming, unary
 from ._streams import StreamRegistry, StreamState
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 #: The request metadata key containerd's clients put the namespace in.
 NAMESPACE_HEADER = "containerd-namespace"
 #: Largest Read chunk, as in containerd.
@@ -42,22 +46,29 @@ def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _timestamp_ns(ns: int) -> timestamp_pb2.Timestamp:
+def _set_time(stamp: timestamp_pb2.Timestamp, ns: int) -> None:
     # Microseconds, as the datetimes Info and Update answer with, so one blob
     # shows the same times whichever call describes it.
     seconds, nanos = divmod(ns, 1_000_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos - nanos % 1000)
+    stamp.seconds = seconds
+    stamp.nanos = nanos - nanos % 1000
 
 
-def record_message(record: ContentRecord) -> api.Info:
-    """The wire form of a stored record, built straight from it (List sends thousands)."""
-    return api.Info(
-        digest=record.digest,
-        size=record.size,
-        created_at=_timestamp_ns(record.created_at),
-        updated_at=_timestamp_ns(record.updated_at),
-        labels=record.labels,
-    )
+def add_record(infos: RepeatedCompositeFieldContainer[api.Info], record: ContentRecord) -> int:
+    """Append the wire form of a stored record to `infos`; returns its encoded size.
+
+    List sends thousands of these. Filling the message in place, field by
+    field, costs about a quarter of building an Info from keyword arguments
+    and copying it into the response (protobuf copies a map given to a
+    constructor through a Python-level update).
+    """
+    info = infos.add(digest=record.digest, size=record.size)
+    _set_time(info.created_at, record.created_at)
+    _set_time(info.updated_at, record.updated_at)
+    labels = info.labels
+    for key, value in record.labels.items():
+        labels[key] = value
+    return info.ByteSize()
 
 
 def info_message(info: Info) -> api.Info:
@@ -125,17 +136,16 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self, request: api.ListContentRequest, context: grpc.ServicerContext
     ) -> Iterator[api.ListContentResponse]:
         store = self._namespaced(context)
-        batch: list[api.Info] = []
+        response = api.ListContentResponse()
         batch_bytes = 0
         for record in store.walk_records(*request.filters):
-            message = record_message(record)
-            batch.append(message)
-            batch_bytes += message.ByteSize()
-            if batch_bytes >= LIST_BATCH_BYTES or len(batch) >= _LIST_BATCH_ITEMS:
-                yield api.ListContentResponse(info=batch)
-                batch, batch_bytes = [], 0
-        if batch:
-            yield api.ListContentResponse(info=batch)
+            batch_bytes += add_record(response.info, record)
+            if batch_bytes >= LIST_BATCH_BYTES or len(response.info) >= _LIST_BATCH_ITEMS:
+                yield response
+                response = api.ListContentResponse()
+                batch_bytes = 0
+        if response.info:
+            yield response
 
     @unary
     def Delete(

@@ -683,6 +683,25 @@ def test_list_sends_every_info_exactly_once_across_batches(
     assert set(sent) == digests
 
 
+def test_list_answers_stay_near_a_mebibyte_when_labels_are_large(
+    stub: content_pb2_grpc.ContentStub, beside: LocalStore, ns: str
+) -> None:
+    # 20 blobs of about 60 KB of labels each: far fewer than the item bound,
+    # so only the byte bound can split them.
+    labels = {f"large-{number}": "v" * 4000 for number in range(15)}
+    digests = set()
+    for number in range(20):
+        with beside.writer(f"labelled-{number}", labels=labels) as writer:
+            writer.write(content(ns, tag=f"labelled-{number}"))
+            digests.add(writer.commit())
+    request = api.ListContentRequest()
+    answers = list(stub.List(request, metadata=namespaced(ns), timeout=CALL_TIMEOUT))
+    assert len(answers) >= 2
+    assert all(answer.ByteSize() < (1 << 20) + 70_000 for answer in answers)
+    assert {item.digest for answer in answers for item in answer.info} == digests
+    assert all(dict(item.labels) == labels for answer in answers for item in answer.info)
+
+
 def test_list_statuses_filters_by_ref_pattern(stub: content_pb2_grpc.ContentStub, ns: str) -> None:
     for ref in ("layer-1", "layer-2", "config"):
         start_ingest(stub, ns, ref, ref.encode())
