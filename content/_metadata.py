@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, cast
@@ -92,6 +93,33 @@ def _content(row: tuple[str, int, int, int, str]) -> ContentRecord:
     return ContentRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
 
+_MAX_NARROWING_LABELS: Final = 64
+_JSON_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _labels_condition(alternatives: Sequence[Mapping[str, str]]) -> tuple[str, list[str]]:
+    """The SQL (with its arguments) keeping rows that hold one of `alternatives`' labels."""
+    pairs = [key for labels in alternatives for key in labels]
+    if (
+        not alternatives
+        or not all(alternatives)
+        # SQLite bounds an expression's depth (1000): a long filter is matched in Python.
+        or len(pairs) > _MAX_NARROWING_LABELS
+        # SQLite compares a JSON path's key with the key as stored, escapes
+        # and all, and a path cannot hold a double quote: such keys are
+        # matched in Python.
+        or any(_JSON_ESCAPED.search(key) for key in pairs)
+    ):
+        return "", []
+    clauses = []
+    arguments = []
+    for labels in alternatives:
+        clauses.append(" AND ".join(["json_extract(labels, ?) = ?"] * len(labels)))
+        for key, value in labels.items():
+            arguments += [f'$."{key}"', value]
+    return " AND ((" + ") OR (".join(clauses) + "))", arguments
+
+
 def _ingest(row: tuple[str, str, str, int, str, int, int, str | None]) -> IngestRecord:
     return IngestRecord(*row)
 
@@ -143,11 +171,24 @@ class Transaction:
         ).fetchone()
         return None if row is None else _content(row)
 
-    def content_page(self, namespace: str, after: str, limit: int) -> list[ContentRecord]:
+    def content_page(
+        self,
+        namespace: str,
+        after: str,
+        limit: int,
+        labels: Sequence[Mapping[str, str]] = (),
+    ) -> list[ContentRecord]:
+        """Up to `limit` records after digest `after`, in digest order.
+
+        With `labels`, only records whose labels hold every key and value of
+        at least one of the mappings: the database looks inside the stored
+        JSON, so records that cannot match are never decoded.
+        """
+        narrowing, arguments = _labels_condition(labels)
         rows = self._db.execute(
-            f"SELECT {_CONTENT_COLUMNS} FROM content WHERE namespace = ? AND digest > ? "
-            "ORDER BY digest LIMIT ?",
-            (namespace, after, limit),
+            f"SELECT {_CONTENT_COLUMNS} FROM content WHERE namespace = ? AND digest > ?"
+            f"{narrowing} ORDER BY digest LIMIT ?",
+            (namespace, after, *arguments, limit),
         ).fetchall()
         return [_content(row) for row in rows]
 

@@ -137,12 +137,13 @@ class LocalStore(Closing):
         return self._walk(match)
 
     def _walk(self, match: filters.Filter) -> Iterator[ContentRecord]:
+        labels = filters.required_labels(match) or ()
         # Page through the namespace in short read transactions, so a slow
         # consumer never holds the database open.
         after = ""
         while True:
             with self._root.metadata.read("listing content") as tx:
-                page = tx.content_page(self._namespace, after, _PAGE)
+                page = tx.content_page(self._namespace, after, _PAGE, labels)
             for record in page:
                 if match.match(filters.info_adaptor(record.digest, record.size, record.labels)):
                     yield record

@@ -241,6 +241,36 @@ def parse_all(expressions: Iterable[str]) -> Filter:
     return filters[0] if len(filters) == 1 else _Any(tuple(filters))
 
 
+def required_labels(selector: Filter) -> list[dict[str, str]] | None:
+    """Label values an item must carry to match `selector`, for narrowing a scan.
+
+    One mapping per alternative: an item can match only if, for one of them,
+    its labels hold every key with that value. None when some alternative
+    needs no particular label value, so nothing can be narrowed. This is a
+    necessary condition only; `match` still decides.
+    """
+    if isinstance(selector, _Equal):
+        if len(selector.path) > 1 and selector.path[0] == "labels":
+            return [{".".join(selector.path[1:]): selector.value}]
+        return None
+    if isinstance(selector, _All):
+        needed: dict[str, str] = {}
+        for part in selector.filters:
+            alternatives = required_labels(part)
+            if alternatives is not None and len(alternatives) == 1:
+                needed.update(alternatives[0])
+        return [needed] if needed else None
+    if isinstance(selector, _Any):
+        union: list[dict[str, str]] = []
+        for alternative in selector.filters:
+            narrowed = required_labels(alternative)
+            if narrowed is None:
+                return None
+            union.extend(narrowed)
+        return union
+    return None
+
+
 def info_adaptor(digest: str, size: int, labels: Mapping[str, str]) -> Adaptor:
     """An adaptor for a committed blob.
 
