@@ -11,7 +11,7 @@ from pathlib import Path
 
 from contentd.errdefs import AlreadyExists, ContentdError, FailedPrecondition, Unimplemented
 
-from ._fs import translate_os_errors, write_all
+from ._fs import WRITEBACK_BYTES, start_writeback, translate_os_errors, write_all
 from ._locks import IngestLock
 from ._metadata import IngestRecord
 from ._root import Recording, StoreRoot
@@ -67,6 +67,8 @@ class LocalWriter(Closing):
         self._base_size = base_size
         self._hasher = new_hasher(algorithm)
         self._offset = 0
+        # Where the bytes not yet handed to the kernel's writeback start.
+        self._written_back = 0
         self._fd: int | None = None
         self._finished = False
         # Set once the ingest no longer exists (committed, or found committed).
@@ -88,7 +90,8 @@ class LocalWriter(Closing):
     def _open_data(self, *, truncate: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
         with translate_os_errors(f"opening ingest {self._ref}"):
-            fd = os.open(self._data_path, flags, 0o644)
+            # Private until committed: the bytes of an ingest are its writer's alone.
+            fd = os.open(self._data_path, flags, 0o600)
             try:
                 # Resuming: rebuild the digest state from the bytes on disk,
                 # which leaves the file position at the end, where writes go.
@@ -128,6 +131,9 @@ class LocalWriter(Closing):
         self._hasher.update(data)
         self._offset += len(data)
         self._updated_at = time.time_ns()
+        if self._offset - self._written_back >= WRITEBACK_BYTES:
+            start_writeback(fd, self._written_back, self._offset - self._written_back)
+            self._written_back = self._offset
         return len(data)
 
     def _materialize(self) -> None:
@@ -175,7 +181,7 @@ class LocalWriter(Closing):
         if size != 0:
             raise Unimplemented(f"truncate of ingest {self._ref} to {size} bytes: only 0 is")
         self._hasher = new_hasher(self._algorithm)
-        self._offset = 0
+        self._offset = self._written_back = 0
         self._updated_at = time.time_ns()
         if self._base is not None:
             self._base = None
