@@ -59,10 +59,11 @@ class StoreRoot:
         """Open (creating if needed) the store at `path` and repair what a crash left."""
         with translate_os_errors("creating the store"):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for algorithm in ALGORITHMS:
-                (path / "blobs" / algorithm).mkdir(parents=True, exist_ok=True)
-            (path / "ingest").mkdir(exist_ok=True)
-            (path / "trash").mkdir(exist_ok=True)
+            # Modes are explicit: what others may do must not depend on the umask.
+            for directory in ("blobs", *(f"blobs/{a}" for a in ALGORITHMS), "ingest", "trash"):
+                (path / directory).mkdir(mode=0o755, exist_ok=True)
+            # SQLite would create it world-readable; its journals copy the database's mode.
+            os.close(os.open(path / "metadata.db", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         root = cls(path, Metadata(path / "metadata.db"))
         root.repair()
         return root
