@@ -24,6 +24,7 @@ from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto import content_pb2, content_pb2_grpc
 
 from ._service import ContentService
+from ._tls import TLSFiles, is_loopback
 
 #: containerd's limit on gRPC messages, both ways.
 MAX_MESSAGE_BYTES = 16 << 20
@@ -61,6 +62,8 @@ class ServerOptions:
     #: (its lock released, its ingest kept); None never cancels.
     write_idle_timeout: float | None = 300.0
     grace: float = 10.0
+    #: TLS for TCP addresses (unix sockets stay plaintext); None serves plaintext.
+    tls: TLSFiles | None = None
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
 
     def write_stream_limit(self) -> int:
@@ -149,6 +152,7 @@ class Daemon:
         reflection.enable_server_reflection(
             (CONTENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
+        self._credentials = options.tls.server_credentials() if options.tls else None
         self.addresses: list[str] = []
         self._sockets: list[Path] = []
         for address in options.addresses:
@@ -157,7 +161,10 @@ class Daemon:
     def _listen(self, address: str) -> str:
         path = _socket_path(address)
         if path is None:
-            port = self._server.add_insecure_port(address)
+            if self._credentials is not None:
+                port = self._server.add_secure_port(address, self._credentials)
+            else:
+                port = self._server.add_insecure_port(address)
             if port == 0:
                 raise FailedPrecondition(f"cannot listen on {address}")
             host = address.rsplit(":", 1)[0]
@@ -187,7 +194,17 @@ class Daemon:
         self._server.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(CONTENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        tls = self._options.tls
+        if tls is not None:
+            clients = f"; clients need a certificate from {tls.client_ca}" if tls.client_ca else ""
+            _log.info("TCP addresses serve TLS with %s%s", tls.cert, clients)
         for address in self.addresses:
+            if tls is None and _socket_path(address) is None and not is_loopback(address):
+                _log.warning(
+                    "serving plaintext on %s: anyone who can reach it can read and write the "
+                    "store; use --tls-cert/--tls-key",
+                    address,
+                )
             _log.info("serving on %s", address)
 
     def stop(self, grace: float | None = None) -> None:

@@ -12,12 +12,35 @@ from types import FrameType
 import click
 
 from contentd.content import open_store
-from contentd.errdefs import ContentdError
+from contentd.errdefs import ContentdError, InvalidArgument
 
 from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions, default_address, default_root
+from ._tls import TLSFiles
 
 _LEVELS = ("debug", "info", "warning", "error")
+_PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+
+
+def _tls_files(
+    cert: Path | None, key: Path | None, client_ca: Path | None, addresses: tuple[str, ...]
+) -> TLSFiles | None:
+    """The TLS the flags ask for, checked; a usage error says what does not fit."""
+    if cert is None:
+        for flag, given in (("--tls-key", key), ("--tls-ca", client_ca)):
+            if given is not None:
+                raise click.UsageError(f"{flag} needs --tls-cert")
+        return None
+    if key is None:
+        raise click.UsageError("--tls-cert needs --tls-key")
+    if all(address.startswith("unix:") for address in addresses):
+        raise click.UsageError("--tls-cert applies to TCP addresses (host:port); none given")
+    files = TLSFiles(cert, key, client_ca)
+    try:
+        files.check()
+    except InvalidArgument as exc:
+        raise click.UsageError(exc.message) from None
+    return files
 
 
 @click.command()
@@ -35,6 +58,11 @@ _LEVELS = ("debug", "info", "warning", "error")
     help="unix:///path or host:port; repeatable [default: unix://ROOT/contentd.sock].",
 )
 @click.option("--socket-group", default=None, help="Group (name or id) owning unix sockets.")
+@click.option("--tls-cert", type=_PEM_FILE, help="PEM certificate chain: TCP addresses serve TLS.")
+@click.option("--tls-key", type=_PEM_FILE, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-ca", type=_PEM_FILE, help="PEM CA certificates: TCP clients must present one it signed."
+)
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -76,6 +104,9 @@ def serve(
     root: Path | None,
     addresses: tuple[str, ...],
     socket_group: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
     grace: float,
     workers: int,
     max_write_streams: int | None,
@@ -94,8 +125,10 @@ def serve(
     # `contentd --root DIR serve` names the store with the global option.
     parent = ctx.parent.params if ctx.parent is not None else {}
     root = root or parent.get("root") or default_root()
+    addresses = addresses or (default_address(root),)
     options = ServerOptions(
-        addresses=addresses or (default_address(root),),
+        addresses=addresses,
+        tls=_tls_files(tls_cert, tls_key, tls_ca, addresses),
         socket_group=socket_group,
         workers=workers,
         max_write_streams=max_write_streams,
