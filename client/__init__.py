@@ -7,16 +7,18 @@
         with store.reader_at(digest) as blob:
             head = blob.read(512)
 
-`RemoteStore` talks to contentd or containerd; `open_store` (re-exported from
-`contentd.content`) opens a store directory with no daemon. `write_blob` and
-`open_writer` work on either: they wait out other writers of a ref, resume
-interrupted ingests and treat content that already exists as success.
+`RemoteStore` talks to contentd or containerd (over TLS, given a `TLSConfig`);
+`open_store` (re-exported from `contentd.content`) opens a store directory with
+no daemon. `write_blob` and `open_writer` work on either: they wait out other
+writers of a ref, resume interrupted ingests and treat content that already
+exists as success.
 """
 
 from contentd.content import Info, LocalStore, ReaderAt, Status, Store, Writer, open_store
 
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._remote import RemoteReader, RemoteStore, RemoteWriter
+from ._tls import TLSConfig
 
 __all__ = [
     "Backoff",
@@ -28,6 +30,7 @@ __all__ = [
     "RemoteWriter",
     "Status",
     "Store",
+    "TLSConfig",
     "Writer",
     "is_ref_locked",
     "open_store",

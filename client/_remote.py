@@ -37,6 +37,8 @@ from contentd.errdefs import (
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 
+from ._tls import TLSConfig
+
 #: containerd's message size limit, both ways.
 MAX_MESSAGE_BYTES: Final = 16 << 20
 #: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
@@ -93,23 +95,32 @@ def _translated() -> Iterator[None]:
 class _Channel:
     """One gRPC channel and stub, shared by the namespace views of a RemoteStore."""
 
-    def __init__(self, address: str, timeout: float | None, options: Sequence[tuple[str, object]]):
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None,
+        options: Sequence[tuple[str, object]],
+        tls: TLSConfig | None,
+    ):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            channel_target(address),
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # Notice a dead daemon during long idle streams (held
-                # writers). Five minutes is the shortest interval gRPC servers,
-                # containerd's included, accept by default without answering
-                # with GOAWAY "too many pings".
-                ("grpc.keepalive_time_ms", 300_000),
-                ("grpc.keepalive_timeout_ms", 20_000),
-                *options,
-            ],
-        )
+        settings: list[tuple[str, object]] = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Notice a dead daemon during long idle streams (held
+            # writers). Five minutes is the shortest interval gRPC servers,
+            # containerd's included, accept by default without answering
+            # with GOAWAY "too many pings".
+            ("grpc.keepalive_time_ms", 300_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            *(tls.channel_options() if tls else ()),
+            *options,
+        ]
+        target = channel_target(address)
+        if tls is None:
+            self.channel = grpc.insecure_channel(target, options=settings)
+        else:
+            self.channel = grpc.secure_channel(target, tls.channel_credentials(), options=settings)
         self.stub = content_pb2_grpc.ContentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
@@ -125,9 +136,10 @@ class RemoteStore(Closing):
     to contentd and to containerd alike.
 
     `timeout` bounds each call, in seconds (None: no bound), except Read and
-    Write streams, which last as long as their data does. Close the store (or
-    use it as a context manager) to close its channel; `with_namespace` views
-    share the channel.
+    Write streams, which last as long as their data does. `tls` (a TLSConfig)
+    speaks TLS to a daemon serving it on TCP; without it the channel is
+    plaintext, as unix sockets are. Close the store (or use it as a context
+    manager) to close its channel; `with_namespace` views share the channel.
     """
 
     def __init__(
@@ -137,9 +149,10 @@ class RemoteStore(Closing):
         *,
         timeout: float | None = 30.0,
         channel_options: Sequence[tuple[str, object]] = (),
+        tls: TLSConfig | None = None,
     ) -> None:
         self._namespace = validate_namespace(namespace)
-        self._channel = _Channel(address, timeout, channel_options)
+        self._channel = _Channel(address, timeout, channel_options, tls)
         self._metadata = ((NAMESPACE_HEADER, self._namespace),)
 
     @classmethod
@@ -166,7 +179,9 @@ class RemoteStore(Closing):
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the daemon accepts connections; Unavailable if it does not in time.
 
-        A unix socket that does not exist fails at once: nothing will answer there.
+        A unix socket that does not exist fails at once: nothing will answer
+        there. The error carries gRPC's account of the last connection attempt
+        (refused, a failed TLS handshake), which is often the whole story.
         """
         target = channel_target(self.address)
         if target.startswith("unix://") and not os.path.exists(target.removeprefix("unix://")):
@@ -174,7 +189,17 @@ class RemoteStore(Closing):
         try:
             grpc.channel_ready_future(self._channel.channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise Unavailable(f"no daemon answering at {self.address}") from None
+            why = self._connection_failure()
+            raise Unavailable(f"no daemon answering at {self.address}{why}") from None
+
+    def _connection_failure(self) -> str:
+        # A call on a channel that failed to connect fails at once, with the reason.
+        try:
+            self._channel.stub.Status(api.StatusRequest(), metadata=self._metadata, timeout=1.0)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and exc.details():
+                return f" ({exc.details()})"
+        return ""
 
     # Committed content
 

@@ -45,6 +45,7 @@ from contentd.errdefs import (
 
 from ._ingest import write_blob
 from ._remote import RemoteStore
+from ._tls import TLSConfig
 
 #: Entry-point group through which other packages add verbs (the daemon adds `serve`).
 COMMAND_GROUP: Final = "contentd.commands"
@@ -112,9 +113,16 @@ class _Settings:
     """The global options, and the store they name (opened on first use)."""
 
     def __init__(
-        self, address: str | None, root: Path | None, namespace: str, as_json: bool, timeout: float
+        self,
+        address: str | None,
+        root: Path | None,
+        namespace: str,
+        as_json: bool,
+        timeout: float,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.root = root
         self.namespace = namespace
         self.json = as_json
@@ -127,7 +135,10 @@ class _Settings:
                 self._store = open_store(self.root, self.namespace)
             else:
                 remote = RemoteStore(
-                    self.address or default_address(), self.namespace, timeout=self.timeout
+                    self.address or default_address(),
+                    self.namespace,
+                    timeout=self.timeout,
+                    tls=self.tls,
                 )
                 remote.wait_ready(timeout=min(self.timeout, 10.0))
                 self._store = remote
@@ -167,6 +178,24 @@ class _Settings:
     show_default=True,
     help="Seconds each call to a daemon may take.",
 )
+@click.option(
+    "--tls-ca",
+    envvar="CONTENTD_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Speak TLS to the daemon, trusting the CA certificates in this PEM file.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="CONTENTD_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Speak TLS, presenting this PEM client certificate (daemons requiring mutual TLS).",
+)
+@click.option(
+    "--tls-key",
+    envvar="CONTENTD_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -176,6 +205,9 @@ def main(
     namespace: str,
     as_json: bool,
     timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """contentd: a content-addressable blob store speaking containerd's Content API.
 
@@ -185,7 +217,14 @@ def main(
     """
     if address and root:
         raise click.UsageError("give --address or --root, not both")
-    settings = _Settings(address, root, namespace, as_json, timeout)
+    tls = None
+    if tls_ca or tls_cert or tls_key:
+        if root:
+            raise click.UsageError("--tls-* options are for a daemon (--address), not --root")
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("give --tls-cert and --tls-key together")
+        tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
+    settings = _Settings(address, root, namespace, as_json, timeout, tls)
     ctx.obj = settings
     ctx.call_on_close(settings.close)
 
