@@ -14,7 +14,8 @@ client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
 classes.
 """
 
-from ._metadata import ContentRecord
+from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
+from ._metadata import BUSY_TIMEOUT, STORE_BUSY, ContentRecord
 from ._reader import BlobReader, SeekableBlob
 from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
 from ._types import Closing, Info, ReaderAt, Status, Store, Writer
@@ -33,10 +34,15 @@ from ._writer import LocalWriter
 
 __all__ = [
     "ALGORITHMS",
+    "BLOB_MISSING",
+    "BLOB_UNREADABLE",
+    "BUSY_TIMEOUT",
     "CANONICAL_ALGORITHM",
     "DEFAULT_NAMESPACE",
     "MAX_LABEL_BYTES",
     "MAX_REF_BYTES",
+    "STORE_BUSY",
+    "STORE_IO_ERROR",
     "BlobReader",
     "Closing",
     "ContentRecord",

@@ -5,22 +5,35 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, cast
 
-from contentd.errdefs import PermissionDenied, ResourceExhausted
+from contentd.errdefs import DataLoss, PermissionDenied, ResourceExhausted, Unavailable
+
+#: Reason of the Unavailable error raised when the store's disk fails a write (EIO).
+STORE_IO_ERROR: Final = "STORE_IO_ERROR"
+#: Reasons of the DataLoss errors for a recorded blob whose bytes are gone, or unreadable.
+BLOB_MISSING: Final = "BLOB_MISSING"
+BLOB_UNREADABLE: Final = "BLOB_UNREADABLE"
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# EUCLEAN is how ext4, xfs and btrfs report a damaged filesystem structure.
+_IO_FAILED = frozenset({errno.EIO, errno.EUCLEAN})
+_log = logging.getLogger("contentd.store")
 
 
 @contextlib.contextmanager
 def translate_os_errors(doing: str) -> Iterator[None]:
-    """Turn a full or read-only disk into error classes; leave other OSErrors unclassified.
+    """Turn a full, read-only or failing disk into error classes; leave other OSErrors alone.
 
-    The messages say what was being done, never which path: paths are internals.
+    An I/O error is Unavailable (reason STORE_IO_ERROR): nothing was stored,
+    the fault is the store's disk and not the request, and the same request
+    may succeed once the disk is repaired. The messages say what was being
+    done, never which path: paths are internals, kept for the log.
     """
     try:
         yield
@@ -29,6 +42,28 @@ def translate_os_errors(doing: str) -> Iterator[None]:
             raise ResourceExhausted(f"{doing}: no space left on device") from exc
         if exc.errno in _NOT_WRITABLE:
             raise PermissionDenied(f"{doing}: the store is not writable") from exc
+        if exc.errno in _IO_FAILED:
+            _log.error("%s: %s", doing, exc)
+            raise Unavailable(
+                f"{doing}: I/O error on the store's disk", reason=STORE_IO_ERROR
+            ) from exc
+        raise
+
+
+@contextlib.contextmanager
+def translate_read_errors(digest: str) -> Iterator[None]:
+    """Reading a committed blob: an I/O error means its bytes cannot be read back, DataLoss.
+
+    Retrying does not bring such bytes back.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _IO_FAILED:
+            _log.error("reading content %s: %s", digest, exc)
+            raise DataLoss(
+                f"content {digest}: I/O error reading its bytes", reason=BLOB_UNREADABLE
+            ) from exc
         raise
 
 

@@ -7,14 +7,15 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, cast
 
-from contentd.errdefs import ResourceExhausted, Unavailable
+from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 
-from ._fs import fsync_directory
+from ._fs import STORE_IO_ERROR, fsync_directory, translate_os_errors
 
 _T = TypeVar("_T")
 
@@ -124,19 +125,43 @@ def _ingest(row: tuple[str, str, str, int, str, int, int, str | None]) -> Ingest
     return IngestRecord(*row)
 
 
+def validate_busy_timeout(seconds: float) -> float:
+    """A bound on waiting for the database's write lock: finite and not negative."""
+    if not 0 <= seconds < float("inf"):
+        raise InvalidArgument(f"busy timeout {seconds}: must be 0 or more seconds")
+    return float(seconds)
+
+
+def busy(doing: str, busy_timeout: float) -> Unavailable:
+    """The error of an operation that waited `busy_timeout` seconds for the write lock."""
+    return Unavailable(f"{doing}: metadata database busy for {busy_timeout:g}s", reason=STORE_BUSY)
+
+
 @contextlib.contextmanager
-def translate_errors(doing: str) -> Iterator[None]:
-    """Turn SQLite's busy and full conditions into error classes a caller can act on."""
+def translate_errors(doing: str, busy_timeout: float = BUSY_TIMEOUT) -> Iterator[None]:
+    """Turn SQLite's busy, full, failing and damaged conditions into error classes.
+
+    Busy is Unavailable (STORE_BUSY), full is ResourceExhausted, an I/O error
+    is Unavailable (STORE_IO_ERROR) as it is for blobs, and a damaged
+    database is DataLoss. Anything else (a constraint, a bad statement) is a
+    bug and stays unclassified.
+    """
     try:
-        yield
-    except sqlite3.OperationalError as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
+        with translate_os_errors(doing):
+            yield
+    except sqlite3.DatabaseError as exc:
+        # sqlite_errorcode is the extended code; its low byte is the primary one.
+        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise Unavailable(
-                f"{doing}: metadata database busy for {BUSY_TIMEOUT:g}s", reason=STORE_BUSY
-            ) from exc
+            raise busy(doing, busy_timeout) from exc
         if code == sqlite3.SQLITE_FULL:
             raise ResourceExhausted(f"{doing}: no space left for metadata") from exc
+        if code == sqlite3.SQLITE_IOERR:
+            raise Unavailable(
+                f"{doing}: I/O error on the metadata database", reason=STORE_IO_ERROR
+            ) from exc
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise DataLoss(f"{doing}: the metadata database is damaged") from exc
         raise
 
 
@@ -313,24 +338,28 @@ class Metadata:
     share); WAL mode lets readers proceed while one writer commits, in this
     process or any other. Write transactions take the write lock up front
     (BEGIN IMMEDIATE) so two processes never deadlock upgrading read locks.
+    A write waits at most `busy_timeout` seconds for the lock, whoever holds
+    it, then fails with Unavailable (reason STORE_BUSY); reads never wait
+    for writers.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self._path = path
+        self._busy_timeout = validate_busy_timeout(busy_timeout)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         # Writers in this process queue here rather than in SQLite: SQLite's
         # busy handler sleeps in steps of up to 100 ms while it waits for the
         # write lock, which wrecks throughput when many threads commit. Other
-        # processes still meet SQLite's own wait, bounded by BUSY_TIMEOUT.
+        # processes still meet SQLite's own wait; both share one bound.
         self._write_lock = threading.Lock()
         # Group commit (see `commit`): callers waiting for the next batch.
         self._batch = threading.Condition()
         self._queue: list[_Pending[Any]] = []
         self._batch_running = False
         self._closed = False
-        with translate_errors("opening the metadata database"):
+        with translate_errors("opening the metadata database", self._busy_timeout):
             connection = self._connection()
             with connection:
                 connection.executescript(_SCHEMA)
@@ -347,7 +376,7 @@ class Metadata:
             return connection
         # isolation_level=None: transactions are opened explicitly below.
         connection = sqlite3.connect(
-            self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
         connection.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before it is acknowledged.
@@ -360,7 +389,7 @@ class Metadata:
     @contextlib.contextmanager
     def read(self, doing: str) -> Iterator[Transaction]:
         """A consistent snapshot for several reads."""
-        with translate_errors(doing):
+        with translate_errors(doing, self._busy_timeout):
             connection = self._connection()
             connection.execute("BEGIN")
             try:
@@ -377,8 +406,11 @@ class Metadata:
         process crashing but maybe not the machine losing power. Use it only
         for records whose loss a later open repairs (progress marks).
         """
-        with translate_errors(doing), self._write_lock:
+        with translate_errors(doing, self._busy_timeout), self._write_turn(doing) as left:
             connection = self._connection()
+            if left < self._busy_timeout:
+                # Other threads here took part of the bound; SQLite waits the rest.
+                connection.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
             if not durable:
                 connection.execute("PRAGMA synchronous = NORMAL")
             try:
@@ -397,6 +429,23 @@ class Metadata:
             finally:
                 if not durable:
                     connection.execute("PRAGMA synchronous = FULL")
+                if left < self._busy_timeout:
+                    connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    @contextlib.contextmanager
+    def _write_turn(self, doing: str) -> Iterator[float]:
+        """This process's turn to write; yields the seconds of the busy bound left for SQLite."""
+        if self._write_lock.acquire(blocking=False):
+            left = self._busy_timeout
+        else:
+            started = time.monotonic()
+            if not self._write_lock.acquire(timeout=self._busy_timeout):
+                raise busy(doing, self._busy_timeout)
+            left = max(0.0, self._busy_timeout - (time.monotonic() - started))
+        try:
+            yield left
+        finally:
+            self._write_lock.release()
 
     def commit(self, doing: str, body: Callable[[Transaction], _T]) -> _T:
         """Run `body` in a durable write transaction, shared with concurrent callers.

@@ -7,6 +7,8 @@ import os
 
 from contentd.errdefs import InvalidArgument, OutOfRange
 
+from ._fs import translate_read_errors
+
 
 class SeekableBlob(io.RawIOBase):
     """A committed blob as a read-only binary file, with `size` and `read_at`.
@@ -114,7 +116,9 @@ class BlobReader(SeekableBlob):
 
     `size` is the blob's committed size, and reads never go past it even if
     the file on disk were longer. pread keeps `read_at` from several threads
-    on one reader safe.
+    on one reader safe. A read the disk fails (EIO) is DataLoss: the bytes
+    cannot be read back. Reads do not hash; whole reads are verified by
+    their callers (`contentd get`).
     """
 
     def __init__(self, fd: int, size: int, digest: str) -> None:
@@ -122,7 +126,8 @@ class BlobReader(SeekableBlob):
         self._fd = fd
 
     def _read_into(self, view: memoryview, offset: int) -> int:
-        return os.preadv(self._fd, [view], offset)
+        with translate_read_errors(self.digest):
+            return os.preadv(self._fd, [view], offset)
 
     def read_at(self, size: int, offset: int) -> bytes:
         # One pread, straight into the bytes returned: the daemon's Read
@@ -131,7 +136,8 @@ class BlobReader(SeekableBlob):
             raise InvalidArgument(f"read of {self.digest}: size {size} must not be negative")
         self._check_offset(offset)
         self._check_open()
-        return os.pread(self._fd, min(size, self._size - offset), offset)
+        with translate_read_errors(self.digest):
+            return os.pread(self._fd, min(size, self._size - offset), offset)
 
     def fileno(self) -> int:
         self._check_open()

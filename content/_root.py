@@ -28,7 +28,7 @@ from contentd.errdefs import InvalidArgument
 
 from ._fs import remove_quietly, translate_os_errors
 from ._locks import IngestLock
-from ._metadata import ContentRecord, Metadata, Transaction
+from ._metadata import BUSY_TIMEOUT, ContentRecord, Metadata, Transaction
 from ._validate import ALGORITHMS, split_digest
 
 _log = logging.getLogger("contentd.store")
@@ -55,8 +55,11 @@ class StoreRoot:
     metadata: Metadata
 
     @classmethod
-    def open(cls, path: Path) -> StoreRoot:
-        """Open (creating if needed) the store at `path` and repair what a crash left."""
+    def open(cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> StoreRoot:
+        """Open (creating if needed) the store at `path` and repair what a crash left.
+
+        `busy_timeout` bounds each wait for the metadata database's write lock.
+        """
         with translate_os_errors("creating the store"):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Modes are explicit: what others may do must not depend on the umask.
@@ -64,7 +67,7 @@ class StoreRoot:
                 (path / directory).mkdir(mode=0o755, exist_ok=True)
             # SQLite would create it world-readable; its journals copy the database's mode.
             os.close(os.open(path / "metadata.db", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        root = cls(path, Metadata(path / "metadata.db"))
+        root = cls(path, Metadata(path / "metadata.db", busy_timeout=busy_timeout))
         root.repair()
         return root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,9 +20,9 @@ from contentd.errdefs import (
 )
 
 from . import filters
-from ._fs import remove_quietly, translate_os_errors, write_all
+from ._fs import BLOB_MISSING, remove_quietly, translate_os_errors, translate_read_errors, write_all
 from ._locks import IngestLock
-from ._metadata import ContentRecord, IngestRecord
+from ._metadata import BUSY_TIMEOUT, ContentRecord, IngestRecord
 from ._reader import BlobReader
 from ._root import Recording, StoreRoot, ingest_key
 from ._types import Closing, Info, ReaderAt, Status, Store, Writer, datetime_from_ns
@@ -51,9 +52,19 @@ def _info(record: ContentRecord) -> Info:
     )
 
 
-def open_store(root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> LocalStore:
-    """Open the store at `root` (created if missing) as `namespace` sees it."""
-    return LocalStore(root, namespace)
+def open_store(
+    root: str | os.PathLike[str],
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    busy_timeout: float = BUSY_TIMEOUT,
+) -> LocalStore:
+    """Open the store at `root` (created if missing) as `namespace` sees it.
+
+    `busy_timeout` bounds, in seconds, how long a change waits for another
+    process's metadata transaction before it fails with Unavailable
+    (reason STORE_BUSY).
+    """
+    return LocalStore(root, namespace, busy_timeout=busy_timeout)
 
 
 class LocalStore(Closing):
@@ -66,9 +77,15 @@ class LocalStore(Closing):
     them closes them all.
     """
 
-    def __init__(self, root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
         self._namespace = validate_namespace(namespace)
-        self._root = StoreRoot.open(Path(root))
+        self._root = StoreRoot.open(Path(root), busy_timeout=busy_timeout)
 
     @classmethod
     def _view(cls, root: StoreRoot, namespace: str) -> LocalStore:
@@ -153,20 +170,28 @@ class LocalStore(Closing):
 
     def delete(self, digest: str) -> None:
         validate_digest(digest)
+        target = self._root.blob_path(digest)
         trash = None
-        with self._root.metadata.write(f"deleting content {digest}") as tx:
-            if not tx.delete_content(self._namespace, digest):
-                raise NotFound(f"content {digest}")
-            if not tx.blob_referenced(digest):
-                # Move the bytes aside inside the transaction: if it never
-                # commits, the next open puts them back.
-                target = self._root.blob_path(digest)
-                trash = self._root.trash_path(digest)
-                with translate_os_errors(f"deleting content {digest}"):
-                    try:
-                        os.rename(target, trash)
-                    except FileNotFoundError:
-                        trash = None
+        try:
+            with self._root.metadata.write(f"deleting content {digest}") as tx:
+                if not tx.delete_content(self._namespace, digest):
+                    raise NotFound(f"content {digest}")
+                if not tx.blob_referenced(digest):
+                    # Move the bytes aside inside the transaction: if it never
+                    # commits, the next open puts them back.
+                    trash = self._root.trash_path(digest)
+                    with translate_os_errors(f"deleting content {digest}"):
+                        try:
+                            os.rename(target, trash)
+                        except FileNotFoundError:
+                            trash = None
+        except BaseException:
+            if trash is not None:
+                # Not committed (a full disk, say): the record stands, and so
+                # must its bytes, now rather than at the next open.
+                with contextlib.suppress(OSError):
+                    os.rename(trash, target)
+            raise
         if trash is not None:
             remove_quietly(trash)
 
@@ -177,13 +202,16 @@ class LocalStore(Closing):
         if record is None:
             raise NotFound(f"content {digest}")
         try:
-            fd = os.open(self._root.blob_path(digest), os.O_RDONLY)
+            with translate_read_errors(digest):
+                fd = os.open(self._root.blob_path(digest), os.O_RDONLY)
         except FileNotFoundError:
             with self._root.metadata.read(f"reading content {digest}") as tx:
                 deleted = tx.content(self._namespace, digest) is None
             if deleted:
                 raise NotFound(f"content {digest}") from None
-            raise DataLoss(f"content {digest}: its bytes are missing from the store") from None
+            raise DataLoss(
+                f"content {digest}: its bytes are missing from the store", reason=BLOB_MISSING
+            ) from None
         return BlobReader(fd, record.size, digest)
 
     # Ingests
@@ -326,7 +354,7 @@ class LocalStore(Closing):
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
-            self._root.write_commit_intent(lock, self._namespace, ref, digest, final_labels)
+                self._root.write_commit_intent(lock, self._namespace, ref, digest, final_labels)
             self._root.record_blob(
                 self._namespace,
                 ref,

@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from contentd.content import open_store
+from contentd.content import BUSY_TIMEOUT, open_store
 from contentd.errdefs import ContentdError, InvalidArgument
 
 from ._memory import pin_allocator_thresholds
@@ -91,6 +91,13 @@ def _tls_files(
     help="Seconds a Write stream may wait for its client before it is canceled (0: never).",
 )
 @click.option(
+    "--store-busy-timeout",
+    type=click.FloatRange(min=0),
+    default=BUSY_TIMEOUT,
+    show_default=True,
+    help="Seconds a change waits for another process's metadata transaction (then UNAVAILABLE).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -111,6 +118,7 @@ def serve(
     workers: int,
     max_write_streams: int | None,
     write_idle_timeout: float,
+    store_busy_timeout: float,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -136,7 +144,7 @@ def serve(
         grace=grace,
     )
     try:
-        store = open_store(root)
+        store = open_store(root, busy_timeout=store_busy_timeout)
         daemon = Daemon(store, options)
     except ContentdError as exc:
         raise click.ClickException(str(exc)) from exc
