@@ -18,7 +18,17 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from contentd.content import DEFAULT_NAMESPACE, Info, ReaderAt, Status, Store, open_store
+from contentd.content import (
+    DEFAULT_NAMESPACE,
+    BlobCheck,
+    Info,
+    LocalStore,
+    ReaderAt,
+    Status,
+    Store,
+    open_store,
+    verify_namespace,
+)
 from contentd.errdefs import (
     Aborted,
     AlreadyExists,
@@ -532,3 +542,63 @@ def label(settings: _Settings, digest: str, labels: tuple[str, ...]) -> None:
 def abort(settings: _Settings, ref: str) -> None:
     """Discard an ingest in progress."""
     settings.store().abort(ref)
+
+
+def _check_json(check: BlobCheck) -> dict[str, Any]:
+    return {
+        "digest": check.digest,
+        "state": check.state.value,
+        "size": check.size,
+        "found_digest": check.found_digest,
+        "found_size": check.found_size,
+        "namespaces": list(check.namespaces),
+        "quarantined": check.quarantined,
+    }
+
+
+@main.command()
+@click.option(
+    "--quarantine",
+    is_flag=True,
+    help="Move bad blobs to ROOT/quarantine/ and drop their records (--root only).",
+)
+@pass_settings
+def verify(settings: _Settings, quarantine: bool) -> None:
+    """Hash every blob; report corrupt, unreadable and missing ones (and exit 12).
+
+    With --root it checks every namespace's blobs on disk, safely while a
+    daemon serves the same root, and --quarantine moves bad blobs aside so
+    they can be stored again. Through a daemon it reads the namespace's blobs
+    over the wire and can only report.
+    """
+    if quarantine and settings.root is None:
+        raise click.UsageError("--quarantine needs --root: the Content API cannot move blobs")
+    store = settings.store()
+    if isinstance(store, LocalStore):
+        report = store.verify(quarantine=quarantine)
+    else:
+        report = verify_namespace(store, settings.namespace)
+    if settings.json:
+        problems = [_check_json(check) for check in report.problems]
+        click.echo(json.dumps({"checked": report.checked, "problems": problems}))
+    else:
+        if report.problems:
+            _table(
+                ["STATE", "DIGEST", "SIZE", "NAMESPACES", "QUARANTINED"],
+                (
+                    [
+                        check.state.value,
+                        check.digest,
+                        human_size(check.size),
+                        ",".join(check.namespaces) or "-",
+                        check.quarantined or "-",
+                    ]
+                    for check in report.problems
+                ),
+            )
+        plural = "" if report.checked == 1 else "s"
+        click.echo(f"{report.checked} blob{plural} checked, {len(report.problems)} bad")
+    if report.problems:
+        raise DataLoss(
+            f"{len(report.problems)} of {report.checked} blobs corrupt, unreadable or missing"
+        )

@@ -30,6 +30,7 @@ from ._validate import (
     validate_namespace,
     validate_ref,
 )
+from ._verify import QUARANTINE, BlobCheck, BlobState, VerifyReport, verify_namespace
 from ._writer import LocalWriter
 
 __all__ = [
@@ -41,9 +42,12 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "MAX_LABEL_BYTES",
     "MAX_REF_BYTES",
+    "QUARANTINE",
     "STORE_BUSY",
     "STORE_IO_ERROR",
+    "BlobCheck",
     "BlobReader",
+    "BlobState",
     "Closing",
     "ContentRecord",
     "Info",
@@ -53,6 +57,7 @@ __all__ = [
     "SeekableBlob",
     "Status",
     "Store",
+    "VerifyReport",
     "Writer",
     "digest_of",
     "open_store",
@@ -60,4 +65,5 @@ __all__ = [
     "validate_labels",
     "validate_namespace",
     "validate_ref",
+    "verify_namespace",
 ]

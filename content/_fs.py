@@ -54,7 +54,8 @@ def translate_os_errors(doing: str) -> Iterator[None]:
 def translate_read_errors(digest: str) -> Iterator[None]:
     """Reading a committed blob: an I/O error means its bytes cannot be read back, DataLoss.
 
-    Retrying does not bring such bytes back.
+    Retrying does not bring such bytes back; `contentd verify` finds every
+    blob in that state and can quarantine it so that it can be stored again.
     """
     try:
         yield

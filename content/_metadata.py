@@ -260,6 +260,29 @@ class Transaction:
         ).fetchone()
         return bool(row[0])
 
+    def recorded_blobs(self, after: str, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (digest, size) pairs any namespace records, after digest `after`."""
+        rows = self._db.execute(
+            "SELECT digest, MAX(size) FROM content WHERE digest > ?"
+            " GROUP BY digest ORDER BY digest LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def records_everywhere(self, digest: str) -> list[tuple[str, ContentRecord]]:
+        """Every namespace's record of `digest`, as (namespace, record) pairs."""
+        rows = self._db.execute(
+            f"SELECT namespace, {_CONTENT_COLUMNS} FROM content WHERE digest = ?"
+            " ORDER BY namespace",
+            (digest,),
+        ).fetchall()
+        return [(row[0], _content(row[1:])) for row in rows]
+
+    def forget_blob(self, digest: str) -> None:
+        """Drop `digest` from every namespace; ingests that started from it start over."""
+        self._db.execute("DELETE FROM content WHERE digest = ?", (digest,))
+        self._db.execute("UPDATE ingests SET base = NULL WHERE base = ?", (digest,))
+
     # Ingests
 
     def ingest(self, namespace: str, ref: str) -> IngestRecord | None:

@@ -118,7 +118,7 @@ class BlobReader(SeekableBlob):
     the file on disk were longer. pread keeps `read_at` from several threads
     on one reader safe. A read the disk fails (EIO) is DataLoss: the bytes
     cannot be read back. Reads do not hash; whole reads are verified by
-    their callers (`contentd get`).
+    their callers (`contentd get`, `contentd verify`).
     """
 
     def __init__(self, fd: int, size: int, digest: str) -> None:

@@ -8,6 +8,7 @@ Layout::
     <root>/ingest/<key>.lock           its writer's lock (see IngestLock); while it
                                        commits, also what it stores (for crash repair)
     <root>/trash/                      blobs being deleted, gone once the delete commits
+    <root>/quarantine/                 blobs `contentd verify` found bad (see _verify)
 
 An ingest's key hashes its namespace and ref, so refs never become paths.
 """
@@ -30,6 +31,7 @@ from ._fs import remove_quietly, translate_os_errors
 from ._locks import IngestLock
 from ._metadata import BUSY_TIMEOUT, ContentRecord, Metadata, Transaction
 from ._validate import ALGORITHMS, split_digest
+from ._verify import repair_quarantine
 
 _log = logging.getLogger("contentd.store")
 
@@ -145,6 +147,7 @@ class StoreRoot:
         """
         self._repair_trash()
         self._repair_ingests()
+        repair_quarantine(self)
 
     def _repair_trash(self) -> None:
         trash = self.path / "trash"

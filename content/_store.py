@@ -35,6 +35,7 @@ from ._validate import (
     validate_ref,
     validate_size,
 )
+from ._verify import VerifyReport, verify_root
 from ._writer import LocalWriter, drop_empty
 
 #: Namespace used when none is given, as in containerd's clients.
@@ -455,6 +456,18 @@ class LocalStore(Closing):
             lock.release()
         else:
             self._root.remove_ingest_files(key, lock)
+
+    # Integrity
+
+    def verify(self, *, quarantine: bool = False) -> VerifyReport:
+        """Hash every blob of the store (every namespace's) and report those that fail.
+
+        With `quarantine`, each corrupt, unreadable or missing blob is moved
+        to ROOT/quarantine/ with a note of who referenced it, and its records
+        are dropped in every namespace, so that it can be stored again. Safe
+        while other processes, a daemon included, use the store.
+        """
+        return verify_root(self._root, quarantine=quarantine)
 
     # Lifetime
 

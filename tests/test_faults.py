@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.daemon import DaemonProcess, start_daemon
+from support.daemon import DaemonProcess, contentd_command, start_daemon
 from support.grpc_client import CALL_TIMEOUT, content_stub, namespaced
 
 from contentd import errdefs
@@ -384,6 +385,16 @@ def test_bytes_the_disk_cannot_read_are_data_loss_and_writes_it_fails_are_unavai
             with pytest.raises(errdefs.DataLoss):
                 read_all(local, lost)
             assert read_all(local, kept) == kept_data
+        verified = subprocess.run(
+            [*contentd_command(), "--root", str(root), "--json", "verify"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert verified.returncode == 12, verified.stderr
+        problems = json.loads(verified.stdout)["problems"]
+        assert [(p["digest"], p["state"]) for p in problems] == [(lost, "unreadable")]
     finally:
         daemon.stop()
 
