@@ -38,13 +38,16 @@ and ``~=`` compare that empty value (``labels.x!=y`` keeps items without
 ``x``), as in containerd. An empty filter string matches everything, so a list
 of filters that holds one does too.
 
-Regular expressions are Python's ``re``, not Go's RE2. The common syntax agrees,
-and ``\d \w \s \b`` stay ASCII as in RE2 (so ``(?i)`` folds ASCII letters only).
-RE2's ``\pL``, ``\z``, ``\Q...\E`` and ``(?U)`` are rejected; its POSIX classes
-(``[[:digit:]]``), which ``re`` would silently read as something else, are
-rejected too; and ``$`` also matches before a final newline. Unlike RE2, ``re``
-backtracks, so a hostile pattern can take exponential time: patterns are capped
-at 1024 characters, which bounds their size but not their cost.
+Regular expressions take Python's ``re`` syntax, not Go's RE2. The common syntax
+agrees, and ``\d \w \s \b`` stay ASCII as in RE2 (so ``(?i)`` folds ASCII letters
+only). RE2's ``\pL``, ``\z``, ``\Q...\E`` and ``(?U)`` are rejected; its POSIX
+classes (``[[:digit:]]``), which ``re`` would silently read as something else, are
+rejected too; and ``$`` also matches before a final newline. Like RE2, and unlike
+``re``, matching never backtracks: it takes time linear in the text whatever the
+pattern (see contentd.content._regex), so what ``re`` adds beyond an automaton
+(backreferences, lookaround, conditionals, atomic groups, possessive repeats) is
+rejected, as RE2 rejects it. Patterns are capped at 1024 characters and at
+2000 automaton states, and a call's filters at 64 KiB together.
 
 Where this parser departs from containerd 1.6: whitespace is allowed before
 ``.``, ``,`` and the end (containerd accepts it only after them and around
@@ -63,6 +66,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from contentd.errdefs import InvalidArgument
+
+from ._regex import Regex
 
 __all__ = [
     "MATCH_ALL",
@@ -175,10 +180,10 @@ class _NotEqual:
 @dataclass(frozen=True, slots=True)
 class _Search:
     path: tuple[str, ...]
-    pattern: re.Pattern[str]
+    pattern: Regex
 
     def match(self, adaptor: Adaptor) -> bool:
-        return self.pattern.search(adaptor(self.path)[0]) is not None
+        return self.pattern.search(adaptor(self.path)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +210,9 @@ class _Any:
         return False
 
 
-#: The longest filter string accepted. Parsing and matching cost grows with
-#: the number of selectors; real filters are a few dozen characters.
+#: The longest filter string accepted, and the most characters a call's
+#: filters may hold together. Parsing and matching cost grows with the number
+#: of selectors; real filters are a few dozen characters.
 MAX_FILTER_LENGTH: Final = 64 * 1024
 
 
@@ -230,11 +236,20 @@ def parse_all(expressions: Iterable[str]) -> Filter:
     """Parse several filter strings into one that matches when any of them does.
 
     No filters at all, or any empty one among them, match everything. Raises
-    `InvalidArgument` for the first malformed filter.
+    `InvalidArgument` for the first malformed filter, and when the filters
+    hold more than `MAX_FILTER_LENGTH` characters together: each item is
+    matched against every one of them.
     """
     if isinstance(expressions, str):
         # A str is an Iterable[str] of characters, which would parse without complaint.
         raise TypeError("parse_all takes an iterable of filter strings, not a single string")
+    expressions = list(expressions)
+    total = sum(map(len, expressions))
+    if total > MAX_FILTER_LENGTH and len(expressions) > 1:
+        raise InvalidArgument(
+            f"{len(expressions)} filters of {total} characters together: "
+            f"longer than {MAX_FILTER_LENGTH} characters"
+        )
     filters = [parse(expression) for expression in expressions]
     if not filters or any(parsed is MATCH_ALL for parsed in filters):
         return MATCH_ALL
@@ -464,7 +479,7 @@ class _Parser:
             out.append(code)
         return numeric.end()
 
-    def _compile(self, pattern: str, at: int) -> re.Pattern[str]:
+    def _compile(self, pattern: str, at: int) -> Regex:
         if len(pattern) > _MAX_PATTERN:
             raise self._error(
                 f"regular expression at position {at} is longer than {_MAX_PATTERN} characters"
@@ -475,11 +490,14 @@ class _Parser:
                 "which Python's re does not support"
             )
         try:
-            return re.compile(pattern, re.ASCII)
+            # re first, for its words on what is wrong; then the linear-time engine.
+            re.compile(pattern, re.ASCII)
+            return Regex(pattern)
         except re.error as exc:
             reason = exc.msg
         except RecursionError:
             reason = "nested too deeply"
+        # RegexError: what an automaton cannot do, or too big an automaton.
         # OverflowError: a repeat count past re's limit. ValueError: (?u) against ASCII mode.
         # Warning: "possible nested set" and the like, raised when warnings are errors.
         except (OverflowError, ValueError, Warning) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -693,3 +694,100 @@ def test_overlong_filter_is_invalid_before_parsing() -> None:
     huge = "a," * (MAX_FILTER_LENGTH // 2) + "a"
     with pytest.raises(InvalidArgument, match="longer than 65536 characters"):
         parse(huge)
+
+
+def test_filters_longer_than_64_kib_together_are_invalid() -> None:
+    halves = ["a" * (MAX_FILTER_LENGTH // 2 + 1), "b" * (MAX_FILTER_LENGTH // 2 + 1)]
+    with pytest.raises(InvalidArgument, match="2 filters of 65538 characters together: longer"):
+        parse_all(halves)
+    assert parse_all([halves[0], "labels.b"]).match(blob({"b": "1"}))
+
+
+# Regular expressions never backtrack
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        (r"^(a+)+$", "a" * 5000 + "!"),
+        (r"^(a|aa)*$", "a" * 5000 + "!"),
+        (r"(a|a)*!", "a" * 5000),
+        (r"(\d+)*[a-z]", "1" * 5000),
+        (r"\d*\d*\d*\d*\d*\d*!", "1" * 5000),
+        (r"(.*a){30}$", "a" * 5000 + "!"),
+    ],
+)
+def test_regex_that_makes_re_backtrack_for_ages_is_searched_in_linear_time(
+    pattern: str, value: str
+) -> None:
+    # re takes exponential (or high polynomial) time on these; the automaton reads each
+    # character once, so a hostile filter cannot hold a daemon's threads (or its GIL).
+    assert not matches(f"labels.a~={pattern}", {"a": value})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "feature"),
+    [
+        (r"(a)\1", "backreferences"),
+        ("(?=a)", "lookahead and lookbehind"),
+        ("(?<!a)b", "lookahead and lookbehind"),
+        ("(?>a+)", "atomic groups"),
+        ("a++", "possessive repeats"),
+        ("(a)?(?(1)b|c)", "conditional groups"),
+    ],
+)
+def test_regex_beyond_what_an_automaton_can_do_is_invalid_as_in_re2(
+    pattern: str, feature: str
+) -> None:
+    assert parse_error(f"labels.a~={pattern}").endswith(
+        f"invalid regular expression at position 10: {feature} are not supported "
+        "(nor are they in RE2)"
+    )
+
+
+def test_regex_of_a_thousand_repeats_is_accepted() -> None:
+    assert matches("labels.a~=^x{1000}$", {"a": "x" * 1000})
+
+
+def test_regex_compiling_to_too_many_automaton_states_is_invalid() -> None:
+    assert parse_error("labels.a~=(x{100}){100}").endswith(
+        "invalid regular expression at position 10: too complex (more than 2000 automaton states)"
+    )
+
+
+REGEX_ATOMS = [
+    "a", "b", "A", "\\n", "_", " ", "1", ".", "é", "[ab]", "[^a]", "[a-c]", "[A-Z_]", "[^\\d]",
+    "\\d", "\\w", "\\s", "\\W", "\\S", "^", "$", "\\A", "\\Z", "\\b", "\\B", "\\.", "[\\w.]",
+]  # fmt: skip
+REGEX_REPEATS = ["*", "+", "?", "{0,2}", "{2}", "{1,}", "*?", "+?", "{1,3}?"]
+
+
+def _compound(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(inner, inner).map("".join),
+        st.tuples(inner, inner).map("|".join),
+        inner.map(lambda pattern: f"({pattern})"),
+        st.tuples(inner, st.sampled_from(["?:", "?i:", "?m:", "?s:"])).map(
+            lambda parts: f"({parts[1]}{parts[0]})"
+        ),
+        st.tuples(inner, st.sampled_from(REGEX_REPEATS)).map(
+            lambda parts: f"(?:{parts[0]}){parts[1]}"
+        ),
+    )
+
+
+regexes = st.tuples(
+    st.sampled_from(["", "(?i)", "(?m)", "(?s)"]),
+    st.recursive(st.sampled_from(REGEX_ATOMS), _compound, max_leaves=8),
+).map("".join)
+
+
+@given(pattern=regexes, values=st.lists(st.text("abAB\n_ 1.-éK"), min_size=1, max_size=5))
+def test_regex_search_agrees_with_re(pattern: str, values: list[str]) -> None:
+    try:
+        compiled = re.compile(pattern, re.ASCII)
+    except re.error:
+        assume(False)
+    selected = parse(f"labels.a~={quoted(pattern)}")
+    for value in values:
+        assert selected.match(blob({"a": value})) == (compiled.search(value) is not None)
