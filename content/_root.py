@@ -175,11 +175,15 @@ class StoreRoot:
         entries = list((self.path / "ingest").iterdir())
         keys = {entry.name.removesuffix(".lock") for entry in entries}
         # A lock file with content carries a commit intent (see write_commit_intent).
-        noted = {
-            entry.name.removesuffix(".lock")
-            for entry in entries
-            if entry.name.endswith(".lock") and entry.stat().st_size
-        }
+        noted = set()
+        for entry in entries:
+            if entry.name.endswith(".lock"):
+                try:
+                    noted_size = entry.stat().st_size
+                except FileNotFoundError:
+                    continue  # its ingest ended while this listed them
+                if noted_size:
+                    noted.add(entry.name.removesuffix(".lock"))
         for key in sorted(keys):
             if key in noted or key not in known:
                 self._repair_ingest(key)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from support.daemon import DaemonProcess, start_daemon
+from support.grpc_client import poll
 from support.workload import (
     CheckReport,
     Ledger,
@@ -44,6 +45,7 @@ from contentd.content import open_store
 
 NAMESPACE = "crash"
 WORKLOAD = Path(__file__).resolve().parent / "support" / "workload.py"
+ACTOR = Path(__file__).resolve().parent / "support" / "store_actor.py"
 #: Daemon kills in the daemon's loop, and client threads working on it.
 DAEMON_KILLS = 40
 DAEMON_WORKERS = 4
@@ -54,6 +56,8 @@ KILL_TARGETS = ("stream-data", "commit", "put", "delete", "update", None)
 DAEMONLESS_ROUNDS = 10
 DAEMONLESS_BESIDE_DAEMON_ROUNDS = 6
 PROCESSES = 3
+#: Store opens while other processes commit (each open repairs, racing their commits).
+OPENS_BESIDE_CHURN = 1000
 #: How long a worker may take to reach a kill target before the kill comes anyway.
 TARGET_WAIT = 2.0
 
@@ -354,3 +358,34 @@ def test_daemonless_processes_killed_beside_a_daemon_lose_nothing(
         check_after_crash(store, root, [*ledgers, *remote])
         check_layout(root, [info.digest for info in store.walk()])
     tally.show("daemonless processes killed beside a daemon", capsys, record_property)
+
+
+# What the loops above found, one case each
+
+
+def actor(*arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ACTOR), *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_opening_a_store_while_others_commit_never_fails(tmp_path: Path) -> None:
+    # Each open repairs, looking through ingest files that commits in the
+    # other processes remove meanwhile.
+    root = tmp_path / "root"
+    open_store(root).close()
+    churners = [actor("churn", str(root), "default") for _ in range(2)]
+    try:
+        with open_store(root) as store:
+            assert poll(lambda: len(list(store.walk())) > 100, timeout=60)
+        for _ in range(OPENS_BESIDE_CHURN):
+            open_store(root).close()
+        for churner in churners:
+            assert churner.poll() is None, churner.communicate()[1]
+    finally:
+        for churner in churners:
+            churner.kill()
+            churner.communicate()

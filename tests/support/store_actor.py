@@ -4,6 +4,7 @@
     python store_actor.py race ROOT NAMESPACE REF GO SIZE  wait for file GO, ingest SIZE bytes
     python store_actor.py crash ROOT NAMESPACE REF POINT   commit, dying (SIGKILL) at POINT
     python store_actor.py crash-put ROOT NAMESPACE REF POINT   the same through put()
+    python store_actor.py churn ROOT NAMESPACE                 put small blobs until killed
 
 Each prints one line saying how it ended. The bytes written are a function of
 the size only, so every racer writes the same content.
@@ -11,6 +12,7 @@ the size only, so every racer writes the same content.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -110,6 +112,18 @@ def crash_put(root: str, namespace: str, ref: str, point: str) -> None:
     print("survived")
 
 
+def churn(root: str, namespace: str) -> None:
+    store = open_store(root, namespace)
+    for count in itertools.count():
+        store.put(f"churn-{os.getpid()}-{count % 64}", f"{os.getpid()} {count}".encode())
+
+
 if __name__ == "__main__":
     action, *arguments = sys.argv[1:]
-    {"hold": hold, "race": race, "crash": crash, "crash-put": crash_put}[action](*arguments)
+    {
+        "hold": hold,
+        "race": race,
+        "crash": crash,
+        "crash-put": crash_put,
+        "churn": churn,
+    }[action](*arguments)
