@@ -15,6 +15,7 @@ An ingest's key hashes its namespace and ref, so refs never become paths.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +35,9 @@ from ._validate import ALGORITHMS, split_digest
 from ._verify import repair_quarantine
 
 _log = logging.getLogger("contentd.store")
+
+#: Mode of an ingest's bytes: its writer's alone until a commit makes them read-only.
+INGEST_MODE = 0o600
 
 
 def ingest_key(namespace: str, ref: str) -> str:
@@ -250,6 +254,10 @@ class StoreRoot:
             target = None
         if target is None or not target.exists():
             lock.clear_note()
+            # The commit made the bytes read-only for the move it never made;
+            # resuming appends to them, which only their owner may undo.
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.ingest_data(key), INGEST_MODE)
             return False
         size = target.stat().st_size
         with self.metadata.write("finishing an interrupted commit") as tx:

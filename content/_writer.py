@@ -14,7 +14,7 @@ from contentd.errdefs import AlreadyExists, ContentdError, FailedPrecondition, U
 from ._fs import WRITEBACK_BYTES, start_writeback, translate_os_errors, write_all
 from ._locks import IngestLock
 from ._metadata import IngestRecord
-from ._root import Recording, StoreRoot
+from ._root import INGEST_MODE, Recording, StoreRoot
 from ._types import Closing, Status, datetime_from_ns
 from ._validate import (
     new_hasher,
@@ -91,7 +91,7 @@ class LocalWriter(Closing):
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
         with translate_os_errors(f"opening ingest {self._ref}"):
             # Private until committed: the bytes of an ingest are its writer's alone.
-            fd = os.open(self._data_path, flags, 0o600)
+            fd = os.open(self._data_path, flags, INGEST_MODE)
             try:
                 # Resuming: rebuild the digest state from the bytes on disk,
                 # which leaves the file position at the end, where writes go.
@@ -245,8 +245,10 @@ class LocalWriter(Closing):
         assert fd is not None
         with translate_os_errors(f"committing {digest}"):
             os.fdatasync(fd)
-            os.fchmod(fd, 0o444)
+            # The intent first: whoever finds the bytes read-only finds it too,
+            # and makes them writable again if they never moved.
             self._root.write_commit_intent(self._lock, self._namespace, self._ref, digest, labels)
+            os.fchmod(fd, 0o444)
         outcome = Recording()
         try:
             self._root.record_blob(
@@ -258,6 +260,12 @@ class LocalWriter(Closing):
                 source=self._data_path,
                 outcome=outcome,
             )
+        except BaseException:
+            if not outcome.moved:
+                # Still an ingest, to be resumed and appended to.
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, INGEST_MODE)
+            raise
         finally:
             self._moved = outcome.moved
         self._gone = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from pathlib import Path
 import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.grpc_client import poll
+from support.store_actor import content as actor_content
 from support.workload import (
     CheckReport,
     Ledger,
@@ -41,7 +43,8 @@ from support.workload import (
 )
 
 from contentd.client import RemoteStore
-from contentd.content import open_store
+from contentd.content import digest_of, open_store
+from contentd.content._root import INGEST_MODE, ingest_key
 
 NAMESPACE = "crash"
 WORKLOAD = Path(__file__).resolve().parent / "support" / "workload.py"
@@ -389,3 +392,31 @@ def test_opening_a_store_while_others_commit_never_fails(tmp_path: Path) -> None
         for churner in churners:
             churner.kill()
             churner.communicate()
+
+
+def killed_actor(*arguments: str) -> None:
+    """Run an actor that SIGKILLs itself at its crash point."""
+    process = actor(*arguments)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, (out, err)
+
+
+@pytest.mark.parametrize("resumed_by", ["a reopened store", "a store open all along"])
+def test_an_ingest_whose_commit_died_is_writable_again(tmp_path: Path, resumed_by: str) -> None:
+    # Resuming appends to the bytes, which a store run by anyone but root can
+    # do only if they are writable again, not read-only as the commit left them.
+    root = tmp_path / "root"
+    data = actor_content(300_000)
+    store = open_store(root)
+    try:
+        killed_actor("crash", str(root), "default", "crashing", "after-mark")
+        if resumed_by == "a reopened store":
+            store.close()
+            store = open_store(root)
+        with store.writer("crashing", total=len(data), expected=digest_of(data)) as writer:
+            assert writer.status().offset == len(data)
+            data_file = root / "ingest" / ingest_key("default", "crashing")
+            assert stat.S_IMODE(data_file.stat().st_mode) == INGEST_MODE
+            assert writer.commit(len(data), digest_of(data)) == digest_of(data)
+    finally:
+        store.close()
