@@ -394,6 +394,9 @@ class LocalStore(Closing):
         declared = previous.total if previous is not None else 0
         if previous is not None and total > 0 and declared > 0 and total != declared:
             previous = None
+        if previous is None:
+            # Bytes without a record are no ingest's (a put that died left
+            # them): a new ingest starts empty.
             remove_quietly(data)
         now = time.time_ns()
         # Not fsynced: an ingest record lost to a power cut only loses the

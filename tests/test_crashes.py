@@ -420,3 +420,15 @@ def test_an_ingest_whose_commit_died_is_writable_again(tmp_path: Path, resumed_b
             assert writer.commit(len(data), digest_of(data)) == digest_of(data)
     finally:
         store.close()
+
+
+def test_a_new_writer_starts_empty_where_a_put_died(tmp_path: Path) -> None:
+    # No reopen repairs the store in between, as when a daemon serves it.
+    root = tmp_path / "root"
+    with open_store(root) as store:
+        killed_actor("crash-put", str(root), "default", "putting", "after-fsync")
+        assert store.list_statuses() == []
+        with store.writer("putting") as writer:
+            assert writer.status().offset == 0
+            writer.write(b"new")
+            assert writer.commit() == digest_of(b"new")
