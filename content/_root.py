@@ -168,10 +168,24 @@ class StoreRoot:
                     continue
                 if tx.blob_referenced(digest) and not target.exists():
                     # The delete that moved it here never committed.
-                    os.rename(entry, target)
+                    try:
+                        os.rename(entry, target)
+                    except FileNotFoundError:
+                        continue  # another repair put it back first
                     _log.warning("restored blob %s whose delete was interrupted", digest)
                 else:
                     remove_quietly(entry)
+
+    def settle_delete(self, digest: str) -> bool:
+        """Whether the bytes of `digest`, found missing, are back in blobs/ now.
+
+        A delete moves the bytes aside inside its transaction, so a reader
+        can find them gone while the record it read still stands. This waits
+        for a delete in progress to commit and puts back the bytes of one
+        that died.
+        """
+        self._repair_trash()
+        return self.blob_path(digest).exists()
 
     def _repair_ingests(self) -> None:
         with self.metadata.read("listing ingests for repair") as tx:

@@ -206,6 +206,8 @@ class LocalStore(Closing):
             with translate_read_errors(digest):
                 fd = os.open(self._root.blob_path(digest), os.O_RDONLY)
         except FileNotFoundError:
+            if self._root.settle_delete(digest):
+                return self.reader_at(digest)
             with self._root.metadata.read(f"reading content {digest}") as tx:
                 deleted = tx.content(self._namespace, digest) is None
             if deleted:

@@ -42,6 +42,7 @@ from support.workload import (
     check_layout,
 )
 
+from contentd import errdefs
 from contentd.client import RemoteStore
 from contentd.content import digest_of, open_store
 from contentd.content._root import INGEST_MODE, ingest_key
@@ -432,3 +433,37 @@ def test_a_new_writer_starts_empty_where_a_put_died(tmp_path: Path) -> None:
             assert writer.status().offset == 0
             writer.write(b"new")
             assert writer.commit() == digest_of(b"new")
+
+
+def stored(root: Path, data: bytes) -> str:
+    with open_store(root) as store:
+        return store.put("stored", data)
+
+
+def test_a_blob_whose_delete_died_reads_back(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    data = actor_content(100_000)
+    digest = stored(root, data)
+    with open_store(root) as store:
+        killed_actor("crash-delete", str(root), "default", digest)
+        with store.reader_at(digest) as reader:
+            assert reader.read() == data
+        assert store.info(digest).size == len(data)
+    assert list((root / "trash").iterdir()) == []
+
+
+def test_a_blob_being_deleted_is_not_found_never_lost(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    digest = stored(root, actor_content(100_000))
+    with open_store(root) as store:
+        deleter = actor("slow-delete", str(root), "default", digest)
+        try:
+            assert deleter.stdout is not None
+            assert deleter.stdout.readline().strip() == "moved"
+            # The delete has moved the bytes aside and not yet committed.
+            with pytest.raises(errdefs.NotFound):
+                store.reader_at(digest)
+            assert deleter.stdout.readline().strip() == "deleted"
+        finally:
+            deleter.kill()
+            deleter.communicate()

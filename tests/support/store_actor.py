@@ -4,6 +4,8 @@
     python store_actor.py race ROOT NAMESPACE REF GO SIZE  wait for file GO, ingest SIZE bytes
     python store_actor.py crash ROOT NAMESPACE REF POINT   commit, dying (SIGKILL) at POINT
     python store_actor.py crash-put ROOT NAMESPACE REF POINT   the same through put()
+    python store_actor.py crash-delete ROOT NAMESPACE DIGEST   delete, dying once bytes moved aside
+    python store_actor.py slow-delete ROOT NAMESPACE DIGEST    delete, pausing there for a second
     python store_actor.py churn ROOT NAMESPACE                 put small blobs until killed
 
 Each prints one line saying how it ended. The bytes written are a function of
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contentd import errdefs
-from contentd.content import _fs, _metadata, _root, _writer, digest_of, open_store
+from contentd.content import _fs, _metadata, _root, _store, _writer, digest_of, open_store
 
 CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
 
@@ -112,6 +114,27 @@ def crash_put(root: str, namespace: str, ref: str, point: str) -> None:
     print("survived")
 
 
+def crash_delete(root: str, namespace: str, digest: str) -> None:
+    store = open_store(root, namespace)
+    _store.os.rename = _after(os.rename)  # type: ignore[attr-defined]
+    store.delete(digest)
+    print("survived")
+
+
+def slow_delete(root: str, namespace: str, digest: str) -> None:
+    store = open_store(root, namespace)
+    rename = os.rename
+
+    def moved(source: Any, target: Any) -> None:
+        rename(source, target)
+        print("moved", flush=True)
+        time.sleep(1)
+
+    _store.os.rename = moved  # type: ignore[attr-defined]
+    store.delete(digest)
+    print("deleted", flush=True)
+
+
 def churn(root: str, namespace: str) -> None:
     store = open_store(root, namespace)
     for count in itertools.count():
@@ -125,5 +148,7 @@ if __name__ == "__main__":
         "race": race,
         "crash": crash,
         "crash-put": crash_put,
+        "crash-delete": crash_delete,
+        "slow-delete": slow_delete,
         "churn": churn,
     }[action](*arguments)
