@@ -9,17 +9,61 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
-from contentd.errdefs import to_grpc_status
+from contentd.errdefs import InvalidArgument, to_grpc_status
 
 _log = logging.getLogger("contentd.daemon")
 
 _Service = TypeVar("_Service")
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+_Message = TypeVar("_Message", bound=Message)
 
 UnaryHandler = Callable[[_Service, _Request, grpc.ServicerContext], _Response]
 StreamHandler = Callable[[_Service, _Request, grpc.ServicerContext], Iterator[_Response]]
+
+
+class Undecodable:
+    """A request whose bytes are no message of the RPC's request type.
+
+    gRPC answers a request it fails to decode with INTERNAL, a server's fault.
+    The fault is the caller's, so requests are decoded with `request_decoder`,
+    which hands this on instead, and the handlers answer it InvalidArgument.
+    """
+
+    __slots__ = ("problem", "type_name")
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        self.type_name = type_name
+        self.problem = problem
+
+    def error(self) -> InvalidArgument:
+        """The error to answer the request with."""
+        return InvalidArgument(f"request is no valid {self.type_name} message: {self.problem}")
+
+
+def request_decoder(message_type: type[_Message]) -> Callable[[bytes], _Message | Undecodable]:
+    """A request deserializer for gRPC that never fails: bad bytes become an Undecodable."""
+    type_name = message_type.DESCRIPTOR.full_name
+    parse = message_type.FromString
+
+    def decode(data: bytes) -> _Message | Undecodable:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            # "Error parsing message with type '...': <what was wrong>"
+            return Undecodable(type_name, str(exc).rpartition(": ")[2] or "malformed")
+
+    return decode
+
+
+def decoded(requests: Iterator[_Message | Undecodable]) -> Iterator[_Message]:
+    """A request stream's messages, failing with InvalidArgument at the first undecodable one."""
+    for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.error()
+        yield request
 
 
 def _log_done(method: str, started: float) -> None:
@@ -53,6 +97,8 @@ def unary(
     def handler(self: _Service, request: _Request, context: grpc.ServicerContext) -> _Response:
         started = time.monotonic()
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             response = method(self, request, context)
         except Exception as exc:
             _answer(name, started, exc, context)
@@ -75,6 +121,8 @@ def streaming(
     ) -> Iterator[_Response]:
         started = time.monotonic()
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             yield from method(self, request, context)
         except GeneratorExit:
             # gRPC drops a stream whose caller left while it waited at a

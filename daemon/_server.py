@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from contentd.content import LocalStore
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto import content_pb2, content_pb2_grpc
+from contentd.proto import content_pb2
 
-from ._service import ContentService
+from ._service import ContentService, add_content_service
 from ._tls import TLSFiles, is_loopback
 
 #: containerd's limit on gRPC messages, both ways.
@@ -143,10 +143,7 @@ class Daemon:
             max_write_streams=options.write_stream_limit(),
             write_idle_timeout=options.write_idle_timeout,
         )
-        # The generated registration function carries no annotations.
-        content_pb2_grpc.add_ContentServicer_to_server(  # type: ignore[no-untyped-call]
-            self._content, self._server
-        )
+        add_content_service(self._content, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

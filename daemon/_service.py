@@ -23,7 +23,7 @@ from contentd.errdefs import (
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 
-from ._boundary import streaming, unary
+from ._boundary import decoded, request_decoder, streaming, unary
 from ._streams import StreamRegistry, StreamState
 
 if TYPE_CHECKING:
@@ -206,11 +206,12 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self, request_iterator: Iterator[api.WriteContentRequest], context: grpc.ServicerContext
     ) -> Iterator[api.WriteContentResponse]:
         store = self._namespaced(context)
+        requests = decoded(request_iterator)
         with self._streams.admitted(context) as state:
-            request = self._streams.receive(state, request_iterator)
+            request = self._streams.receive(state, requests)
             if request is None:
                 return  # the caller hung up before saying anything
-            yield from self._write_stream(store, state, request, request_iterator)
+            yield from self._write_stream(store, state, request, requests)
 
     def _write_stream(
         self,
@@ -305,3 +306,60 @@ class ContentService(content_pb2_grpc.ContentServicer):
         with contextlib.suppress(ContentdError):
             store.abort(writer.ref)
         raise AlreadyExists(f"blob with expected digest {expected} exists")
+
+
+def add_content_service(service: ContentService, server: grpc.Server) -> None:
+    """Serve `service` on `server`, as the generated registration does but for decoding.
+
+    Requests reach the handlers through `request_decoder`, so bytes that are no
+    valid message are answered InvalidArgument, not gRPC's INTERNAL.
+    """
+    handlers = {
+        "Info": grpc.unary_unary_rpc_method_handler(
+            service.Info,
+            request_deserializer=request_decoder(api.InfoRequest),
+            response_serializer=api.InfoResponse.SerializeToString,
+        ),
+        "Update": grpc.unary_unary_rpc_method_handler(
+            service.Update,
+            request_deserializer=request_decoder(api.UpdateRequest),
+            response_serializer=api.UpdateResponse.SerializeToString,
+        ),
+        "List": grpc.unary_stream_rpc_method_handler(
+            service.List,
+            request_deserializer=request_decoder(api.ListContentRequest),
+            response_serializer=api.ListContentResponse.SerializeToString,
+        ),
+        "Delete": grpc.unary_unary_rpc_method_handler(
+            service.Delete,
+            request_deserializer=request_decoder(api.DeleteContentRequest),
+            response_serializer=empty_pb2.Empty.SerializeToString,
+        ),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            service.Read,
+            request_deserializer=request_decoder(api.ReadContentRequest),
+            response_serializer=api.ReadContentResponse.SerializeToString,
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            service.Status,
+            request_deserializer=request_decoder(api.StatusRequest),
+            response_serializer=api.StatusResponse.SerializeToString,
+        ),
+        "ListStatuses": grpc.unary_unary_rpc_method_handler(
+            service.ListStatuses,
+            request_deserializer=request_decoder(api.ListStatusesRequest),
+            response_serializer=api.ListStatusesResponse.SerializeToString,
+        ),
+        "Write": grpc.stream_stream_rpc_method_handler(
+            service.Write,
+            request_deserializer=request_decoder(api.WriteContentRequest),
+            response_serializer=api.WriteContentResponse.SerializeToString,
+        ),
+        "Abort": grpc.unary_unary_rpc_method_handler(
+            service.Abort,
+            request_deserializer=request_decoder(api.AbortRequest),
+            response_serializer=empty_pb2.Empty.SerializeToString,
+        ),
+    }
+    name = api.DESCRIPTOR.services_by_name["Content"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -1107,3 +1107,43 @@ def test_list_and_info_describe_a_blob_identically(
         for info in batch.info
     ]
     assert listed == info(stub, ns, digest)
+
+
+# Hostile input
+
+
+@pytest.mark.parametrize(
+    "method", ["Info", "Update", "List", "Delete", "Read", "Status", "ListStatuses", "Abort"]
+)
+def test_request_that_is_no_valid_message_is_invalid_argument(
+    channel: grpc.Channel, ns: str, method: str
+) -> None:
+    # Field 1 (a digest, ref, filter or Info) holding bytes that are not UTF-8.
+    undecodable = b"\x0a\x02\xff\xfe"
+    path = f"/{CONTENT_SERVICE}/{method}"
+
+    def call() -> object:
+        if method in ("List", "Read"):
+            answers = channel.unary_stream(path)(
+                undecodable, metadata=namespaced(ns), timeout=CALL_TIMEOUT
+            )
+            return list(answers)
+        return channel.unary_unary(path)(undecodable, metadata=namespaced(ns), timeout=CALL_TIMEOUT)
+
+    error = refusal(call, Code.INVALID_ARGUMENT)
+    assert error.message.startswith("request is no valid containerd.services.content.v1.")
+
+
+def test_write_message_that_is_no_valid_message_is_invalid_argument_and_keeps_the_ingest(
+    channel: grpc.Channel, stub: content_pb2_grpc.ContentStub, ns: str
+) -> None:
+    messages = [write("undecodable", b"abc").SerializeToString(), b"\x12\x02\xff\xfe"]
+    call = channel.stream_stream(f"/{CONTENT_SERVICE}/Write")
+    error = refusal(
+        lambda: list(call(iter(messages), metadata=namespaced(ns), timeout=CALL_TIMEOUT)),
+        Code.INVALID_ARGUMENT,
+    )
+    assert error.message.startswith(
+        "request is no valid containerd.services.content.v1.WriteContentRequest message"
+    )
+    assert reopened_offset(stub, ns, "undecodable") == 3
