@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from contentd.content import ContentRecord, Info, LocalStore, LocalWriter, Status
+from contentd.content import (
+    ContentRecord,
+    Info,
+    LocalStore,
+    LocalWriter,
+    Status,
+    validate_labels,
+)
 from contentd.content import validate_digest as _validate_digest
 from contentd.errdefs import (
     AlreadyExists,
@@ -36,6 +43,8 @@ READ_CHUNK = 1 << 20
 #: List answers are batched up to about this many bytes (containerd batches by 100 items).
 LIST_BATCH_BYTES = 1 << 20
 _LIST_BATCH_ITEMS = 1000
+#: The actions a Write message may ask for; proto3 enums let any other number through.
+_WRITE_ACTIONS = frozenset({api.STAT, api.WRITE, api.COMMIT})
 
 _log = logging.getLogger("contentd.daemon")
 
@@ -223,6 +232,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         ref = request.ref
         if not ref:
             raise InvalidArgument("first message must have a reference")
+        self._check(request)
         total = max(request.total, 0)
         expected = request.expected
         key = (store.namespace, ref)
@@ -247,6 +257,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
             first = True
             while True:
                 state.yielding = False
+                if not first:
+                    self._check(request)
                 if request.expected:
                     expected = request.expected
                     if not first:  # opening the writer checked the first one
@@ -260,14 +272,12 @@ class ContentService(content_pb2_grpc.ContentServicer):
                     response.started_at.CopyFrom(_timestamp(status.started_at))
                     response.updated_at.CopyFrom(_timestamp(status.updated_at))
                     response.total = total
-                elif request.action in (api.WRITE, api.COMMIT):
+                else:
                     response.offset = self._write(writer, request, writer.offset)
                     if request.action == api.COMMIT:
                         labels = dict(request.labels) if request.labels else None
                         writer.commit(total, expected, labels)
                         response.total = total
-                else:
-                    raise InvalidArgument(f"unknown write action {request.action}")
                 response.digest = writer.digest()
                 state.waiting()
                 yield response
@@ -279,10 +289,24 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 request = next_request
 
     @staticmethod
-    def _write(writer: LocalWriter, request: api.WriteContentRequest, offset: int) -> int:
-        """Apply a WRITE or COMMIT message's data; returns the ingest's new offset."""
+    def _check(request: api.WriteContentRequest) -> None:
+        """Refuse a message that cannot be acted on before acting on any of it.
+
+        A stream's first message opens (and may create) its ingest; refused
+        here, bad input leaves the store as it was.
+        """
+        if request.action not in _WRITE_ACTIONS:
+            raise InvalidArgument(f"unknown write action {request.action}")
+        if request.action == api.STAT:
+            return
         if request.offset < 0:
             raise InvalidArgument(f"write offset {request.offset}: must not be negative")
+        if request.action == api.COMMIT and request.labels:
+            validate_labels(request.labels)
+
+    @staticmethod
+    def _write(writer: LocalWriter, request: api.WriteContentRequest, offset: int) -> int:
+        """Apply a WRITE or COMMIT message's data; returns the ingest's new offset."""
         if request.offset > 0 and request.offset != offset:
             raise OutOfRange(f"write @{request.offset} must occur at current offset {offset}")
         if request.offset == 0 and offset > 0:

@@ -1147,3 +1147,23 @@ def test_write_message_that_is_no_valid_message_is_invalid_argument_and_keeps_th
         "request is no valid containerd.services.content.v1.WriteContentRequest message"
     )
     assert reopened_offset(stub, ns, "undecodable") == 3
+
+
+@pytest.mark.parametrize(
+    ("first", "refused"),
+    [
+        (api.WriteContentRequest(action=7, ref="odd", data=b"abc"), "unknown write action 7"),
+        (write("odd", b"abc", offset=-1), "write offset -1: must not be negative"),
+        (
+            commit("odd", offset=3, labels={"k": "v" * 5000}),
+            "label 'k': key and value longer than 4096 bytes",
+        ),
+    ],
+)
+def test_write_stream_refused_at_its_first_message_leaves_no_ingest(
+    stub: content_pb2_grpc.ContentStub, ns: str, first: api.WriteContentRequest, refused: str
+) -> None:
+    with WriteStream(stub, ns) as stream:
+        error = refusal(lambda: stream.send(first), Code.INVALID_ARGUMENT)
+    assert error.message == refused
+    refusal(lambda: status(stub, ns, "odd"), Code.NOT_FOUND)
