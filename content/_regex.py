@@ -94,9 +94,7 @@ class _Nfa:
         self.anchors: list[str] = []
         self.targets: list[list[int]] = []
 
-    def add(
-        self, kind: int, targets: list[int], test: _CharTest = _never, anchor: str = ""
-    ) -> int:
+    def add(self, kind: int, targets: list[int], test: _CharTest = _never, anchor: str = "") -> int:
         if len(self.kinds) >= MAX_STATES:
             raise RegexError(f"too complex (more than {MAX_STATES} automaton states)")
         self.kinds.append(kind)
