@@ -194,7 +194,8 @@ class Internal(ContentdError):
 
 
 class Unavailable(ContentdError):
-    """The ref is locked by another writer (reason REF_LOCKED), or the store is busy; retry."""
+    """The ref is locked by another writer (REF_LOCKED), the store is busy (STORE_BUSY) or its
+    disk failed a write (STORE_IO_ERROR); retry."""
 
     description = "unavailable"
     grpc_code = grpc.StatusCode.UNAVAILABLE
@@ -203,7 +204,8 @@ class Unavailable(ContentdError):
 
 
 class DataLoss(ContentdError):
-    """Stored bytes are missing or no longer match their digest."""
+    """Stored bytes are missing (BLOB_MISSING), unreadable (BLOB_UNREADABLE) or no longer
+    match their digest."""
 
     description = "data loss"
     grpc_code = grpc.StatusCode.DATA_LOSS
