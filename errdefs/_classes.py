@@ -194,8 +194,7 @@ class Internal(ContentdError):
 
 
 class Unavailable(ContentdError):
-    """The ref is locked by another writer (REF_LOCKED), the store is busy (STORE_BUSY) or its
-    disk failed a write (STORE_IO_ERROR); retry."""
+    """Locked ref (REF_LOCKED), busy store (STORE_BUSY) or failing disk (STORE_IO_ERROR); retry."""
 
     description = "unavailable"
     grpc_code = grpc.StatusCode.UNAVAILABLE
@@ -204,8 +203,7 @@ class Unavailable(ContentdError):
 
 
 class DataLoss(ContentdError):
-    """Stored bytes are missing (BLOB_MISSING), unreadable (BLOB_UNREADABLE) or no longer
-    match their digest."""
+    """Stored bytes are missing (BLOB_MISSING), unreadable (BLOB_UNREADABLE) or corrupt."""
 
     description = "data loss"
     grpc_code = grpc.StatusCode.DATA_LOSS
