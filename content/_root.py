@@ -204,22 +204,29 @@ class StoreRoot:
                     noted.add(entry.name.removesuffix(".lock"))
         for key in sorted(keys):
             if key in noted or key not in known:
-                self._repair_ingest(key)
+                self.repair_ingest(key)
 
-    def _repair_ingest(self, key: str) -> None:
+    def repair_ingest(self, key: str) -> bool:
+        """Finish or remove what a dead writer left of an ingest; whether the ingest is gone.
+
+        An interrupted commit whose bytes reached blobs/ is finished, and files
+        with no ingest record are removed; a live writer's ingest is left
+        alone, and so is one that a writer can resume.
+        """
         lock = self.ingest_lock(key)
         if not lock.try_acquire():
-            return  # a live writer is creating or committing it
+            return False  # a live writer is creating or committing it
         if self.finish_commit(key, lock):
             self.remove_ingest_files(key, lock)
-            return
+            return True
         with self.metadata.read("checking an ingest for repair") as tx:
             known = any(record.key == key for record in tx.all_ingests())
         if known:
             lock.release()
-            return
+            return False
         self.remove_ingest_files(key, lock)
         _log.info("removed ingest files with no ingest record (%s)", key)
+        return True
 
     # Commit intents
 

@@ -223,11 +223,13 @@ class LocalStore(Closing):
         validate_ref(ref)
         with self._root.metadata.read(f"reading ingest {ref}") as tx:
             record = tx.ingest(self._namespace, ref)
-        if record is None:
+        status = None if record is None else self._status(record)
+        if status is None:
             raise NotFound(f"ref {ref}")
-        return self._status(record)
+        return status
 
-    def _status(self, record: IngestRecord) -> Status:
+    def _status(self, record: IngestRecord) -> Status | None:
+        """The ingest's status; None if it turns out gone (see below)."""
         updated_at = record.updated_at
         if record.base is not None:
             offset = record.total
@@ -235,6 +237,10 @@ class LocalStore(Closing):
             try:
                 stat = os.stat(self._root.ingest_data(record.key))
             except FileNotFoundError:
+                # A writer that died committing, after its bytes moved into
+                # blobs/, leaves a record and no bytes: finish that commit.
+                if self._root.repair_ingest(record.key):
+                    return None
                 offset = 0
             else:
                 offset = stat.st_size
@@ -256,6 +262,8 @@ class LocalStore(Closing):
         statuses = []
         for record in records:
             status = self._status(record)
+            if status is None:
+                continue
             adaptor = filters.status_adaptor(
                 status.ref, status.offset, status.total, status.expected
             )

@@ -467,3 +467,21 @@ def test_a_blob_being_deleted_is_not_found_never_lost(tmp_path: Path) -> None:
         finally:
             deleter.kill()
             deleter.communicate()
+
+
+def test_a_commit_whose_bytes_moved_before_its_writer_died_is_listed_as_a_blob(
+    tmp_path: Path,
+) -> None:
+    # Not as an ingest at offset 0 whose bytes are nowhere, while nothing
+    # reopens the store (a daemon serving it, say).
+    root = tmp_path / "root"
+    data = actor_content(300_000)
+    with open_store(root) as store:
+        killed_actor("crash", str(root), "default", "crashing", "after-rename")
+        assert store.list_statuses() == []
+        with pytest.raises(errdefs.NotFound):
+            store.status("crashing")
+        assert store.info(digest_of(data)).size == len(data)
+        with store.reader_at(digest_of(data)) as reader:
+            assert reader.read() == data
+    check_layout(root, [digest_of(data)])

@@ -353,8 +353,10 @@ def check_after_crash(
     """
     report = CheckReport()
     known = {blob.digest: blob for ledger in ledgers for blob in ledger.blobs()}
-    listed = _listed_verified(store, known)
+    # Ingests first: listing them finishes commits whose writer died after
+    # the bytes moved, and those blobs are then listed below.
     statuses = {status.ref: status for status in store.list_statuses()}
+    listed = _listed_verified(store, known)
     flights = {
         ledger.in_flight.blob.ref: ledger.in_flight for ledger in ledgers if ledger.in_flight
     }
