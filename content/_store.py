@@ -359,6 +359,8 @@ class LocalStore(Closing):
         try:
             self._root.finish_commit(key, lock)
             with translate_os_errors(f"storing {digest}"):
+                # Bytes a put that died left are read-only: replace, not truncate, them.
+                remove_quietly(source)
                 fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
                 try:
                     write_all(fd, view)

@@ -485,3 +485,12 @@ def test_a_commit_whose_bytes_moved_before_its_writer_died_is_listed_as_a_blob(
         with store.reader_at(digest_of(data)) as reader:
             assert reader.read() == data
     check_layout(root, [digest_of(data)])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may truncate a read-only file anyway")
+def test_a_put_replaces_the_bytes_a_dead_put_left(tmp_path: Path) -> None:
+    # A dead put's bytes are read-only, and no reopen removed them.
+    root = tmp_path / "root"
+    with open_store(root) as store:
+        killed_actor("crash-put", str(root), "default", "putting", "after-fsync")
+        assert store.put("putting", b"new") == digest_of(b"new")
