@@ -23,12 +23,16 @@ from ._validate import (
     ALGORITHMS,
     CANONICAL_ALGORITHM,
     MAX_LABEL_BYTES,
+    MAX_LABELS,
+    MAX_LABELS_BYTES,
     MAX_REF_BYTES,
+    MAX_UPDATE_PATHS,
     digest_of,
     validate_digest,
     validate_labels,
     validate_namespace,
     validate_ref,
+    validate_update_paths,
 )
 from ._verify import QUARANTINE, BlobCheck, BlobState, VerifyReport, verify_namespace
 from ._writer import LocalWriter
@@ -40,8 +44,11 @@ __all__ = [
     "BUSY_TIMEOUT",
     "CANONICAL_ALGORITHM",
     "DEFAULT_NAMESPACE",
+    "MAX_LABELS",
+    "MAX_LABELS_BYTES",
     "MAX_LABEL_BYTES",
     "MAX_REF_BYTES",
+    "MAX_UPDATE_PATHS",
     "QUARANTINE",
     "STORE_BUSY",
     "STORE_IO_ERROR",
@@ -65,5 +72,6 @@ __all__ = [
     "validate_labels",
     "validate_namespace",
     "validate_ref",
+    "validate_update_paths",
     "verify_namespace",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from contentd.errdefs import InvalidArgument
@@ -20,6 +20,14 @@ CANONICAL_ALGORITHM: Final = "sha256"
 MAX_REF_BYTES: Final = 1024
 #: A label's key and value together, in UTF-8 bytes (containerd's limit).
 MAX_LABEL_BYTES: Final = 4096
+#: The most labels one blob may carry. containerd sets no bound; real blobs carry
+#: a handful (containerd's own GC labels run to dozens on an image index).
+MAX_LABELS: Final = 256
+#: All of a blob's label keys and values together, in UTF-8 bytes.
+MAX_LABELS_BYTES: Final = 64 * 1024
+#: The most field paths one Update may name: enough to touch every label a
+#: blob may have and set as many new ones.
+MAX_UPDATE_PATHS: Final = 2 * MAX_LABELS
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 _MAX_NAMESPACE: Final = 76
@@ -92,7 +100,14 @@ def validate_namespace(namespace: str) -> str:
 
 
 def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `labels` if every key and value together fit containerd's limit."""
+    """A copy of `labels` if they fit the limits a blob's labels must keep.
+
+    Each key and value together fit containerd's `MAX_LABEL_BYTES`; there are
+    at most `MAX_LABELS` labels of at most `MAX_LABELS_BYTES` together. Labels
+    with an empty value, which mean "no such label", count for neither.
+    """
+    count = 0
+    total = 0
     for key, value in labels.items():
         size = len(key.encode("utf-8", "surrogatepass")) + len(
             value.encode("utf-8", "surrogatepass")
@@ -101,7 +116,23 @@ def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
             raise InvalidArgument(
                 f"label {_shown(key, 20)}: key and value longer than {MAX_LABEL_BYTES} bytes"
             )
+        if value:
+            count += 1
+            total += size
+    if count > MAX_LABELS:
+        raise InvalidArgument(f"{count} labels: more than {MAX_LABELS} on one blob")
+    if total > MAX_LABELS_BYTES:
+        raise InvalidArgument(
+            f"labels of {total} bytes together: more than {MAX_LABELS_BYTES} on one blob"
+        )
     return dict(labels)
+
+
+def validate_update_paths(paths: Sequence[str]) -> Sequence[str]:
+    """Return `paths` if an Update may name that many (`MAX_UPDATE_PATHS`)."""
+    if len(paths) > MAX_UPDATE_PATHS:
+        raise InvalidArgument(f"update of {len(paths)} field paths: more than {MAX_UPDATE_PATHS}")
+    return paths
 
 
 def validate_size(name: str, value: int) -> int:

@@ -18,6 +18,7 @@ from contentd.content import (
     LocalWriter,
     Status,
     validate_labels,
+    validate_update_paths,
 )
 from contentd.content import validate_digest as _validate_digest
 from contentd.errdefs import (
@@ -135,9 +136,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self, request: api.UpdateRequest, context: grpc.ServicerContext
     ) -> api.UpdateResponse:
         store = self._namespaced(context)
-        info = store.update(
-            request.info.digest, dict(request.info.labels), list(request.update_mask.paths)
-        )
+        paths = validate_update_paths(request.update_mask.paths)
+        info = store.update(request.info.digest, dict(request.info.labels), list(paths))
         return api.UpdateResponse(info=info_message(info))
 
     @streaming
