@@ -58,6 +58,9 @@ class ServerOptions:
     #: Write streams at once; None: three quarters of the workers, so the
     #: rest stay free for every other call.
     max_write_streams: int | None = None
+    #: Write streams at once in one namespace; None: only max_write_streams
+    #: bounds them.
+    max_ingests_per_namespace: int | None = None
     #: Seconds a Write stream may wait for its client before it is canceled
     #: (its lock released, its ingest kept); None never cancels.
     write_idle_timeout: float | None = 300.0
@@ -142,6 +145,7 @@ class Daemon:
             store,
             max_write_streams=options.write_stream_limit(),
             write_idle_timeout=options.write_idle_timeout,
+            max_write_streams_per_namespace=options.max_ingests_per_namespace,
         )
         add_content_service(self._content, self._server)
         self._health = health.HealthServicer()

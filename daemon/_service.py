@@ -108,10 +108,17 @@ class ContentService(content_pb2_grpc.ContentServicer):
     """The Content API over a LocalStore; each request picks its namespace from its metadata."""
 
     def __init__(
-        self, store: LocalStore, *, max_write_streams: int, write_idle_timeout: float | None
+        self,
+        store: LocalStore,
+        *,
+        max_write_streams: int,
+        write_idle_timeout: float | None,
+        max_write_streams_per_namespace: int | None = None,
     ) -> None:
         self._store = store
-        self._streams = StreamRegistry(max_write_streams, write_idle_timeout)
+        self._streams = StreamRegistry(
+            max_write_streams, write_idle_timeout, max_write_streams_per_namespace
+        )
 
     def close(self) -> None:
         """Stop the service's background work (the idle Write stream watchdog)."""
@@ -216,7 +223,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
     ) -> Iterator[api.WriteContentResponse]:
         store = self._namespaced(context)
         requests = decoded(request_iterator)
-        with self._streams.admitted(context) as state:
+        with self._streams.admitted(context, store.namespace) as state:
             request = self._streams.receive(state, requests)
             if request is None:
                 return  # the caller hung up before saying anything

@@ -2,7 +2,13 @@
 
 Admission. Each Write stream holds a server thread for as long as it lives, so
 at most `max_streams` run at once; more are refused at once with
-RESOURCE_EXHAUSTED, which keeps threads free for every other call.
+RESOURCE_EXHAUSTED, which keeps threads free for every other call. With
+`max_per_namespace`, one namespace's streams are bounded too, so no namespace
+can take every stream the daemon admits. Open streams are what is counted,
+not ingest records: a stream holds a thread, a lock and a file, while a
+stored ingest holds only disk space (which a full disk bounds already), and
+counting records would shut a namespace out for good with ingests its
+clients abandoned.
 
 Idleness. A stream that waits for its client longer than `idle_timeout` is
 canceled: its writer closes, its lock is released, its ingest is kept for a
@@ -37,6 +43,8 @@ from contentd.errdefs import REF_LOCKED, ResourceExhausted, Unavailable
 HANDOFF_SECONDS: Final = 0.25
 #: Reason of the error refusing a Write stream beyond the daemon's limit.
 TOO_MANY_STREAMS: Final = "TOO_MANY_WRITE_STREAMS"
+#: Reason of the error refusing a Write stream beyond its namespace's limit.
+TOO_MANY_INGESTS: Final = "TOO_MANY_INGESTS"
 
 _T = TypeVar("_T")
 _log = logging.getLogger("contentd.daemon")
@@ -45,8 +53,9 @@ _log = logging.getLogger("contentd.daemon")
 class StreamState:
     """One Write stream, as the registry sees it."""
 
-    def __init__(self, context: grpc.ServicerContext) -> None:
+    def __init__(self, context: grpc.ServicerContext, namespace: str) -> None:
         self.context = context
+        self.namespace = namespace
         # True while the stream waits for its client or winds down: a new
         # stream may wait for it, and the idle watchdog times it. False while
         # it works on a request.
@@ -64,11 +73,15 @@ class StreamState:
 class StreamRegistry:
     """The Write streams of one daemon, by (namespace, ref)."""
 
-    def __init__(self, max_streams: int, idle_timeout: float | None) -> None:
+    def __init__(
+        self, max_streams: int, idle_timeout: float | None, max_per_namespace: int | None = None
+    ) -> None:
         self._guard = threading.Lock()
         self._holders: dict[tuple[str, str], StreamState] = {}
         self._streams: set[StreamState] = set()
+        self._per_namespace: dict[str, int] = {}
         self._max_streams = max_streams
+        self._max_per_namespace = max_per_namespace
         self._idle_timeout = idle_timeout
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -79,21 +92,35 @@ class StreamRegistry:
             self._watchdog.start()
 
     @contextmanager
-    def admitted(self, context: grpc.ServicerContext) -> Iterator[StreamState]:
+    def admitted(self, context: grpc.ServicerContext, namespace: str) -> Iterator[StreamState]:
         """Count a Write stream for as long as it runs; refuse it if the daemon is full."""
-        state = StreamState(context)
+        state = StreamState(context, namespace)
         with self._guard:
             if len(self._streams) >= self._max_streams:
                 raise ResourceExhausted(
                     f"{self._max_streams} write streams in progress, the daemon's limit; retry",
                     reason=TOO_MANY_STREAMS,
                 )
+            in_namespace = self._per_namespace.get(namespace, 0)
+            limit = self._max_per_namespace
+            if limit is not None and in_namespace >= limit:
+                raise ResourceExhausted(
+                    f"{limit} write streams in progress in namespace {namespace}, its limit; retry",
+                    reason=TOO_MANY_INGESTS,
+                    metadata={"namespace": namespace, "limit": str(limit)},
+                )
             self._streams.add(state)
+            self._per_namespace[namespace] = in_namespace + 1
         try:
             yield state
         finally:
             with self._guard:
                 self._streams.discard(state)
+                remaining = self._per_namespace[namespace] - 1
+                if remaining:
+                    self._per_namespace[namespace] = remaining
+                else:
+                    del self._per_namespace[namespace]
 
     def open(self, key: tuple[str, str], opener: Callable[[], _T]) -> _T:
         """Run `opener` (which takes the ref's lock); on REF_LOCKED, await a yielding holder."""

@@ -84,6 +84,13 @@ def _tls_files(
     help="Write streams at once; more are refused [default: 3/4 of --workers].",
 )
 @click.option(
+    "--max-ingests-per-namespace",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write streams at once in one namespace; more are refused "
+    "[default: only --max-write-streams bounds them].",
+)
+@click.option(
     "--write-idle-timeout",
     type=click.FloatRange(min=0),
     default=300.0,
@@ -117,6 +124,7 @@ def serve(
     grace: float,
     workers: int,
     max_write_streams: int | None,
+    max_ingests_per_namespace: int | None,
     write_idle_timeout: float,
     store_busy_timeout: float,
     log_level: str,
@@ -140,6 +148,7 @@ def serve(
         socket_group=socket_group,
         workers=workers,
         max_write_streams=max_write_streams,
+        max_ingests_per_namespace=max_ingests_per_namespace,
         write_idle_timeout=write_idle_timeout or None,
         grace=grace,
     )

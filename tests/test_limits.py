@@ -5,6 +5,7 @@
 | a message, either way | 16 MiB | RESOURCE_EXHAUSTED (test_daemon.py) |
 | calls at once | --workers, 64 | RESOURCE_EXHAUSTED |
 | Write streams at once | --max-write-streams, 48 | RESOURCE_EXHAUSTED, TOO_MANY_WRITE_STREAMS |
+| ... in one namespace | --max-ingests-per-namespace | RESOURCE_EXHAUSTED, TOO_MANY_INGESTS |
 | an idle Write stream | --write-idle-timeout, 300 s | CANCELLED (test_daemon.py) |
 | a label's key and value | 4096 bytes | INVALID_ARGUMENT |
 | a blob's labels | 256, of 64 KiB together | INVALID_ARGUMENT |
@@ -169,7 +170,7 @@ def test_calls_beyond_the_workers_are_refused_at_once_until_one_ends(tmp_path: P
         assert poll(answers, timeout=5)
 
 
-# Write streams at once
+# Write streams at once, in all and in one namespace
 
 
 def test_write_streams_beyond_max_write_streams_are_refused(tmp_path: Path) -> None:
@@ -183,6 +184,37 @@ def test_write_streams_beyond_max_write_streams_are_refused(tmp_path: Path) -> N
         error = refusal(lambda: second.send(stat("second")), Code.RESOURCE_EXHAUSTED)
     assert error.reason == "TOO_MANY_WRITE_STREAMS"
     assert error.message == "1 write streams in progress, the daemon's limit; retry"
+
+
+def test_write_streams_beyond_the_namespace_limit_are_refused_and_others_admitted(
+    tmp_path: Path,
+) -> None:
+    with (
+        running_daemon(tmp_path / "root", "--max-ingests-per-namespace", "2") as running,
+        content_stub(running.address) as stub,
+        WriteStream(stub, "greedy") as first,
+        WriteStream(stub, "greedy") as second,
+        WriteStream(stub, "greedy") as third,
+        WriteStream(stub, "modest") as elsewhere,
+    ):
+        first.send(write("first", b"abc"))
+        second.send(write("second", b"abc"))
+        error = refusal(lambda: third.send(write("third", b"abc")), Code.RESOURCE_EXHAUSTED)
+        assert error.reason == "TOO_MANY_INGESTS"
+        assert error.metadata == {"namespace": "greedy", "limit": "2"}
+        assert error.message == "2 write streams in progress in namespace greedy, its limit; retry"
+        # Other namespaces still get streams; this one gets one once one of its own ends.
+        assert elsewhere.send(write("other", b"abc")).offset == 3
+        first.close()
+        assert list(first.call) == []
+        with WriteStream(stub, "greedy") as fourth:
+            assert fourth.send(write("fourth", b"abcd")).offset == 4
+        refusal(
+            lambda: stub.Status(
+                api.StatusRequest(ref="third"), metadata=namespaced("greedy"), timeout=CALL_TIMEOUT
+            ),
+            Code.NOT_FOUND,
+        )
 
 
 # Labels
