@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contentd.errdefs import InvalidArgument
+from contentd.errdefs import Aborted, InvalidArgument
 
 from ._fs import remove_quietly, translate_os_errors
 from ._locks import IngestLock
@@ -124,6 +124,10 @@ class StoreRoot:
             tx.ensure_namespace(namespace, now)
             tx.insert_content(namespace, ContentRecord(digest, size, now, now, labels))
             target = self.blob_path(digest)
+            if source is None and not target.exists():
+                # The stored bytes this ingest started from were quarantined
+                # or lost since: recording them would list a blob with no bytes.
+                raise Aborted(f"committing {digest}: its stored bytes were removed meanwhile")
             if source is not None and not target.exists():
                 with translate_os_errors(f"committing {digest}"):
                     os.rename(source, target)

@@ -363,6 +363,7 @@ class LocalStore(Closing):
                 remove_quietly(source)
                 fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
                 try:
+                    os.fchmod(fd, 0o444)  # whatever the umask, as a writer's blobs are
                     write_all(fd, view)
                     os.fdatasync(fd)
                 finally:

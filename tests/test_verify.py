@@ -267,3 +267,25 @@ def test_the_store_method_returns_typed_results(root: Path) -> None:
     assert problem.state is BlobState.MISSING
     assert problem.namespaces == ("default",)
     assert problem.quarantined is None
+
+
+def test_a_commit_resting_on_quarantined_bytes_is_aborted_not_recorded(tmp_path: Path) -> None:
+    data = b"shared between namespaces"
+    digest = digest_of(data)
+    with open_store(tmp_path / "store", namespace="first") as first:
+        second = first.with_namespace("second")
+        write_blob(first, "original", data)
+        # The second namespace's writer starts from the stored bytes (containerd's shared policy).
+        writer = second.writer("sharing", total=len(data), expected=digest)
+        assert writer.status().offset == len(data)
+        flip(tmp_path / "store", digest, offset=0)
+        assert first.verify(quarantine=True).problems
+        with pytest.raises(errdefs.Aborted):
+            writer.commit(len(data), digest)
+        with pytest.raises(errdefs.NotFound):
+            second.info(digest)
+        # Pushed again, it is stored afresh and whole.
+        assert write_blob(second, "sharing", data, len(data), digest) == digest
+        with second.reader_at(digest) as blob:
+            assert blob.read() == data
+        assert first.verify().clean
