@@ -14,11 +14,14 @@ from typing import BinaryIO, Final
 from contentd.content import Store, Writer, digest_of
 from contentd.errdefs import (
     REF_LOCKED,
+    TOO_MANY_INGESTS,
+    TOO_MANY_WRITE_STREAMS,
     AlreadyExists,
     Canceled,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     classify,
     find,
 )
@@ -42,6 +45,13 @@ def is_ref_locked(err: BaseException) -> bool:
     if found.reason is not None:
         return found.reason == REF_LOCKED
     return " locked" in found.message
+
+
+def _passes_with_time(err: _Unavailable | ResourceExhausted) -> bool:
+    """Whether waiting may cure `err`: a held ref, or a daemon out of Write streams for now."""
+    if isinstance(err, ResourceExhausted):
+        return err.reason in (TOO_MANY_WRITE_STREAMS, TOO_MANY_INGESTS)
+    return is_ref_locked(err)
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,8 @@ def open_writer(
 ) -> Writer:
     """Open a writer on `ref`, waiting while another writer holds it.
 
-    Retries on a locked ref with `backoff` until the lock frees, `timeout`
+    Retries on a locked ref, and on a daemon refusing more Write streams for
+    now, with `backoff` until the lock frees, `timeout`
     seconds pass (DeadlineExceeded) or `cancel` is set (Canceled). Every other
     error, AlreadyExists for `expected` included, is raised at once.
     """
@@ -121,8 +132,8 @@ def _open_writer(
         deadline.check()
         try:
             return store.writer(ref, total=total, expected=expected, labels=labels)
-        except _Unavailable as exc:
-            if not is_ref_locked(exc):
+        except (_Unavailable, ResourceExhausted) as exc:
+            if not _passes_with_time(exc):
                 raise
         deadline.sleep(next(delays))
 
@@ -235,8 +246,8 @@ def _put(
             stored = store.put(ref, data, size=size or 0, expected=digest or "", labels=labels)
         except AlreadyExists:
             stored = digest or digest_of(data)
-        except _Unavailable as exc:
-            if not is_ref_locked(exc):
+        except (_Unavailable, ResourceExhausted) as exc:
+            if not _passes_with_time(exc):
                 raise
             deadline.sleep(next(delays))
             continue

@@ -37,14 +37,16 @@ from typing import Final, TypeVar
 
 import grpc
 
-from contentd.errdefs import REF_LOCKED, ResourceExhausted, Unavailable
+from contentd.errdefs import (
+    REF_LOCKED,
+    TOO_MANY_INGESTS,
+    TOO_MANY_WRITE_STREAMS,
+    ResourceExhausted,
+    Unavailable,
+)
 
 #: Longest wait for a yielding holder on this daemon to release a ref, in seconds.
 HANDOFF_SECONDS: Final = 0.25
-#: Reason of the error refusing a Write stream beyond the daemon's limit.
-TOO_MANY_STREAMS: Final = "TOO_MANY_WRITE_STREAMS"
-#: Reason of the error refusing a Write stream beyond its namespace's limit.
-TOO_MANY_INGESTS: Final = "TOO_MANY_INGESTS"
 
 _T = TypeVar("_T")
 _log = logging.getLogger("contentd.daemon")
@@ -99,7 +101,7 @@ class StreamRegistry:
             if len(self._streams) >= self._max_streams:
                 raise ResourceExhausted(
                     f"{self._max_streams} write streams in progress, the daemon's limit; retry",
-                    reason=TOO_MANY_STREAMS,
+                    reason=TOO_MANY_WRITE_STREAMS,
                 )
             in_namespace = self._per_namespace.get(namespace, 0)
             limit = self._max_per_namespace

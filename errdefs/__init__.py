@@ -83,6 +83,10 @@ from ._public import INTERNAL_ERROR_REASON, public_error
 
 #: The reason of an Unavailable error for a ref another writer holds.
 REF_LOCKED = "REF_LOCKED"
+#: Reasons of the ResourceExhausted errors refusing a Write stream beyond the
+#: daemon's limit, and beyond its namespace's: both pass once streams end.
+TOO_MANY_WRITE_STREAMS = "TOO_MANY_WRITE_STREAMS"
+TOO_MANY_INGESTS = "TOO_MANY_INGESTS"
 
 __all__ = [
     "CLASS_DESCRIPTORS",
@@ -93,6 +97,8 @@ __all__ = [
     "REF_LOCKED",
     "REGISTRY_DESCRIPTORS",
     "STATUS_DETAILS_KEY",
+    "TOO_MANY_INGESTS",
+    "TOO_MANY_WRITE_STREAMS",
     "Aborted",
     "AlreadyExists",
     "Canceled",

@@ -21,7 +21,9 @@ of its own.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,8 @@ from support.grpc_client import (
 )
 
 from contentd import errdefs
+from contentd.client import RemoteStore, write_blob
+from contentd.content import digest_of
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 
@@ -215,6 +219,38 @@ def test_write_streams_beyond_the_namespace_limit_are_refused_and_others_admitte
             ),
             Code.NOT_FOUND,
         )
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["put", "streamed"])
+def test_write_blob_waits_for_a_write_stream_of_its_namespace(tmp_path: Path, small: bool) -> None:
+    data = os.urandom(1000 if small else (2 << 20))
+    outcome: list[str | BaseException] = []
+    with (
+        running_daemon(tmp_path / "root", "--max-ingests-per-namespace", "1") as running,
+        RemoteStore(running.address, namespace="narrow") as store,
+    ):
+        holder = store.writer("holding")
+        holder.write(b"abc")
+
+        def write() -> None:
+            try:
+                outcome.append(write_blob(store, "waiting", data, timeout=60))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=write)
+        waiting.start()
+        # Refused (TOO_MANY_INGESTS) while the holder streams, it retries
+        # instead of failing; once the holder commits, it gets a stream.
+        waiting.join(1.0)
+        assert waiting.is_alive()
+        assert not outcome
+        holder.commit()
+        holder.close()
+        waiting.join(60)
+        assert outcome == [digest_of(data)]
+        with store.reader_at(digest_of(data)) as blob:
+            assert blob.read() == data
 
 
 # Labels
