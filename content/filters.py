@@ -38,23 +38,25 @@ and ``~=`` compare that empty value (``labels.x!=y`` keeps items without
 ``x``), as in containerd. An empty filter string matches everything, so a list
 of filters that holds one does too.
 
-Regular expressions take Python's ``re`` syntax, not Go's RE2. The common syntax
-agrees, and ``\d \w \s \b`` stay ASCII as in RE2 (so ``(?i)`` folds ASCII letters
-only). RE2's ``\pL``, ``\z``, ``\Q...\E`` and ``(?U)`` are rejected; its POSIX
-classes (``[[:digit:]]``), which ``re`` would silently read as something else, are
-rejected too; and ``$`` also matches before a final newline. Like RE2, and unlike
-``re``, matching never backtracks: it takes time linear in the text whatever the
-pattern (see contentd.content._regex), so what ``re`` adds beyond an automaton
-(backreferences, lookaround, conditionals, atomic groups, possessive repeats) is
-rejected, as RE2 rejects it. Patterns are capped at 1024 characters and at
-2000 automaton states, and a call's filters at 64 KiB together.
+Regular expressions take Go's syntax, as in containerd. RE2, whose syntax Go's
+regexp copies, compiles them and searches in time linear in the text whatever
+the pattern, so what only a backtracking engine can do (backreferences,
+lookaround, conditionals, atomic groups, possessive repeats) is refused, as Go
+refuses it. ``\d \w \s \b`` are ASCII, ``(?i)`` folds Unicode, and ``$``
+matches at the end of the text only (at each line's end under ``(?m)``).
+``\C`` (any byte) and repeat counts of ten digits or more, which RE2 takes (the
+latter as literal text), are refused as Go refuses them. Patterns are capped at
+1024 characters and at 1 MiB for their compiled program and match cache, and a
+call's filters at 64 KiB together.
 
 Where this parser departs from containerd 1.6: whitespace is allowed before
 ``.``, ``,`` and the end (containerd accepts it only after them and around
 operators); an invalid regular expression is an error at parse time (containerd
-logs it and matches nothing); byte escapes that do not form UTF-8, and ``\u``
-escapes naming surrogates, are errors; an unquoted value must start with a
-printable character; and error positions count characters, not UTF-8 bytes.
+logs it and matches nothing), and so is one past the caps above (Go has none,
+and takes ``\pL{1000}``), while ``(?<name>...)`` is a named group as from Go
+1.22; byte escapes that do not form UTF-8, and ``\u`` escapes naming
+surrogates, are errors; an unquoted value must start with a printable
+character; and error positions count characters, not UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from contentd.errdefs import InvalidArgument
+import re2
 
-from ._regex import Regex
+from contentd.errdefs import InvalidArgument
 
 __all__ = [
     "MATCH_ALL",
@@ -82,6 +84,12 @@ __all__ = [
 
 Adaptor = Callable[[Sequence[str]], tuple[str, bool]]
 """Looks a field path up on one item: ``(value, present)``, and ``("", False)`` when absent."""
+
+
+class _Pattern(Protocol):
+    """What filters use of a compiled re2 pattern (re2 ships no type information)."""
+
+    def search(self, text: bytes) -> object | None: ...
 
 
 class Filter(Protocol):
@@ -117,9 +125,32 @@ _NUMERIC_ESCAPE: Final = re.compile(r"[0-7]{3}|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U
 _RAW_IN_QUOTES: Final = {"\n": ("newline", "\\n"), "\0": ("NUL character", "\\x00")}
 
 _MAX_PATTERN: Final = 1024
-_POSIX_CLASS: Final = re.compile(
-    r"\[:\^?(?:alnum|alpha|ascii|blank|cntrl|digit|graph|lower|print|punct|space|upper|word|xdigit):\]"
+# What one pattern's compiled program and match caches may take: a compiled pattern
+# holds about half of it, and re2 keeps the last 128 compiled. RE2's default is
+# 8 MiB, and Go's regexp has no such bound; every repeat of an ASCII class up to
+# {1000} fits.
+_PATTERN_MEMORY: Final = 1 << 20
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.max_mem = _PATTERN_MEMORY
+# A caller's bad pattern is their error, not something for the daemon's stderr.
+_RE2_OPTIONS.log_errors = False
+# Filters ask only whether a pattern occurs, so no group need be tracked.
+_RE2_OPTIONS.never_capture = True
+_RE2_TOO_LARGE: Final = "pattern too large - compile failed"
+# Read only once RE2 has accepted a pattern, so its classes are well formed: what
+# RE2 takes and Go's regexp refuses. \C matches any byte, which can split a UTF-8
+# character; RE2 reads a repeat count of ten digits or more as literal text.
+_GO_REFUSES: Final = re.compile(
+    r"""
+      \\Q.*?(?:\\E|\Z)                            # literal text
+    | \[\^?\]?(?:\[:\^?[a-z]+:\]|\\.|[^]\\])*\]   # a character class
+    | (?P<byte>\\C)
+    | \\.
+    | (?P<count>\{(?=[0-9,]*[1-9][0-9]{9})(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*)?)?\})
+    """,
+    re.DOTALL | re.VERBOSE,
 )
+_GO_REASONS: Final = {"byte": "invalid escape sequence", "count": "invalid repetition size"}
 
 # Error messages travel in gRPC trailers, which are small; quote only the start of a long filter.
 _SHOWN_CHARS: Final = 200
@@ -180,10 +211,13 @@ class _NotEqual:
 @dataclass(frozen=True, slots=True)
 class _Search:
     path: tuple[str, ...]
-    pattern: Regex
+    pattern: _Pattern
 
     def match(self, adaptor: Adaptor) -> bool:
-        return self.pattern.search(adaptor(self.path)[0])
+        # Bytes spare re2 mapping match offsets back to characters, which a yes or
+        # no does not need; surrogatepass keeps a stray surrogate from raising.
+        text = adaptor(self.path)[0].encode("utf-8", "surrogatepass")
+        return self.pattern.search(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,29 +513,20 @@ class _Parser:
             out.append(code)
         return numeric.end()
 
-    def _compile(self, pattern: str, at: int) -> Regex:
+    def _compile(self, pattern: str, at: int) -> _Pattern:
         if len(pattern) > _MAX_PATTERN:
             raise self._error(
                 f"regular expression at position {at} is longer than {_MAX_PATTERN} characters"
             )
-        if _POSIX_CLASS.search(pattern):
-            raise self._error(
-                f"regular expression at position {at} uses a POSIX class such as [[:digit:]], "
-                "which Python's re does not support"
-            )
+        reason: str | None
         try:
-            # re first, for its words on what is wrong; then the linear-time engine.
-            re.compile(pattern, re.ASCII)
-            return Regex(pattern)
-        except re.error as exc:
-            reason = exc.msg
-        except RecursionError:
-            reason = "nested too deeply"
-        # RegexError: what an automaton cannot do, or too big an automaton.
-        # OverflowError: a repeat count past re's limit. ValueError: (?u) against ASCII mode.
-        # Warning: "possible nested set" and the like, raised when warnings are errors.
-        except (OverflowError, ValueError, Warning) as exc:
-            reason = str(exc)
+            compiled: _Pattern = re2.compile(pattern, _RE2_OPTIONS)
+        except re2.error as exc:
+            reason = _re2_reason(exc.args[0])
+        else:
+            reason = _refused_by_go(pattern)
+            if reason is None:
+                return compiled
         raise self._error(f"invalid regular expression at position {at}: {reason}")
 
     def _skip_space(self) -> None:
@@ -518,6 +543,25 @@ class _Parser:
 
     def _error(self, problem: str) -> InvalidArgument:
         return InvalidArgument(f"filter {_show(self._text)}: {problem}")
+
+
+def _re2_reason(message: object) -> str:
+    """What is wrong with a pattern, from re2's message (UTF-8 bytes)."""
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    # What is wrong, then after ": " the part of the pattern at fault, which may be long.
+    what, _, part = str(message).partition(": ")
+    if what == _RE2_TOO_LARGE:
+        return f"too large to compile within {_PATTERN_MEMORY >> 20} MiB"
+    return f"{what}: {_show(part)}" if part else what
+
+
+def _refused_by_go(pattern: str) -> str | None:
+    """Why Go's regexp refuses *pattern*, which RE2 accepted; None when it does not."""
+    for token in _GO_REFUSES.finditer(pattern):
+        if token.lastgroup is not None:
+            return f"{_GO_REASONS[token.lastgroup]}: {_show(token.group())}"
+    return None
 
 
 def _show(expression: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -342,9 +342,17 @@ def test_a_filter_of_only_whitespace_is_rejected() -> None:
 
 def test_invalid_regex_is_rejected_at_parse_time() -> None:
     assert parse_error("labels.a~=(x") == (
-        'filter "labels.a~=(x": invalid regular expression at position 10: '
-        "missing ), unterminated subpattern"
+        'filter "labels.a~=(x": invalid regular expression at position 10: missing ): "(x"'
     )
+
+
+def test_regex_error_quotes_only_the_start_of_a_long_pattern() -> None:
+    shown = '"(' + "x" * 199 + '"... (1001 characters)'
+    assert parse_error("labels.a~=(" + "x" * 1000).endswith(f"missing ): {shown}")
+
+
+def test_regex_error_shows_control_characters_escaped() -> None:
+    assert parse_error(r'labels.a~="\n("').endswith('missing ): "\\n("')
 
 
 def test_regex_of_1024_characters_is_accepted() -> None:
@@ -361,35 +369,99 @@ def test_regex_length_is_counted_after_unquoting() -> None:
     assert matches("labels.a~=/" + r"\/" * 1024 + "/", {"a": "/" * 1024})
 
 
-def test_regex_perl_classes_are_ascii_as_in_re2() -> None:
+def test_regex_perl_classes_are_ascii_as_in_go() -> None:
     assert matches(r"labels.a~=^\d+$", {"a": "12"})
     assert not matches(r"labels.a~=^\d+$", {"a": "١٢"})
 
 
-def test_posix_character_classes_are_rejected_rather_than_misread() -> None:
-    assert "uses a POSIX class such as [[:digit:]]" in parse_error("labels.a~=[[:digit:]]")
+def test_regex_dot_matches_one_character_not_one_byte() -> None:
+    assert matches("labels.a~=^.$", {"a": "牛"})
 
 
-@pytest.mark.parametrize("pattern", [r"\pL", r"\z", r"\Qa\E", "(?U)a"])
-def test_re2_only_syntax_is_rejected(pattern: str) -> None:
-    assert "invalid regular expression at position 10" in parse_error(f"labels.a~={pattern}")
+def test_regex_case_folding_is_unicode_as_in_go() -> None:
+    assert matches("labels.a~=(?i)é", {"a": "É"})
 
 
-def test_regex_nested_too_deeply_is_invalid() -> None:
-    pattern = "(" * 500 + ")" * 500
+def test_regex_dollar_matches_only_at_the_end_as_in_go() -> None:
+    assert not matches("labels.a~=a$", {"a": "a\n"})
+    assert matches("labels.a~=(?m)a$", {"a": "a\nb"})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        ("^[[:digit:]]+$", "12"),
+        (r"^\pL+$", "éa"),
+        (r"^\p{Greek}$", "λ"),
+        (r"a\z", "a"),
+        (r"^\Qa.b\E$", "a.b"),
+        ("(?U)a+", "a"),
+        ("(?P<name>a)", "a"),
+    ],
+)
+def test_regex_takes_go_syntax(pattern: str, value: str) -> None:
+    assert matches(f"labels.a~={pattern}", {"a": value})
+
+
+def test_regex_quoted_literal_text_is_literal() -> None:
+    assert not matches(r"labels.a~=^\Qa.b\E$", {"a": "axb"})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        (r"\C", r'invalid escape sequence: "\\C"'),
+        (r"a\Cb", r'invalid escape sequence: "\\C"'),
+        (r"[\C]", r'invalid escape sequence: "\\C"'),
+        (r"\Z", r'invalid escape sequence: "\\Z"'),
+        ("x{1001}", 'invalid repetition size: "{1001}"'),
+        ("(x{100}){100}", 'invalid repetition size: "{100}"'),
+        ("x{9999999999}", 'invalid repetition size: "{9999999999}"'),
+        ('"x{1,1000000000}"', 'invalid repetition size: "{1,1000000000}"'),
+        ('"{9999999999,}"', 'invalid repetition size: "{9999999999,}"'),
+    ],
+)
+def test_regex_that_go_refuses_is_invalid(pattern: str, reason: str) -> None:
+    # RE2 alone takes \C (any byte) and reads a count of ten digits as literal text.
     assert parse_error(f"labels.a~={pattern}").endswith(
-        "invalid regular expression at position 10: nested too deeply"
+        f"invalid regular expression at position 10: {reason}"
     )
 
 
-def test_regex_repeat_count_beyond_re_limits_is_invalid() -> None:
-    assert "the repetition number is too large" in parse_error("labels.a~=x{9999999999}")
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        (r"\\C", "\\C"),
+        (r"\Q\C\E", "\\C"),
+        (r"\{9999999999}", "{9999999999}"),
+        (r"\Q{9999999999}\E", "{9999999999}"),
+        ("x{09999999999}", "x{09999999999}"),
+        ("[{9999999999}]", "9"),
+    ],
+)
+def test_regex_escaped_or_literal_lookalikes_of_what_go_refuses_are_accepted(
+    pattern: str, value: str
+) -> None:
+    assert matches(f"labels.a~={pattern}", {"a": value})
 
 
-def test_regex_warning_raised_as_error_is_invalid_argument() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert "Possible set difference" in parse_error("labels.a~=[q--w]")
+def test_regex_nested_as_deep_as_its_length_allows_is_accepted() -> None:
+    pattern = "(" * 511 + "x" + ")" * 511
+    assert matches(f"labels.a~={pattern}", {"a": "x"})
+
+
+def test_regex_errors_and_cache_overflows_write_nothing_to_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # RE2 logs bad patterns, and searches that outgrow its cache, unless told not to;
+    # the daemon's stderr is its log, which callers must not be able to fill.
+    parse_error("labels.a~=(x")
+    # 2**21 states for the automaton on this text: RE2 falls back to its slower search.
+    choose = random.Random(1).choice
+    value = "".join(choose("ab") for _ in range(100_000))
+    assert not matches("labels.a~=a[ab]{20}c", {"a": value})
+    assert matches("labels.a~=a[ab]{20}b", {"a": value})
+    assert capfd.readouterr().err == ""
 
 
 # Error messages
@@ -707,57 +779,62 @@ def test_filters_longer_than_64_kib_together_are_invalid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pattern", "value"),
+    ("pattern", "value", "expected"),
     [
-        (r"^(a+)+$", "a" * 5000 + "!"),
-        (r"^(a|aa)*$", "a" * 5000 + "!"),
-        (r"(a|a)*!", "a" * 5000),
-        (r"(\d+)*[a-z]", "1" * 5000),
-        (r"\d*\d*\d*\d*\d*\d*!", "1" * 5000),
-        (r"(.*a){30}$", "a" * 5000 + "!"),
+        (r"^(a+)+$", "a" * 5000 + "!", False),
+        (r"^(a+)+$", "a" * 5000, True),
+        (r"^(a|aa)*$", "a" * 5000 + "!", False),
+        (r"^(a|aa)*$", "a" * 5000, True),
+        (r"(a|a)*!", "a" * 5000, False),
+        (r"(\d+)*[a-z]", "1" * 5000, False),
+        (r"(\d+)*[a-z]", "1" * 5000 + "x", True),
+        (r"\d*\d*\d*\d*\d*\d*!", "1" * 5000, False),
+        (r"(.*a){30}$", "a" * 5000 + "!", False),
+        (r"(.*a){30}$", "a" * 5000, True),
     ],
 )
-def test_regex_that_makes_re_backtrack_for_ages_is_searched_in_linear_time(
-    pattern: str, value: str
+def test_regex_that_makes_a_backtracking_engine_take_ages_is_answered(
+    pattern: str, value: str, expected: bool
 ) -> None:
-    # re takes exponential (or high polynomial) time on these; the automaton reads each
-    # character once, so a hostile filter cannot hold a daemon's threads (or its GIL).
-    assert not matches(f"labels.a~={pattern}", {"a": value})
+    # Python's re takes exponential (or high polynomial) time on the failing ones, holding
+    # the GIL: a hostile filter would stop the daemon. RE2 reads each character once.
+    assert matches(f"labels.a~={pattern}", {"a": value}) is expected
 
 
 @pytest.mark.parametrize(
-    ("pattern", "feature"),
+    ("pattern", "reason"),
     [
-        (r"(a)\1", "backreferences"),
-        ("(?=a)", "lookahead and lookbehind"),
-        ("(?<!a)b", "lookahead and lookbehind"),
-        ("(?>a+)", "atomic groups"),
-        ("a++", "possessive repeats"),
-        ("(a)?(?(1)b|c)", "conditional groups"),
+        (r"(a)\1", r'invalid escape sequence: "\\1"'),
+        ("(?P<n>a)(?P=n)", 'invalid perl operator: "(?P"'),
+        ("(?=a)", 'invalid perl operator: "(?="'),
+        ("(?<!a)b", 'invalid perl operator: "(?<!"'),
+        ("(?>a+)", 'invalid perl operator: "(?>"'),
+        ("a++", 'bad repetition operator: "++"'),
+        ("(a)?(?(1)b|c)", 'invalid perl operator: "(?("'),
     ],
 )
-def test_regex_beyond_what_an_automaton_can_do_is_invalid_as_in_re2(
-    pattern: str, feature: str
-) -> None:
+def test_regex_that_needs_backtracking_is_invalid_as_in_go(pattern: str, reason: str) -> None:
+    # Backreferences, lookaround, atomic groups, possessive repeats and conditionals.
     assert parse_error(f"labels.a~={pattern}").endswith(
-        f"invalid regular expression at position 10: {feature} are not supported "
-        "(nor are they in RE2)"
+        f"invalid regular expression at position 10: {reason}"
     )
 
 
 def test_regex_of_a_thousand_repeats_is_accepted() -> None:
     assert matches("labels.a~=^x{1000}$", {"a": "x" * 1000})
+    assert matches("labels.a~=^.{1000}$", {"a": "牛" * 1000})
 
 
-def test_regex_compiling_to_too_many_automaton_states_is_invalid() -> None:
-    assert parse_error("labels.a~=(x{100}){100}").endswith(
-        "invalid regular expression at position 10: too complex (more than 2000 automaton states)"
+def test_regex_too_large_to_compile_within_its_memory_is_invalid() -> None:
+    # Go takes this; RE2 compiles \pL to a few hundred instructions, a thousand times.
+    assert parse_error(r"labels.a~=\pL{1000}").endswith(
+        "invalid regular expression at position 10: too large to compile within 1 MiB"
     )
 
 
 REGEX_ATOMS = [
     "a", "b", "A", "\\n", "_", " ", "1", ".", "é", "[ab]", "[^a]", "[a-c]", "[A-Z_]", "[^\\d]",
-    "\\d", "\\w", "\\s", "\\W", "\\S", "^", "$", "\\A", "\\Z", "\\b", "\\B", "\\.", "[\\w.]",
+    "\\d", "\\w", "\\s", "\\W", "\\S", "^", "$", "\\A", "\\z", "\\b", "\\B", "\\.", "[\\w.]",
 ]  # fmt: skip
 REGEX_REPEATS = ["*", "+", "?", "{0,2}", "{2}", "{1,}", "*?", "+?", "{1,3}?"]
 
@@ -782,10 +859,17 @@ regexes = st.tuples(
 ).map("".join)
 
 
-@given(pattern=regexes, values=st.lists(st.text("abAB\n_ 1.-éK"), min_size=1, max_size=5))
-def test_regex_search_agrees_with_re(pattern: str, values: list[str]) -> None:
+# Where re and Go differ, these leave it out: re's $ also matches before a final newline,
+# and its \z is spelled \Z before Python 3.14. (?i) on these atoms and texts is ASCII.
+values_for_re = st.text("abAB\n_ 1.-éK").filter(lambda value: not value.endswith("\n"))
+
+
+@given(pattern=regexes, values=st.lists(values_for_re, min_size=1, max_size=5))
+def test_regex_search_agrees_with_re_on_their_common_syntax(
+    pattern: str, values: list[str]
+) -> None:
     try:
-        compiled = re.compile(pattern, re.ASCII)
+        compiled = re.compile(pattern.replace("\\z", "\\Z"), re.ASCII)
     except re.error:
         assume(False)
     selected = parse(f"labels.a~={quoted(pattern)}")
