@@ -74,11 +74,13 @@ from contentd.errdefs import InvalidArgument
 __all__ = [
     "MATCH_ALL",
     "MAX_FILTER_LENGTH",
+    "MAX_PATTERNS",
     "Adaptor",
     "Filter",
     "info_adaptor",
     "parse",
     "parse_all",
+    "required_labels",
     "status_adaptor",
 ]
 
@@ -250,6 +252,11 @@ class _Any:
 MAX_FILTER_LENGTH: Final = 64 * 1024
 
 
+#: The most regular expressions one call's filters may hold: each compiles
+#: within its own memory budget, and thousands would fit in 64 KiB of filters.
+MAX_PATTERNS: Final = 64
+
+
 def parse(expression: str) -> Filter:
     """Parse one filter string; the empty string matches everything.
 
@@ -257,13 +264,17 @@ def parse(expression: str) -> Filter:
     filter is malformed, holds an invalid regular expression, or is longer
     than `MAX_FILTER_LENGTH` characters.
     """
+    return _parse(expression, [0])
+
+
+def _parse(expression: str, patterns: list[int]) -> Filter:
     if not expression:
         return MATCH_ALL
     if len(expression) > MAX_FILTER_LENGTH:
         raise InvalidArgument(
             f"filter {_show(expression)}: longer than {MAX_FILTER_LENGTH} characters"
         )
-    return _Parser(expression).filter()
+    return _Parser(expression, patterns).filter()
 
 
 def parse_all(expressions: Iterable[str]) -> Filter:
@@ -284,7 +295,8 @@ def parse_all(expressions: Iterable[str]) -> Filter:
             f"{len(expressions)} filters of {total} characters together: "
             f"longer than {MAX_FILTER_LENGTH} characters"
         )
-    filters = [parse(expression) for expression in expressions]
+    patterns = [0]
+    filters = [_parse(expression, patterns) for expression in expressions]
     if not filters or any(parsed is MATCH_ALL for parsed in filters):
         return MATCH_ALL
     return filters[0] if len(filters) == 1 else _Any(tuple(filters))
@@ -377,11 +389,13 @@ def _label(labels: Mapping[str, str], path: Sequence[str]) -> tuple[str, bool]:
 class _Parser:
     """Reads one non-empty filter string, left to right, into a Filter."""
 
-    __slots__ = ("_pos", "_text")
+    __slots__ = ("_patterns", "_pos", "_text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, patterns: list[int]) -> None:
         self._text = text
         self._pos = 0
+        # Regular expressions compiled so far for this call, shared by its filters.
+        self._patterns = patterns
 
     def filter(self) -> Filter:
         selectors = [self._selector()]
@@ -517,6 +531,13 @@ class _Parser:
         if len(pattern) > _MAX_PATTERN:
             raise self._error(
                 f"regular expression at position {at} is longer than {_MAX_PATTERN} characters"
+            )
+        # Checked before compiling: each may take up to its memory budget.
+        self._patterns[0] += 1
+        if self._patterns[0] > MAX_PATTERNS:
+            raise self._error(
+                f"regular expression at position {at}: more than the {MAX_PATTERNS} "
+                "a call's filters may hold"
             )
         reason: str | None
         try:

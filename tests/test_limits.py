@@ -13,6 +13,7 @@
 | a ref | 1024 bytes | INVALID_ARGUMENT |
 | a filter; a call's filters together | 64 KiB | INVALID_ARGUMENT |
 | a regular expression | 1024 characters, 1 MiB compiled | INVALID_ARGUMENT |
+| regular expressions in a call | 64 | INVALID_ARGUMENT |
 
 Tests of the flags start a daemon of their own; the rest share one, each in a namespace
 of its own.
@@ -408,6 +409,20 @@ def test_regular_expression_of_1024_characters_is_accepted_and_of_1025_refused(
     assert listed(stub, ns, "labels.a~=" + "x" * 1024) == [digest]
     error = refusal(lambda: listed(stub, ns, "labels.a~=" + "x" * 1025), Code.INVALID_ARGUMENT)
     assert error.message.endswith("is longer than 1024 characters")
+
+
+def test_a_call_may_hold_64_regular_expressions_and_not_65(
+    stub: content_pb2_grpc.ContentStub, ns: str
+) -> None:
+    digest = put(stub, ns, ns.encode(), labels={"a": "x"})
+    patterns = [f"labels.a~=^x$|^n{count}$" for count in range(64)]
+    assert listed(stub, ns, *patterns) == [digest]
+    # Counted across a call's filters and within one filter alike.
+    for filters in ([*patterns, "labels.a~=y"], [",".join([*patterns, "labels.a~=y"])]):
+        error = refusal(lambda: listed(stub, ns, *filters), Code.INVALID_ARGUMENT)  # noqa: B023
+        assert error.message.endswith("more than the 64 a call's filters may hold")
+        error = refusal(lambda: active(stub, ns, *filters), Code.INVALID_ARGUMENT)  # noqa: B023
+        assert error.message.endswith("more than the 64 a call's filters may hold")
 
 
 def test_regular_expression_that_needs_backtracking_is_refused(
