@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from filelock import lock_descriptor, unlock_descriptor
 # before may lock the unlinked file and must try the path again. Twice in a
 # row means the ref is busy being finished and started over: call it held.
 _ATTEMPTS = 3
+_OPEN_EXISTING = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_UNNAMED = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_CLOEXEC
+# Filesystems (or kernels) without O_TMPFILE, and /proc not mounted.
+_NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 class IngestLock:
@@ -35,10 +40,24 @@ class IngestLock:
         self._path = path
         self._fd: int | None = None
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; False at once if another holder has it."""
+    def try_acquire(self, *, create: bool = True) -> bool:
+        """Take the lock if it is free; False at once if another holder has it.
+
+        A lock file this makes appears in place already locked, so nobody
+        else (repair above all, which takes free lock files to inspect their
+        ingests) can take it between its creation and its locking and so
+        refuse its writer. Without `create`, only a lock file that exists is
+        taken (False when there is none).
+        """
         for _ in range(_ATTEMPTS):
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(self._path, _OPEN_EXISTING)
+            except FileNotFoundError:
+                if not create:
+                    return False
+                if self._create_locked():
+                    return True
+                continue  # another writer made it first: contend for theirs
             try:
                 if not lock_descriptor(fd, blocking=False):
                     os.close(fd)
@@ -53,6 +72,45 @@ class IngestLock:
             os.close(fd)
         return False
 
+    def _create_locked(self) -> bool:
+        """Lock a new, nameless file and link it in as the lock file; False if one exists."""
+        try:
+            fd = os.open(self._path.parent, _OPEN_UNNAMED, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED_FILES:
+                raise
+            # No unnamed files here: create it by name (a repair may take it first).
+            return self._create_named()
+        try:
+            lock_descriptor(fd, blocking=True)  # nobody else can see it yet
+            # Python calls link(2), which would link /proc's symlink itself,
+            # unless given a directory descriptor; the source is absolute, so
+            # linkat(2) ignores the one given and follows the link to the file.
+            os.link(f"/proc/self/fd/{fd}", self._path, src_dir_fd=fd, follow_symlinks=True)
+        except FileExistsError:
+            os.close(fd)
+            return False
+        except FileNotFoundError:
+            os.close(fd)  # no /proc to link it through
+            return self._create_named()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def _create_named(self) -> bool:
+        fd = os.open(self._path, _OPEN_EXISTING | os.O_CREAT, 0o600)
+        try:
+            if lock_descriptor(fd, blocking=False) and self._names(fd):
+                self._fd = fd
+                return True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return False
+
     def _names(self, fd: int) -> bool:
         """Whether the lock file's path still names the file open as `fd`."""
         try:
@@ -60,6 +118,10 @@ class IngestLock:
         except FileNotFoundError:
             return False
         return os.path.samestat(named, os.fstat(fd))
+
+    def exists(self) -> bool:
+        """Whether the lock file exists (held or not)."""
+        return os.path.lexists(self._path)
 
     @property
     def held(self) -> bool:

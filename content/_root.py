@@ -218,8 +218,15 @@ class StoreRoot:
         alone, and so is one that a writer can resume.
         """
         lock = self.ingest_lock(key)
-        if not lock.try_acquire():
-            return False  # a live writer is creating or committing it
+        # Writers make the lock file first and remove it last, so an ingest
+        # without one is gone, or bytes some crash left alone: only then may
+        # repair create it. Creating it otherwise, just after its writer
+        # finished, would refuse the next writer of that ref.
+        if not lock.try_acquire(create=False):
+            if lock.exists() or not self.ingest_data(key).exists():
+                return False  # a live writer holds it, or nothing is left to repair
+            if not lock.try_acquire():
+                return False
         if self.finish_commit(key, lock):
             self.remove_ingest_files(key, lock)
             return True

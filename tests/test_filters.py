@@ -860,7 +860,8 @@ regexes = st.tuples(
 
 
 # Where re and Go differ, these leave it out: re's $ also matches before a final newline,
-# and its \z is spelled \Z before Python 3.14. (?i) on these atoms and texts is ASCII.
+# its \z is spelled \Z before Python 3.14, and its \B never matches an empty text (the
+# test skips that case). (?i) on these atoms and texts is ASCII.
 values_for_re = st.text("abAB\n_ 1.-éK").filter(lambda value: not value.endswith("\n"))
 
 
@@ -874,4 +875,6 @@ def test_regex_search_agrees_with_re_on_their_common_syntax(
         assume(False)
     selected = parse(f"labels.a~={quoted(pattern)}")
     for value in values:
+        if not value and "\\B" in pattern:
+            continue
         assert selected.match(blob({"a": value})) == (compiled.search(value) is not None)
