@@ -50,15 +50,17 @@ from contentd.content._root import INGEST_MODE, ingest_key
 NAMESPACE = "crash"
 WORKLOAD = Path(__file__).resolve().parent / "support" / "workload.py"
 ACTOR = Path(__file__).resolve().parent / "support" / "store_actor.py"
-#: Daemon kills in the daemon's loop, and client threads working on it.
-DAEMON_KILLS = 40
+#: Daemon kills in the daemon's loop, and client threads working on it;
+#: CONTENTD_CRASH_ROUNDS multiplies every loop's rounds for a longer soak.
+SOAK = int(os.environ.get("CONTENTD_CRASH_ROUNDS", "1"))
+DAEMON_KILLS = 40 * SOAK
 DAEMON_WORKERS = 4
 #: The request a worker is about to send when the daemon is killed, in turn
 #: (None: at a random moment).
 KILL_TARGETS = ("stream-data", "commit", "put", "delete", "update", None)
 #: Rounds of daemonless processes killed, and processes in each round.
-DAEMONLESS_ROUNDS = 10
-DAEMONLESS_BESIDE_DAEMON_ROUNDS = 6
+DAEMONLESS_ROUNDS = 10 * SOAK
+DAEMONLESS_BESIDE_DAEMON_ROUNDS = 6 * SOAK
 PROCESSES = 3
 #: Store opens while other processes commit (each open repairs, racing their commits).
 OPENS_BESIDE_CHURN = 1000
