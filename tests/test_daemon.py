@@ -830,10 +830,12 @@ def test_write_streams_beyond_the_limit_are_refused_and_other_calls_still_answer
         WriteStream(stub, "default") as first,
         WriteStream(stub, "default") as second,
         WriteStream(stub, "default") as third,
-        WriteStream(stub, "default") as fourth,
+        contextlib.ExitStack() as stack,
     ):
         for number, stream in enumerate((first, second, third)):
             stream.send(write(f"idle-{number}", b"abc"))
+        # A stream is admitted when its call starts: the fourth starts once three are in.
+        fourth = stack.enter_context(WriteStream(stub, "default"))
         error = refusal(lambda: fourth.send(write("one-too-many", b"abc")), Code.RESOURCE_EXHAUSTED)
         assert error.reason == "TOO_MANY_WRITE_STREAMS"
         assert health(channel) == health_pb2.HealthCheckResponse.SERVING

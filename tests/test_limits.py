@@ -21,6 +21,7 @@ of its own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -183,10 +184,11 @@ def test_write_streams_beyond_max_write_streams_are_refused(tmp_path: Path) -> N
         running_daemon(tmp_path / "root", "--max-write-streams", "1") as running,
         content_stub(running.address) as stub,
         WriteStream(stub, "one") as first,
-        WriteStream(stub, "two") as second,
     ):
+        # A stream is admitted when its call starts: the second starts once the first is in.
         first.send(write("first", b"abc"))
-        error = refusal(lambda: second.send(stat("second")), Code.RESOURCE_EXHAUSTED)
+        with WriteStream(stub, "two") as second:
+            error = refusal(lambda: second.send(stat("second")), Code.RESOURCE_EXHAUSTED)
     assert error.reason == "TOO_MANY_WRITE_STREAMS"
     assert error.message == "1 write streams in progress, the daemon's limit; retry"
 
@@ -199,11 +201,13 @@ def test_write_streams_beyond_the_namespace_limit_are_refused_and_others_admitte
         content_stub(running.address) as stub,
         WriteStream(stub, "greedy") as first,
         WriteStream(stub, "greedy") as second,
-        WriteStream(stub, "greedy") as third,
-        WriteStream(stub, "modest") as elsewhere,
+        contextlib.ExitStack() as stack,
     ):
+        # A stream is admitted when its call starts: the third starts once two are in.
         first.send(write("first", b"abc"))
         second.send(write("second", b"abc"))
+        third = stack.enter_context(WriteStream(stub, "greedy"))
+        elsewhere = stack.enter_context(WriteStream(stub, "modest"))
         error = refusal(lambda: third.send(write("third", b"abc")), Code.RESOURCE_EXHAUSTED)
         assert error.reason == "TOO_MANY_INGESTS"
         assert error.metadata == {"namespace": "greedy", "limit": "2"}
