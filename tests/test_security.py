@@ -747,10 +747,11 @@ def test_resource_exhausted_keeps_internals(tmp_path: Path) -> None:
         running_daemon(tmp_path / "root", "--max-write-streams", "1") as running,
         content_stub(running.address) as stub,
         WriteStream(stub, "default") as first,
-        WriteStream(stub, "default") as second,
     ):
+        # A stream is admitted when its call starts: the second starts once the first is in.
         first.send(write("first", b"abc"))
-        error = failure(
-            lambda: second.send(write("second", b"abc")), Code.RESOURCE_EXHAUSTED, running.root
-        )
+        with WriteStream(stub, "default") as second:
+            error = failure(
+                lambda: second.send(write("second", b"abc")), Code.RESOURCE_EXHAUSTED, running.root
+            )
     assert error.reason == "TOO_MANY_WRITE_STREAMS"
