@@ -6,10 +6,12 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, message_factory, timestamp_pb2
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
 from contentd.content import (
     ContentRecord,
@@ -345,52 +347,27 @@ def add_content_service(service: ContentService, server: grpc.Server) -> None:
     Requests reach the handlers through `request_decoder`, so bytes that are no
     valid message are answered InvalidArgument, not gRPC's INTERNAL.
     """
-    handlers = {
-        "Info": grpc.unary_unary_rpc_method_handler(
-            service.Info,
-            request_deserializer=request_decoder(api.InfoRequest),
-            response_serializer=api.InfoResponse.SerializeToString,
-        ),
-        "Update": grpc.unary_unary_rpc_method_handler(
-            service.Update,
-            request_deserializer=request_decoder(api.UpdateRequest),
-            response_serializer=api.UpdateResponse.SerializeToString,
-        ),
-        "List": grpc.unary_stream_rpc_method_handler(
-            service.List,
-            request_deserializer=request_decoder(api.ListContentRequest),
-            response_serializer=api.ListContentResponse.SerializeToString,
-        ),
-        "Delete": grpc.unary_unary_rpc_method_handler(
-            service.Delete,
-            request_deserializer=request_decoder(api.DeleteContentRequest),
-            response_serializer=empty_pb2.Empty.SerializeToString,
-        ),
-        "Read": grpc.unary_stream_rpc_method_handler(
-            service.Read,
-            request_deserializer=request_decoder(api.ReadContentRequest),
-            response_serializer=api.ReadContentResponse.SerializeToString,
-        ),
-        "Status": grpc.unary_unary_rpc_method_handler(
-            service.Status,
-            request_deserializer=request_decoder(api.StatusRequest),
-            response_serializer=api.StatusResponse.SerializeToString,
-        ),
-        "ListStatuses": grpc.unary_unary_rpc_method_handler(
-            service.ListStatuses,
-            request_deserializer=request_decoder(api.ListStatusesRequest),
-            response_serializer=api.ListStatusesResponse.SerializeToString,
-        ),
-        "Write": grpc.stream_stream_rpc_method_handler(
-            service.Write,
-            request_deserializer=request_decoder(api.WriteContentRequest),
-            response_serializer=api.WriteContentResponse.SerializeToString,
-        ),
-        "Abort": grpc.unary_unary_rpc_method_handler(
-            service.Abort,
-            request_deserializer=request_decoder(api.AbortRequest),
-            response_serializer=empty_pb2.Empty.SerializeToString,
-        ),
-    }
-    name = api.DESCRIPTOR.services_by_name["Content"].full_name
+    described = api.DESCRIPTOR.services_by_name["Content"]
+    handlers = {}
+    for method in described.methods:
+        make_handler = _METHOD_HANDLERS[method.client_streaming, method.server_streaming]
+        handlers[method.name] = make_handler(
+            getattr(service, method.name),
+            request_deserializer=request_decoder(_message_class(method.input_type)),
+            response_serializer=_message_class(method.output_type).SerializeToString,
+        )
+    name = described.full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
+
+# How gRPC serves a method, by whether its requests and its answers stream.
+_METHOD_HANDLERS: Final = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _message_class(descriptor: Descriptor) -> type[Message]:
+    return message_factory.GetMessageClass(descriptor)
