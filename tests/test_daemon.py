@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,23 +67,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     root = tmp_path_factory.mktemp("shared") / "root"
     with running_daemon(root, "--log-level", "debug") as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def channel(daemon: DaemonProcess) -> Iterator[grpc.Channel]:
-    with connect(daemon.address) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.Channel) -> content_pb2_grpc.ContentStub:
-    return content_pb2_grpc.ContentStub(channel)
-
-
-@pytest.fixture
-def ns() -> str:
-    """A namespace no other test uses."""
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

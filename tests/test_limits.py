@@ -26,7 +26,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from support.grpc_client import (
     CALL_TIMEOUT,
     WriteStream,
     commit,
-    connect,
     content_stub,
     namespaced,
     poll,
@@ -62,23 +60,6 @@ PRIVATE = (tempfile.gettempdir(), "blobs/", "ingest/", "metadata.db", "Traceback
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     with running_daemon(tmp_path_factory.mktemp("limits") / "root") as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def channel(daemon: DaemonProcess) -> Iterator[grpc.Channel]:
-    with connect(daemon.address) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.Channel) -> content_pb2_grpc.ContentStub:
-    return content_pb2_grpc.ContentStub(channel)
-
-
-@pytest.fixture
-def ns() -> str:
-    """A namespace no other test uses."""
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def refusal(call: Callable[[], object], code: grpc.StatusCode) -> errdefs.ContentdError:

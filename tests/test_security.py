@@ -588,17 +588,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         yield running
 
 
-@pytest.fixture
-def stub(daemon: DaemonProcess) -> Iterator[content_pb2_grpc.ContentStub]:
-    with content_stub(daemon.address) as opened:
-        yield opened
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
 def everything_said(error: grpc.RpcError) -> list[str]:
     """Every word a failed call carries: details, trailing metadata, the ErrorInfo inside."""
     said = [error.details() or ""]
