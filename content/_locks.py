@@ -51,36 +51,45 @@ class IngestLock:
         """
         for _ in range(_ATTEMPTS):
             try:
-                fd = os.open(self._path, _OPEN_EXISTING)
+                taken = self._take(os.open(self._path, _OPEN_EXISTING))
             except FileNotFoundError:
                 if not create:
                     return False
-                if self._create_locked():
-                    return True
-                continue  # another writer made it first: contend for theirs
-            try:
-                if not lock_descriptor(fd, blocking=False):
-                    os.close(fd)
-                    return False
-                if self._names(fd):
-                    self._fd = fd
-                    return True
-                unlock_descriptor(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+                taken = self._create_locked()
+            if taken is not None:
+                return taken
+            # The file this opened was finished and unlinked, or another
+            # writer made the lock file first: contend for the one there now.
         return False
 
-    def _create_locked(self) -> bool:
-        """Lock a new, nameless file and link it in as the lock file; False if one exists."""
+    def _take(self, fd: int) -> bool | None:
+        """Lock the open lock file `fd` and keep it: True; False if another holder has it.
+
+        None if the path no longer names that file (its ingest was finished
+        meanwhile). Closes `fd` unless it is kept.
+        """
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                os.close(fd)
+                return False
+            if self._names(fd):
+                self._fd = fd
+                return True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # which lets go of the lock
+        return None
+
+    def _create_locked(self) -> bool | None:
+        """Lock a new, nameless file and link it in as the lock file; None if one exists."""
         try:
             fd = os.open(self._path.parent, _OPEN_UNNAMED, 0o600)
         except OSError as exc:
             if exc.errno not in _NO_UNNAMED_FILES:
                 raise
             # No unnamed files here: create it by name (a repair may take it first).
-            return self._create_named()
+            return self._take(os.open(self._path, _OPEN_EXISTING | os.O_CREAT, 0o600))
         try:
             lock_descriptor(fd, blocking=True)  # nobody else can see it yet
             # Python calls link(2), which would link /proc's symlink itself,
@@ -89,27 +98,15 @@ class IngestLock:
             os.link(f"/proc/self/fd/{fd}", self._path, src_dir_fd=fd, follow_symlinks=True)
         except FileExistsError:
             os.close(fd)
-            return False
+            return None
         except FileNotFoundError:
             os.close(fd)  # no /proc to link it through
-            return self._create_named()
+            return self._take(os.open(self._path, _OPEN_EXISTING | os.O_CREAT, 0o600))
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         return True
-
-    def _create_named(self) -> bool:
-        fd = os.open(self._path, _OPEN_EXISTING | os.O_CREAT, 0o600)
-        try:
-            if lock_descriptor(fd, blocking=False) and self._names(fd):
-                self._fd = fd
-                return True
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        return False
 
     def _names(self, fd: int) -> bool:
         """Whether the lock file's path still names the file open as `fd`."""
