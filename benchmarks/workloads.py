@@ -26,6 +26,7 @@ from clients import (
     Listing,
     Populate,
     SmallBlobs,
+    Timed,
     contend,
     gc_root_labels,
     ingest_large,
@@ -240,6 +241,16 @@ class Workload(ABC):
             raw=raw,
         )
 
+    def streaming_rate(
+        self, ctx: Context, title: str, size: int, timed: Timed, usage: Usage | None
+    ) -> Result:
+        """The result of moving `size` bytes in `timed`: MB/s."""
+        seconds = timed.window.seconds
+        rate = size / MB / seconds
+        return self.result(
+            ctx, "", title, rate, "MB/s", usage, higher_is_better=True, seconds=seconds
+        )
+
 
 class LargeIngestWorkload(Workload):
     """One large blob in 1 MiB WRITE messages, committed with a gc.root label."""
@@ -256,20 +267,8 @@ class LargeIngestWorkload(Workload):
         [timed], usage = ctx.clients(
             ingest_large, [job], namespace=self.namespace, timeout=ctx.scale.large_timeout()
         )
-        rate = blob.size / MB / timed.window.seconds
         title = f"large ingest: {human_bytes(blob.size)} in 1 MiB writes"
-        return [
-            self.result(
-                ctx,
-                "",
-                title,
-                rate,
-                "MB/s",
-                usage,
-                higher_is_better=True,
-                seconds=timed.window.seconds,
-            )
-        ]
+        return [self.streaming_rate(ctx, title, blob.size, timed, usage)]
 
 
 class LargeReadWorkload(Workload):
@@ -301,20 +300,8 @@ class LargeReadWorkload(Workload):
             namespace=self.namespace,
             timeout=ctx.scale.large_timeout(),
         )
-        rate = blob.size / MB / timed.window.seconds
         title = f"large read: {human_bytes(blob.size)} in 1 MiB reads"
-        return [
-            self.result(
-                ctx,
-                "",
-                title,
-                rate,
-                "MB/s",
-                usage,
-                higher_is_better=True,
-                seconds=timed.window.seconds,
-            )
-        ]
+        return [self.streaming_rate(ctx, title, blob.size, timed, usage)]
 
 
 class SmallBlobsWorkload(Workload):
