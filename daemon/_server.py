@@ -23,6 +23,7 @@ from contentd.content import LocalStore
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto import content_pb2
 
+from ._registry import HttpOptions, HttpServer
 from ._service import ContentService, add_content_service
 from ._tls import TLSFiles, is_loopback
 
@@ -67,6 +68,8 @@ class ServerOptions:
     grace: float = 10.0
     #: TLS for TCP addresses (unix sockets stay plaintext); None serves plaintext.
     tls: TLSFiles | None = None
+    #: The registry (OCI distribution API) on a TCP address of its own; None: off.
+    http: HttpOptions | None = None
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
 
     def write_stream_limit(self) -> int:
@@ -158,6 +161,15 @@ class Daemon:
         self._sockets: list[Path] = []
         for address in options.addresses:
             self.addresses.append(self._listen(address))
+        self._http: HttpServer | None = None
+        if options.http is not None:
+            tls = options.tls
+            self._http = HttpServer(
+                store,
+                options.http,
+                grace=options.grace,
+                tls=(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
+            )
 
     def _listen(self, address: str) -> str:
         path = _socket_path(address)
@@ -192,6 +204,14 @@ class Daemon:
 
     def start(self) -> None:
         """Start serving; logs one line per listening address once ready."""
+        if self._http is not None and self._options.http is not None:
+            self._http.start()
+            if self._http.url.startswith("http:") and not is_loopback(self._options.http.address):
+                _log.warning(
+                    "serving the registry over plaintext HTTP on %s: use --tls-cert/--tls-key",
+                    self._http.url,
+                )
+            _log.info("serving HTTP on %s", self._http.url)
         self._server.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(CONTENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -218,6 +238,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            self._http.stop()
         grace = self._options.grace if grace is None else grace
         self._server.stop(grace).wait()
         # gRPC's stop returns while the threads of canceled calls are still

@@ -11,10 +11,11 @@ from types import FrameType
 
 import click
 
-from contentd.content import BUSY_TIMEOUT, open_store
+from contentd.content import BUSY_TIMEOUT, DEFAULT_NAMESPACE, open_store, validate_namespace
 from contentd.errdefs import ContentdError, InvalidArgument
 
 from ._memory import pin_allocator_thresholds
+from ._registry import HttpOptions
 from ._server import Daemon, ServerOptions, default_address, default_root
 from ._tls import TLSFiles
 
@@ -41,6 +42,21 @@ def _tls_files(
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     return files
+
+
+def _http_options(
+    address: str | None, namespace: str, htpasswd: Path | None, read_only: bool
+) -> HttpOptions | None:
+    if address is None:
+        for flag, given in (("--http-htpasswd", htpasswd), ("--http-read-only", read_only)):
+            if given:
+                raise click.UsageError(f"{flag} needs --http")
+        return None
+    try:
+        validate_namespace(namespace)
+    except InvalidArgument as exc:
+        raise click.UsageError(f"--http-namespace: {exc}") from None
+    return HttpOptions(address, namespace=namespace, htpasswd=htpasswd, read_only=read_only)
 
 
 @click.command()
@@ -105,6 +121,31 @@ def _tls_files(
     help="Seconds a change waits for another process's metadata transaction (then UNAVAILABLE).",
 )
 @click.option(
+    "--http",
+    "http_address",
+    metavar="HOST:PORT",
+    default=None,
+    help="Also serve the OCI distribution API (a registry) here; port 0 picks one [default: off].",
+)
+@click.option(
+    "--http-namespace",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    help="Store namespace whose blobs the registry serves.",
+)
+@click.option(
+    "--http-htpasswd",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    default=None,
+    help="htpasswd file of bcrypt hashes (htpasswd -B): the registry asks for basic auth.",
+)
+@click.option(
+    "--http-read-only",
+    is_flag=True,
+    default=False,
+    help="The registry answers GET and HEAD only; pushes and deletes are UNSUPPORTED.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -127,6 +168,10 @@ def serve(
     max_ingests_per_namespace: int | None,
     write_idle_timeout: float,
     store_busy_timeout: float,
+    http_address: str | None,
+    http_namespace: str,
+    http_htpasswd: Path | None,
+    http_read_only: bool,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -151,6 +196,7 @@ def serve(
         max_ingests_per_namespace=max_ingests_per_namespace,
         write_idle_timeout=write_idle_timeout or None,
         grace=grace,
+        http=_http_options(http_address, http_namespace, http_htpasswd, http_read_only),
     )
     try:
         store = open_store(root, busy_timeout=store_busy_timeout)

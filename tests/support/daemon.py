@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _READY = re.compile(r"serving on (\S+)")
+_HTTP_READY = re.compile(r"serving HTTP on (\S+)")
 
 
 @dataclass
@@ -56,6 +57,14 @@ class DaemonProcess:
 
     def logged(self) -> str:
         return "".join(self.log)
+
+    @property
+    def http_url(self) -> str:
+        """The registry's base URL (``http://127.0.0.1:PORT``), when started with ``--http``."""
+        found = _HTTP_READY.search(self.logged())
+        if found is None:
+            raise RuntimeError(f"contentd serves no HTTP:\n{self.logged()}")
+        return found[1]
 
 
 def contentd_command() -> list[str]:

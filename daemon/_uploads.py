@@ -1,0 +1,183 @@
+"""Blob upload sessions: each a store ingest, its writer kept open between requests.
+
+A session is the ingest ``registry-upload/<repository>/<id>``: its bytes and
+offset are the store's, so an upload resumes (and survives a restart) from
+what the store kept. Reopening a writer re-reads what the ingest holds to
+rebuild its hash, so between the requests of one upload the writer stays
+open (and its ref locked) until the upload completes, is canceled, or sits
+idle for `idle_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, TypeVar
+
+from contentd.content import LocalStore, LocalWriter
+from contentd.errdefs import NotFound, Unavailable
+
+UPLOAD_REF_PREFIX: Final = "registry-upload/"
+BLOB_UPLOAD_UNKNOWN: Final = "BLOB_UPLOAD_UNKNOWN"
+
+T = TypeVar("T")
+#: Runs a blocking store call off the event loop.
+Runner = Callable[..., "asyncio.Future[Any]"]
+
+
+def upload_ref(repository: str, session: str) -> str:
+    """The ingest ref of upload `session` to `repository`."""
+    return f"{UPLOAD_REF_PREFIX}{repository}/{session}"
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def valid_session_id(session: str) -> bool:
+    try:
+        return str(uuid.UUID(session)) == session
+    except ValueError:
+        return False
+
+
+def unknown_upload(session: str) -> NotFound:
+    return NotFound(f"upload {session}", reason=BLOB_UPLOAD_UNKNOWN)
+
+
+class OpenUpload:
+    """An upload session's writer while requests use it; one request at a time."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.writer: LocalWriter | None = None
+        #: Committed or canceled: the session is over.
+        self.finished = False
+        self.lock = asyncio.Lock()
+        self.last_used = time.monotonic()
+
+
+class UploadSessions:
+    """The open writers of upload sessions, by ref, on one event loop."""
+
+    def __init__(self, store: LocalStore, run: Runner, idle_timeout: float) -> None:
+        self._store = store
+        self._run = run
+        self._idle_timeout = idle_timeout
+        self._open: dict[str, OpenUpload] = {}
+
+    async def start(self, repository: str) -> tuple[str, int]:
+        """A new session for `repository`: its id and offset (0)."""
+        session = new_session_id()
+        ref = upload_ref(repository, session)
+        entry = OpenUpload(ref)
+        self._open[ref] = entry
+        async with entry.lock:
+            try:
+                entry.writer = await self._run(self._store.writer, ref)
+            except BaseException:
+                self._open.pop(ref, None)
+                raise
+        return session, 0
+
+    @contextlib.asynccontextmanager
+    async def use(self, repository: str, session: str) -> AsyncIterator[OpenUpload]:
+        """The session's writer, held for this request alone; BLOB_UPLOAD_UNKNOWN if none.
+
+        A session not open in this process (the daemon restarted, or it sat
+        idle) is reopened from its ingest.
+        """
+        if not valid_session_id(session):
+            raise unknown_upload(session)
+        ref = upload_ref(repository, session)
+        while True:
+            entry = self._open.get(ref)
+            if entry is None:
+                entry = self._open[ref] = OpenUpload(ref)
+            await entry.lock.acquire()
+            if self._open.get(ref) is entry:
+                break
+            entry.lock.release()  # closed while idle, or ended, while this request waited
+            if entry.finished:
+                raise unknown_upload(session)
+        try:
+            if entry.writer is None:
+                try:
+                    entry.writer = await self._run(self._reopen, ref, session)
+                except BaseException:
+                    self._open.pop(ref, None)
+                    raise
+            try:
+                yield entry
+            finally:
+                entry.last_used = time.monotonic()
+                if entry.finished:
+                    self._open.pop(ref, None)
+        finally:
+            entry.lock.release()
+
+    def _reopen(self, ref: str, session: str) -> LocalWriter:
+        try:
+            self._store.status(ref)
+        except NotFound:
+            raise unknown_upload(session) from None
+        return self._store.writer(ref)
+
+    async def offset(self, repository: str, session: str) -> int:
+        """How many bytes the session holds, without taking it from a request using it."""
+        if not valid_session_id(session):
+            raise unknown_upload(session)
+        ref = upload_ref(repository, session)
+        entry = self._open.get(ref)
+        writer = entry.writer if entry is not None else None
+        if writer is not None:
+            return writer.offset
+        try:
+            status = await self._run(self._store.status, ref)
+        except NotFound:
+            raise unknown_upload(session) from None
+        return int(status.offset)
+
+    async def cancel(self, repository: str, session: str) -> None:
+        """End the session and discard its bytes."""
+        async with self.use(repository, session) as entry:
+            writer, entry.writer = entry.writer, None
+            entry.finished = True
+            if writer is not None:
+                await self._run(writer.close)
+            try:
+                await self._run(self._store.abort, entry.ref)
+            except NotFound:
+                raise unknown_upload(session) from None
+
+    async def finish(self, entry: OpenUpload) -> None:
+        """Forget `entry`'s writer (committed, or failed to) and discard what is left of it."""
+        writer, entry.writer = entry.writer, None
+        entry.finished = True
+        if writer is not None:
+            await self._run(writer.close)
+        with contextlib.suppress(NotFound, Unavailable):
+            await self._run(self._store.abort, entry.ref)
+
+    async def close_idle(self) -> None:
+        """Close writers no request has used for the idle timeout; their ingests stay."""
+        deadline = time.monotonic() - self._idle_timeout
+        for ref, entry in list(self._open.items()):
+            if entry.last_used < deadline and not entry.lock.locked():
+                async with entry.lock:
+                    await self._close(ref, entry)
+
+    async def close_all(self) -> None:
+        for ref, entry in list(self._open.items()):
+            async with entry.lock:
+                await self._close(ref, entry)
+
+    async def _close(self, ref: str, entry: OpenUpload) -> None:
+        if self._open.get(ref) is entry:
+            del self._open[ref]
+        writer, entry.writer = entry.writer, None
+        if writer is not None:
+            await self._run(writer.close)
