@@ -36,3 +36,9 @@ test: lint
 bench: $(BIN)/python
 	$(PIP) $(EDITABLE) -e .
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# The registry face beside docker-registry 2.8 (benchmarks/README.md), e.g. ARGS=--quick.
+.PHONY: bench-registry
+bench-registry: $(BIN)/python
+	$(PIP) $(EDITABLE) -e .
+	$(BIN)/python benchmarks/registry.py $(ARGS)
