@@ -35,7 +35,9 @@ def _tls_files(
     if key is None:
         raise click.UsageError("--tls-cert needs --tls-key")
     if all(address.startswith("unix:") for address in addresses):
-        raise click.UsageError("--tls-cert applies to TCP addresses (host:port); none given")
+        raise click.UsageError(
+            "--tls-cert applies to TCP addresses (host:port, or --http); none given"
+        )
     files = TLSFiles(cert, key, client_ca)
     try:
         files.check()
@@ -189,7 +191,10 @@ def serve(
     addresses = addresses or (default_address(root),)
     options = ServerOptions(
         addresses=addresses,
-        tls=_tls_files(tls_cert, tls_key, tls_ca, addresses),
+        # TLS covers the registry too: it is one more TCP listener.
+        tls=_tls_files(
+            tls_cert, tls_key, tls_ca, addresses + ((http_address,) if http_address else ())
+        ),
         socket_group=socket_group,
         workers=workers,
         max_write_streams=max_write_streams,

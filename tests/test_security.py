@@ -501,7 +501,7 @@ def test_serve_refuses_tls_without_a_tcp_address(tmp_path: Path, pki: Pki) -> No
         *tls_flags(pki.server),
     )
     assert failed.returncode == 2
-    assert "--tls-cert applies to TCP addresses (host:port); none given" in failed.stderr
+    assert "--tls-cert applies to TCP addresses (host:port, or --http); none given" in failed.stderr
 
 
 # File modes
