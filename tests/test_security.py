@@ -7,13 +7,17 @@ and an unrelated CA with a client certificate of its own, for the refusals.
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import re
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -283,6 +287,42 @@ def test_mtls_client_with_a_certificate_from_another_ca_is_refused(
     mtls_daemon: TcpDaemon, pki: Pki
 ) -> None:
     refused(remote(mtls_daemon.address, ca=pki.ca, client=pki.stranger, timeout=REFUSAL_TIMEOUT))
+
+
+# The registry face serves HTTPS with the same files.
+
+
+def _registry_get(url: str, context: ssl.SSLContext | None) -> int:
+    with urllib.request.urlopen(f"{url}/v2/", context=context, timeout=10) as answer:
+        return int(answer.status)
+
+
+def _https_context(pki: Pki, client: Identity | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def test_registry_serves_https_with_the_daemons_certificate(tmp_path: Path, pki: Pki) -> None:
+    with running_daemon(tmp_path / "root", "--http", "127.0.0.1:0", *tls_flags(pki.server)) as d:
+        assert d.http_url.startswith("https://127.0.0.1:")
+        assert _registry_get(d.http_url, _https_context(pki)) == 200
+        plain = d.http_url.replace("https://", "http://")
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            _registry_get(plain, None)
+
+
+def test_registry_with_tls_ca_refuses_clients_without_a_certificate(
+    tmp_path: Path, pki: Pki
+) -> None:
+    flags = tls_flags(pki.server, client_ca=pki.ca)
+    with running_daemon(tmp_path / "root", "--http", "127.0.0.1:0", *flags) as d:
+        assert _registry_get(d.http_url, _https_context(pki, client=pki.client)) == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            _registry_get(d.http_url, _https_context(pki))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            _registry_get(d.http_url, _https_context(pki, client=pki.stranger))
 
 
 def test_tls_config_takes_a_client_certificate_only_with_its_key(pki: Pki) -> None:
