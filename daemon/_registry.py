@@ -200,6 +200,10 @@ class Registry:
             response = await handler(request)
         except web.HTTPException:
             raise
+        except ConnectionError:
+            # The client went away mid-request; what it sent is kept (uploads resume).
+            _log.debug("%s %s: the client went away", request.method, request.path)
+            return web.Response(status=499)
         except Exception as exc:
             response = self._error_response(request, exc)
         if not response.prepared:
@@ -400,15 +404,13 @@ class Registry:
                     if pending is not None:
                         await pending
                     pending, buffer = self._run(writer.write, buffer), bytearray()
+        finally:
+            # Whatever arrived is kept, even from a client that went away: the
+            # upload's offset tells it where to resume.
             if pending is not None:
                 await pending
-                pending = None
             if buffer:
                 await self._run(writer.write, buffer)
-        finally:
-            if pending is not None:
-                with contextlib.suppress(Exception):
-                    await pending
         return received
 
     async def _commit(self, writer: LocalWriter, digest: str) -> None:
