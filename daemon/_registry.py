@@ -94,6 +94,8 @@ class HttpOptions:
     read_only: bool = False
     #: Seconds an upload's writer stays open between its requests.
     upload_idle_timeout: float = 60.0
+    #: Upload writers kept open at once; past it idle ones close, busy ones refuse.
+    max_open_uploads: int = 128
     #: Threads for blocking store calls.
     workers: int = 16
 
@@ -164,7 +166,9 @@ class Registry:
         self._options = options
         self._executor = executor
         self._auth = Htpasswd(options.htpasswd) if options.htpasswd else None
-        self._uploads = UploadSessions(self._store, self._run, options.upload_idle_timeout)
+        self._uploads = UploadSessions(
+            self._store, self._run, options.upload_idle_timeout, options.max_open_uploads
+        )
 
     def _run(
         self, function: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs

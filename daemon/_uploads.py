@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
 from contentd.content import LocalStore, LocalWriter
-from contentd.errdefs import NotFound, Unavailable
+from contentd.errdefs import NotFound, ResourceExhausted, Unavailable
 
 UPLOAD_REF_PREFIX: Final = "registry-upload/"
 BLOB_UPLOAD_UNKNOWN: Final = "BLOB_UPLOAD_UNKNOWN"
+#: Refused: every upload writer the daemon keeps open is in use.
+TOO_MANY_UPLOADS: Final = "TOO_MANY_UPLOADS"
 
 T = TypeVar("T")
 #: Runs a blocking store call off the event loop.
@@ -63,11 +65,36 @@ class OpenUpload:
 class UploadSessions:
     """The open writers of upload sessions, by ref, on one event loop."""
 
-    def __init__(self, store: LocalStore, run: Runner, idle_timeout: float) -> None:
+    def __init__(
+        self, store: LocalStore, run: Runner, idle_timeout: float, max_open: int = 128
+    ) -> None:
         self._store = store
         self._run = run
         self._idle_timeout = idle_timeout
+        self._max_open = max_open
         self._open: dict[str, OpenUpload] = {}
+
+    async def _make_room(self) -> None:
+        """Keep at most `max_open` writers open (each holds a file and a lock).
+
+        The least recently used one no request is using is closed (its upload
+        reopens when next used); when every one is in use, the new upload is
+        refused, as TOOMANYREQUESTS.
+        """
+        while True:
+            open_now = [entry for entry in self._open.values() if entry.writer is not None]
+            if len(open_now) < self._max_open:
+                return
+            idle = [entry for entry in open_now if not entry.lock.locked()]
+            if not idle:
+                raise ResourceExhausted(
+                    f"{self._max_open} uploads in progress at once",
+                    reason=TOO_MANY_UPLOADS,
+                    metadata={"limit": str(self._max_open)},
+                )
+            victim = min(idle, key=lambda entry: entry.last_used)
+            async with victim.lock:
+                await self._close(victim.ref, victim)
 
     async def start(self, repository: str) -> tuple[str, int]:
         """A new session for `repository`: its id and offset (0)."""
@@ -77,6 +104,7 @@ class UploadSessions:
         self._open[ref] = entry
         async with entry.lock:
             try:
+                await self._make_room()
                 entry.writer = await self._run(self._store.writer, ref)
             except BaseException:
                 self._open.pop(ref, None)
@@ -106,6 +134,7 @@ class UploadSessions:
         try:
             if entry.writer is None:
                 try:
+                    await self._make_room()
                     entry.writer = await self._run(self._reopen, ref, session)
                 except BaseException:
                     self._open.pop(ref, None)

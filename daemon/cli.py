@@ -47,7 +47,7 @@ def _tls_files(
 
 
 def _http_options(
-    address: str | None, namespace: str, htpasswd: Path | None, read_only: bool
+    address: str | None, namespace: str, htpasswd: Path | None, read_only: bool, max_uploads: int
 ) -> HttpOptions | None:
     if address is None:
         for flag, given in (("--http-htpasswd", htpasswd), ("--http-read-only", read_only)):
@@ -58,7 +58,13 @@ def _http_options(
         validate_namespace(namespace)
     except InvalidArgument as exc:
         raise click.UsageError(f"--http-namespace: {exc}") from None
-    return HttpOptions(address, namespace=namespace, htpasswd=htpasswd, read_only=read_only)
+    return HttpOptions(
+        address,
+        namespace=namespace,
+        htpasswd=htpasswd,
+        read_only=read_only,
+        max_open_uploads=max_uploads,
+    )
 
 
 @click.command()
@@ -148,6 +154,14 @@ def _http_options(
     help="The registry answers GET and HEAD only; pushes and deletes are UNSUPPORTED.",
 )
 @click.option(
+    "--http-max-uploads",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Upload writers the registry keeps open at once; past it idle ones close "
+    "and, when all are busy, new uploads get TOOMANYREQUESTS.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -174,6 +188,7 @@ def serve(
     http_namespace: str,
     http_htpasswd: Path | None,
     http_read_only: bool,
+    http_max_uploads: int,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -201,7 +216,9 @@ def serve(
         max_ingests_per_namespace=max_ingests_per_namespace,
         write_idle_timeout=write_idle_timeout or None,
         grace=grace,
-        http=_http_options(http_address, http_namespace, http_htpasswd, http_read_only),
+        http=_http_options(
+            http_address, http_namespace, http_htpasswd, http_read_only, http_max_uploads
+        ),
     )
     try:
         store = open_store(root, busy_timeout=store_busy_timeout)
