@@ -52,6 +52,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 API_VERSION: Final = ("Docker-Distribution-API-Version", "registry/2.0")
+#: Instead of aiohttp's own, which names library and Python versions to anyone who asks.
+SERVER: Final = ("Server", "contentd")
 #: Bytes handed to a writer per call off the event loop: large enough that the
 #: hop costs nothing next to hashing and writing them, small enough to stream.
 WRITE_CHUNK: Final = 1 << 20
@@ -212,6 +214,7 @@ class Registry:
             response = self._error_response(request, exc)
         if not response.prepared:
             response.headers[API_VERSION[0]] = API_VERSION[1]
+            response.headers[SERVER[0]] = SERVER[1]
         return response
 
     def _error_response(self, request: web.Request, exc: Exception) -> web.Response:
@@ -280,6 +283,7 @@ class Registry:
             "Content-Type": "application/octet-stream",
             "Cache-Control": "max-age=31536000",
             API_VERSION[0]: API_VERSION[1],
+            SERVER[0]: SERVER[1],
         }
         if request.headers.get("Range"):
             try:
