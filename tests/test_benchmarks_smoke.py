@@ -31,3 +31,31 @@ def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path
     for case in ("large-ingest", "large-read", "small/1", "small/8", "contention"):
         assert {(case, "contentd"), (case, "containerd")} <= measured
     assert "| workload |" in run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_registry_benchmark_pushes_and_pulls_on_both_registries(tmp_path: Path) -> None:
+    require_tool("docker-registry", "docker-registry")
+    report = tmp_path / "registry.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "registry.py"),
+            "--quick",
+            "--rounds",
+            "1",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads(report.read_text())["results"]
+    measured = {(r["case"], r["server"]) for r in results if r["rounds"]}
+    for case in ("push", "pull"):
+        assert {(case, "contentd"), (case, "docker-registry")} <= measured
+    assert "| case |" in run.stdout

@@ -1,0 +1,455 @@
+"""Benchmark contentd's HTTP face side by side with docker-registry 2.8: push and pull one blob.
+
+    python benchmarks/registry.py [--quick] [--rounds N] [--json FILE] [--tmpdir DIR] [--keep]
+
+Each round makes a file of fresh random bytes (256 MiB, or 32 MiB with --quick) and times
+how fast the disk takes a durable copy of it; then, for contentd and then for
+docker-registry in turn, it starts the server, pushes the file as one blob and pulls it
+back, each through a client process of its own, checks the blob, and stops the server;
+the two never run at the same time. Each server keeps one root, in a temporary directory,
+for the whole run. Progress goes to stderr; the environment, two Markdown tables (the
+medians and every round's rate, then the servers' peak memory and CPU time) and lines on
+where a push's time goes go to stdout. Everything started is stopped and everything
+written is removed on the way out, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Final, TypeVar
+
+try:
+    from clients import Blob, Timed
+    from environment import describe, load_average
+    from measure import Monitor, Usage
+    from registry_client import (
+        Go,
+        Pull,
+        Push,
+        Pushed,
+        check_digest,
+        check_size,
+        pull_blob,
+        push_blob,
+        run_client,
+    )
+    from registry_servers import DOCKER_REGISTRY, ContentdRegistry, DockerRegistry
+    from run import Progress, terminated_as_exit
+    from servers import CONTENTD, Running, Server
+    from workloads import Data, human_bytes
+except ModuleNotFoundError as missing:
+    sys.exit(
+        f"benchmarks/registry.py: {missing}; run it with the project's virtualenv "
+        "(`make bench-registry`, or `.venv/bin/python benchmarks/registry.py`)"
+    )
+
+MIB: Final = 1 << 20
+MB: Final = 1e6
+FULL_SIZE: Final = 256 * MIB
+QUICK_SIZE: Final = 32 * MIB
+REPOSITORY: Final = "bench"
+PUSH: Final = "push"
+PULL: Final = "pull"
+#: The issue's targets: how many times docker-registry's rate contentd should reach.
+TARGETS: Final = {PUSH: 2.0, PULL: 1.0}
+
+J = TypeVar("J")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/registry.py",
+        description="Benchmark contentd's registry side by side with docker-registry.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a {human_bytes(QUICK_SIZE)} blob instead of {human_bytes(FULL_SIZE)}",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="rounds, each with fresh content (default: 3); the median is reported",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
+    parser.add_argument(
+        "--tmpdir",
+        type=Path,
+        default=None,
+        help="where the servers' roots go (default: the system's temporary directory)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the roots and logs (the path is printed)"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+@dataclass(frozen=True)
+class Round:
+    """One push or pull on one server."""
+
+    seconds: float
+    size: int
+    #: The server process over the measured window.
+    usage: Usage
+    #: For a push: how long the sync() right after it took (the server's unwritten bytes).
+    sync_seconds: float | None = None
+    #: For a push: seconds of its POST, PATCH and PUT, each from send to answer.
+    phases: tuple[float, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        """MB/s (10^6 bytes per second)."""
+        return self.size / MB / self.seconds
+
+
+@dataclass
+class Series:
+    """Every round of one case (push or pull) on one server."""
+
+    case: str
+    server: str
+    rounds: list[Round] = dataclasses.field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.rate for r in self.rounds)
+
+
+def client_timeout(size: int) -> float:
+    """Far beyond anything either server needs: it only catches a hang."""
+    return 60 + size / (2 * MB)
+
+
+def measured(running: Running, operation: Callable[[J, Go], Timed], job: J, size: int) -> Round:
+    """Run one client operation, measuring the server from the client's release to its end."""
+    # Bytes an earlier step left dirty would otherwise be written back on this one's time.
+    os.sync()
+    monitor = Monitor(running.pid)
+    try:
+        timed = run_client(operation, job, timeout=client_timeout(size), on_ready=monitor.start)
+    finally:
+        monitor.stop()
+    phases = timed.phases if isinstance(timed, Pushed) else ()
+    return Round(timed.window.seconds, timed.count, monitor.usage, phases=phases)
+
+
+def disk_rate(blob: Blob, directory: Path) -> float:
+    """MB/s of copying `blob` 1 MiB at a time into a new file beside the servers' roots and
+    fdatasync()ing it: what the disk allows a durable push, with no server in the way."""
+    os.sync()
+    copy = directory / "disk-probe.bin"
+    with blob.path.open("rb", buffering=0) as source:
+        started = time.monotonic()
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while piece := source.read(MIB):
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        seconds = time.monotonic() - started
+    copy.unlink()
+    return blob.size / MB / seconds
+
+
+def run_round(server: Server, blob: Blob, number: int, progress: Progress) -> dict[str, Round]:
+    """Start `server`, push `blob` and pull it back, check it, and stop the server."""
+    progress(f"{server.name}: starting for round {number}")
+    running = server.start()
+    try:
+        pushed = measured(running, push_blob, Push(running.address, REPOSITORY, blob), blob.size)
+        started = time.monotonic()
+        os.sync()
+        pushed = dataclasses.replace(pushed, sync_seconds=time.monotonic() - started)
+        check_size(running.address, REPOSITORY, blob)
+        pulled = measured(
+            running,
+            pull_blob,
+            Pull(running.address, REPOSITORY, blob.digest, blob.size),
+            blob.size,
+        )
+        check_digest(running.address, REPOSITORY, blob)
+    except Exception:
+        print(f"--- {server.name} log (last lines) ---\n{server.log()}", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+    for case, done in ((PUSH, pushed), (PULL, pulled)):
+        progress(
+            f"{server.name}: {case} round {number}: {done.rate:,.1f} MB/s "
+            f"({done.seconds:.3f} s, CPU {done.usage.cpu_seconds:.2f} s, "
+            f"peak RSS {done.usage.peak_rss / MIB:,.0f} MiB)"
+        )
+    return {PUSH: pushed, PULL: pulled}
+
+
+# Reporting.
+
+
+def titles(size: int) -> dict[str, str]:
+    shown = human_bytes(size)
+    return {
+        PUSH: f"push {shown}: POST, one PATCH, PUT",
+        PULL: f"pull {shown}: GET, 1 MiB reads",
+    }
+
+
+def format_rates(series: Series | None) -> str:
+    if series is None or not series.rounds:
+        return "n/a"
+    median = f"{series.median:,.1f} MB/s"
+    if len(series.rounds) == 1:
+        return median
+    return f"{median} ({' / '.join(f'{r.rate:,.1f}' for r in series.rounds)})"
+
+
+def ratio(ours: Series | None, theirs: Series | None) -> float | None:
+    """contentd's median rate over docker-registry's."""
+    if ours is None or theirs is None or not ours.rounds or not theirs.rounds:
+        return None
+    return ours.median / theirs.median
+
+
+def results_table(found: dict[tuple[str, str], Series], size: int) -> str:
+    lines = [
+        "| case | contentd | docker-registry | ratio (>1: contentd faster) | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for case, title in titles(size).items():
+        ours, theirs = found.get((case, CONTENTD)), found.get((case, DOCKER_REGISTRY))
+        times = ratio(ours, theirs)
+        target = TARGETS[case]
+        if times is None:
+            shown, verdict = "n/a", f"{target:g}x"
+        else:
+            met = "met" if times >= target else "NOT met"
+            shown, verdict = f"{times:.2f}", f"{target:g}x: {met}"
+        lines.append(
+            f"| {title} | {format_rates(ours)} | {format_rates(theirs)} | {shown} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def format_usage(series: Series | None) -> tuple[str, str]:
+    if series is None or not series.rounds:
+        return "n/a", "n/a"
+    peak = max(r.usage.peak_rss for r in series.rounds)
+    hwm = max(r.usage.hwm for r in series.rounds)
+    cpu = statistics.median(r.usage.cpu_seconds for r in series.rounds)
+    return f"{peak / MIB:,.0f} MiB (HWM {hwm / MIB:,.0f})", f"{cpu:,.2f} s"
+
+
+def usage_table(found: dict[tuple[str, str], Series], size: int) -> str:
+    lines = [
+        "| case | contentd peak RSS | contentd CPU | docker-registry peak RSS "
+        "| docker-registry CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for case, title in titles(size).items():
+        ours_rss, ours_cpu = format_usage(found.get((case, CONTENTD)))
+        theirs_rss, theirs_cpu = format_usage(found.get((case, DOCKER_REGISTRY)))
+        lines.append(f"| {title} | {ours_rss} | {ours_cpu} | {theirs_rss} | {theirs_cpu} |")
+    return "\n".join(lines)
+
+
+def phases_line(found: dict[tuple[str, str], Series]) -> str:
+    """How each server's push divides between its requests (medians over the rounds)."""
+    parts = []
+    for server in (CONTENTD, DOCKER_REGISTRY):
+        series = found.get((PUSH, server))
+        if series is None or not series.rounds:
+            continue
+        phases = zip(*(r.phases for r in series.rounds), strict=True)
+        medians = [statistics.median(phase) for phase in phases]
+        shown = ", ".join(
+            f"{name} {seconds:.3f} s"
+            for name, seconds in zip(("POST", "PATCH", "PUT"), medians, strict=True)
+        )
+        parts.append(f"{server} {shown}")
+    return "Push requests, send to answer (median): " + "; ".join(parts) + "."
+
+
+def sync_line(found: dict[tuple[str, str], Series]) -> str:
+    """What each server left for the disk after its push: the sync() right after it."""
+    parts = []
+    for server in (CONTENTD, DOCKER_REGISTRY):
+        series = found.get((PUSH, server))
+        if series is not None and series.rounds:
+            seconds = [r.sync_seconds or 0.0 for r in series.rounds]
+            parts.append(f"{server} {statistics.median(seconds):.3f} s")
+    return "sync() right after the push (median; not in the push's time): " + ", ".join(parts)
+
+
+def disk_line(disk: Sequence[float]) -> str:
+    rounds = " / ".join(f"{rate:,.1f}" for rate in disk)
+    return (
+        f"The disk, for scale: the same file copied 1 MiB at a time and fdatasync()ed by the "
+        f"harness, no server involved: {statistics.median(disk):,.1f} MB/s ({rounds})."
+    )
+
+
+def report(
+    environment: dict[str, str],
+    found: dict[tuple[str, str], Series],
+    size: int,
+    disk: Sequence[float],
+) -> str:
+    lines = [f"- {key}: {value}" for key, value in environment.items()]
+    lines += [
+        "",
+        results_table(found, size),
+        "",
+        "Each rate is the median over the rounds, every round's rate in parentheses. "
+        "MB = 10^6 bytes; MiB = 2^20. The ratio is contentd's median over docker-registry's.",
+        "",
+        usage_table(found, size),
+        "",
+        "Peak RSS is the highest VmRSS sampled every 50 ms during any round, HWM the highest "
+        "VmHWM (peak since that start, setup included); CPU is the median over the rounds of "
+        "the server's user + system seconds in the measured window.",
+        "",
+        phases_line(found),
+        sync_line(found),
+        disk_line(disk),
+    ]
+    return "\n".join(lines)
+
+
+def write_json(
+    path: Path,
+    environment: dict[str, str],
+    args: argparse.Namespace,
+    size: int,
+    found: dict[tuple[str, str], Series],
+    disk: Sequence[float],
+    timings: dict[str, float],
+) -> None:
+    results = []
+    for series in found.values():
+        entry = dataclasses.asdict(series)
+        entry["median_mb_per_s"] = series.median
+        for raw, measured_round in zip(entry["rounds"], series.rounds, strict=True):
+            raw["mb_per_s"] = measured_round.rate
+        results.append(entry)
+    ratios = {
+        case: ratio(found.get((case, CONTENTD)), found.get((case, DOCKER_REGISTRY)))
+        for case in (PUSH, PULL)
+    }
+    document = {
+        "environment": environment,
+        "quick": args.quick,
+        "size": size,
+        "rounds": args.rounds,
+        "wall_seconds": timings,
+        "results": results,
+        "ratios": ratios,
+        "disk_mb_per_s": list(disk),
+        "targets": TARGETS,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_lines(workdir: Path) -> dict[str, str]:
+    """The main harness's lines, with contentd's HTTP stack after grpcio and
+    docker-registry's version in containerd's place."""
+    lines = {}
+    for key, value in describe(workdir).items():
+        if key == "containerd":
+            lines[DOCKER_REGISTRY] = DockerRegistry.version()
+        else:
+            lines[key] = value
+        if key == "grpcio":
+            lines["aiohttp"] = package_version("aiohttp")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress = Progress()
+    size = QUICK_SIZE if args.quick else FULL_SIZE
+
+    workdir = Path(tempfile.mkdtemp(prefix="contentd-registry-bench-", dir=args.tmpdir))
+    servers: list[Server] = []
+    if ContentdRegistry.available():
+        servers.append(ContentdRegistry(workdir / CONTENTD))
+    else:
+        progress("contentd serve has no --http: running docker-registry alone")
+    if DockerRegistry.available():
+        servers.append(DockerRegistry(workdir / DOCKER_REGISTRY))
+    else:
+        progress("docker-registry is not installed (no `docker-registry` on PATH)")
+    if not servers:
+        shutil.rmtree(workdir, ignore_errors=True)
+        progress("nothing to measure")
+        return 1
+    environment = environment_lines(workdir)
+    for key, value in environment.items():
+        progress(f"{key}: {value}")
+
+    found: dict[tuple[str, str], Series] = {}
+    disk: list[float] = []
+    timings: dict[str, float] = {}
+    try:
+        with terminated_as_exit():
+            data = Data(workdir / "data")
+            for number in range(1, args.rounds + 1):
+                started = time.monotonic()
+                blob = data.random_blob(f"round-{number}", size)
+                timings[f"round-{number}/prepare"] = time.monotonic() - started
+                disk.append(disk_rate(blob, workdir))
+                progress(f"disk: round {number}: {disk[-1]:,.1f} MB/s written and fdatasync'd")
+                for server in servers:
+                    started = time.monotonic()
+                    for case, done in run_round(server, blob, number, progress).items():
+                        found.setdefault((case, server.name), Series(case, server.name))
+                        found[(case, server.name)].rounds.append(done)
+                    timings[f"round-{number}/{server.name}"] = time.monotonic() - started
+                blob.path.unlink()
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            progress(f"removing {workdir}")
+            shutil.rmtree(workdir, ignore_errors=True)
+    timings["total"] = time.monotonic() - progress.started
+    environment["load average at end (1/5/15 min)"] = load_average()
+    progress(f"done in {timings['total']:.1f} s")
+
+    print(report(environment, found, size, disk))
+    if args.json:
+        write_json(args.json, environment, args, size, found, disk, timings)
+        progress(f"raw numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
