@@ -42,6 +42,9 @@ class Manifest:
     #: Manifests an index needs in the repository.
     manifests: tuple[str, ...]
     subject: str | None
+    #: What a referrer is (its artifactType, else its config's media type).
+    artifact_type: str = ""
+    annotations: dict[str, str] | None = None
 
 
 def _invalid(message: str) -> InvalidArgument:
@@ -109,11 +112,34 @@ def parse_manifest(body: bytes, content_type: str) -> Manifest:
     media_type = _media_type(document, content_type)
     subject = document.get("subject")
     subject_digest = _descriptor(subject, "subject")["digest"] if subject is not None else None
+    artifact_type = document.get("artifactType") or ""
+    if not isinstance(artifact_type, str):
+        raise _invalid("artifactType is not a string")
+    annotations = document.get("annotations")
+    if annotations is not None and (
+        not isinstance(annotations, dict)
+        or not all(isinstance(v, str) for v in annotations.values())
+    ):
+        raise _invalid("annotations are not a map of strings")
     if media_type in INDEXES:
         manifests = _descriptors(document, "manifests")
-        return Manifest(media_type, (), tuple(m["digest"] for m in manifests), subject_digest)
+        return Manifest(
+            media_type,
+            (),
+            tuple(m["digest"] for m in manifests),
+            subject_digest,
+            artifact_type,
+            annotations,
+        )
     config = _descriptor(document.get("config"), "config")
     layers = _descriptors(document, "layers")
     # Foreign (non-distributable) layers live elsewhere, named by their urls.
     needed = [config["digest"]] + [layer["digest"] for layer in layers if not layer.get("urls")]
-    return Manifest(media_type, tuple(needed), (), subject_digest)
+    return Manifest(
+        media_type,
+        tuple(needed),
+        (),
+        subject_digest,
+        artifact_type or config["mediaType"],
+        annotations,
+    )

@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ from contentd.errdefs import (
 )
 
 from ._htpasswd import Htpasswd
-from ._manifests import MAX_MANIFEST_BYTES, parse_manifest
-from ._registry_index import RegistryIndex
+from ._manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
+from ._registry_index import Referrer, RegistryIndex
 from ._uploads import UploadSessions, new_session_id, upload_ref
 
 _log = logging.getLogger("contentd.daemon")
@@ -79,6 +80,7 @@ _ROUTES: Final = (
     ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)")),
     ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)")),
     ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list")),
+    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)")),
 )
 
 
@@ -104,6 +106,20 @@ class HttpOptions:
 
 def _error(cls: type[ContentdError], message: str, code: str, **metadata: str) -> ContentdError:
     return cls(message, reason=code, metadata=metadata)
+
+
+# What some errors add to their answer: a status the descriptor table does not
+# give (413 for an oversized manifest), headers (the upload's Range on a 416).
+_ANSWER_EXTRAS: weakref.WeakKeyDictionary[ContentdError, tuple[int | None, dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _answered_with(
+    error: ContentdError, *, status: int | None = None, headers: dict[str, str] | None = None
+) -> ContentdError:
+    _ANSWER_EXTRAS[error] = (status, headers or {})
+    return error
 
 
 def _blob_unknown(digest: str) -> ContentdError:
@@ -136,7 +152,11 @@ def _page_size(request: web.Request) -> int:
     if text is None or text == "":
         return DEFAULT_PAGE
     if not text.isdigit():
-        raise InvalidArgument(f"page size n={text[:20]!r}: must be a whole number")
+        raise _error(
+            InvalidArgument,
+            f"page size n={text[:20]!r}: must be a whole number",
+            "PAGINATION_NUMBER_INVALID",
+        )
     return min(int(text), MAX_PAGE)
 
 
@@ -150,6 +170,32 @@ def _parse_content_range(text: str) -> tuple[int, int]:
     if match is None or int(match[2]) < int(match[1]):
         raise _error(OutOfRange, f"Content-Range {text[:60]!r}", "RANGE_INVALID")
     return int(match[1]), int(match[2])
+
+
+_UNSATISFIABLE: Final = (-1, -1)
+_BYTE_RANGE: Final = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The ``[start, stop)`` a Range header asks of `size` bytes (RFC 9110, 14.1.2).
+
+    None serves the whole blob: no header, or one this server does not take
+    (several ranges, another unit, nonsense), which RFC 9110 lets it ignore.
+    `_UNSATISFIABLE` when the range lies past the end, or asks for 0 bytes.
+    """
+    match = _BYTE_RANGE.fullmatch(header) if header else None
+    if match is None or not (match[1] or match[2]):
+        return None
+    if not match[1]:  # "-N": the last N bytes
+        suffix = int(match[2])
+        return (max(0, size - suffix), size) if suffix and size else _UNSATISFIABLE
+    first = int(match[1])
+    if match[2] and int(match[2]) < first:
+        return None
+    if first >= size:
+        return _UNSATISFIABLE
+    last = int(match[2]) if match[2] else size - 1
+    return first, min(last + 1, size)
 
 
 class Registry:
@@ -219,14 +265,15 @@ class Registry:
 
     def _error_response(self, request: web.Request, exc: Exception) -> web.Response:
         answer = to_http(exc)
-        response = web.Response(
-            status=answer.status, body=answer.body, content_type="application/json"
-        )
-        if answer.status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="contentd"'
-        extra = getattr(exc, "response_headers", None)
-        if isinstance(extra, dict):
-            response.headers.update(extra)
+        status = answer.status
+        headers: dict[str, str] = {"Content-Type": answer.content_type}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="contentd"'
+        if isinstance(exc, ContentdError) and exc in _ANSWER_EXTRAS:
+            extra_status, extra_headers = _ANSWER_EXTRAS.pop(exc)
+            status = extra_status or status
+            headers.update(extra_headers)
+        response = web.Response(status=status, body=answer.body, headers=headers)
         _log.debug("%s %s: %d %s", request.method, request.path, answer.status, exc)
         return response
 
@@ -285,24 +332,16 @@ class Registry:
             API_VERSION[0]: API_VERSION[1],
             SERVER[0]: SERVER[1],
         }
-        if request.headers.get("Range"):
-            try:
-                wanted = request.http_range
-            except ValueError:
-                wanted = None  # not a range we understand: the whole blob, as RFC 9110 says
-            if wanted is not None and (wanted.start is not None or wanted.stop is not None):
-                first = wanted.start if wanted.start is not None else 0
-                if first < 0:  # "bytes=-N": the last N bytes
-                    first = max(0, size + first)
-                stop = size if wanted.stop is None else min(wanted.stop, size)
-                if first >= size or stop <= first:
-                    error = _error(
-                        OutOfRange, f"range of {digest} beyond its {size} bytes", "RANGE_INVALID"
-                    )
-                    error.response_headers = {"Content-Range": f"bytes */{size}"}  # type: ignore[attr-defined]
-                    raise error
-                start, count, status = first, stop - first, 206
-                headers["Content-Range"] = f"bytes {first}-{stop - 1}/{size}"
+        wanted = _byte_range(request.headers.get("Range"), size)
+        if wanted is _UNSATISFIABLE:
+            raise _answered_with(
+                _error(OutOfRange, f"range of {digest} beyond its {size} bytes", "RANGE_INVALID"),
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        if wanted is not None:
+            first, stop = wanted
+            start, count, status = first, stop - first, 206
+            headers["Content-Range"] = f"bytes {first}-{stop - 1}/{size}"
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = count
         await response.prepare(request)
@@ -348,12 +387,14 @@ class Registry:
 
     async def _start_upload(self, request: web.Request, name: str, _: str) -> web.StreamResponse:
         query = request.query
-        mount = query.get("mount")
-        if mount is not None:
-            digest = _parse_digest(mount)
-            source = query.get("from")
-            if source is not None and await self._mount(name, _parse_name(source), digest):
-                return self._created(name, digest)
+        mount, source = query.get("mount"), query.get("from")
+        # A mount that cannot be done, whatever the reason, starts an upload instead
+        # (the spec's SHOULD; the client then pushes the blob).
+        if mount and source and _NAME.fullmatch(source) and len(source) <= _MAX_NAME:
+            with contextlib.suppress(InvalidArgument):
+                digest = validate_digest(mount)
+                if await self._mount(name, source, digest):
+                    return self._created(name, digest)
         if "digest" in query:
             digest = _parse_digest(query["digest"])
             await self._store_whole(request, digest)
@@ -436,13 +477,14 @@ class Registry:
             return
         start, end = _parse_content_range(text)
         if start != offset:
-            error = _error(
-                OutOfRange,
-                f"upload {session}: chunk starts at {start}, the upload holds {offset} bytes",
-                "RANGE_INVALID",
+            raise _answered_with(
+                _error(
+                    OutOfRange,
+                    f"upload {session}: chunk starts at {start}, the upload holds {offset} bytes",
+                    "RANGE_INVALID",
+                ),
+                headers=self._upload_headers(name, session, offset),
             )
-            error.response_headers = self._upload_headers(name, session, offset)  # type: ignore[attr-defined]
-            raise error
         length = request.content_length
         if length is not None and length != end - start + 1:
             raise _error(
@@ -531,10 +573,13 @@ class Registry:
     ) -> web.StreamResponse:
         length = request.content_length
         if length is not None and length > MAX_MANIFEST_BYTES:
-            raise _error(
-                InvalidArgument,
-                f"manifest of {length} bytes: more than the {MAX_MANIFEST_BYTES} allowed",
-                "MANIFEST_INVALID",
+            raise _answered_with(
+                _error(
+                    InvalidArgument,
+                    f"manifest of {length} bytes: more than the {MAX_MANIFEST_BYTES} allowed",
+                    "MANIFEST_INVALID",
+                ),
+                status=413,  # the spec's answer to a manifest over the registry's limit
             )
         body = await request.read()
         tag: str | None = None
@@ -571,8 +616,26 @@ class Registry:
             await self._run(
                 self._store.put, upload_ref(name, new_session_id()), body, expected=digest
             )
+        referrer = None
+        if manifest.subject is not None:
+            descriptor: dict[str, Any] = {
+                "mediaType": manifest.media_type,
+                "digest": digest,
+                "size": len(body),
+            }
+            if manifest.artifact_type:
+                descriptor["artifactType"] = manifest.artifact_type
+            if manifest.annotations:
+                descriptor["annotations"] = manifest.annotations
+            referrer = Referrer(manifest.subject, descriptor, manifest.artifact_type)
         await self._run(
-            self._index.put_manifest, self._namespace, name, digest, manifest.media_type, tag
+            self._index.put_manifest,
+            self._namespace,
+            name,
+            digest,
+            manifest.media_type,
+            tag,
+            referrer,
         )
         headers = {
             "Location": f"/v2/{name}/manifests/{digest}",
@@ -607,6 +670,20 @@ class Registry:
         return web.Response(status=202)
 
     # Listing
+
+    async def _referrers(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
+        subject = _parse_digest(arg)
+        artifact_type = request.query.get("artifactType") or None
+        manifests = await self._run(
+            self._index.referrers, self._namespace, name, subject, artifact_type
+        )
+        response = web.json_response(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests},
+            content_type=OCI_INDEX,
+        )
+        if artifact_type is not None:
+            response.headers["OCI-Filters-Applied"] = "artifactType"
+        return response
 
     async def _tags(self, request: web.Request, name: str, _: str) -> web.StreamResponse:
         limit = _page_size(request)
@@ -648,6 +725,7 @@ class Registry:
         ("manifest", "PUT", True): _put_manifest,
         ("manifest", "DELETE", True): _delete_manifest,
         ("tags", "GET", False): _tags,
+        ("referrers", "GET", True): _referrers,
     }
 
 

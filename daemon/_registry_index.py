@@ -11,10 +11,13 @@ read checks the store before it answers.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from contentd.errdefs import ResourceExhausted, Unavailable
 
@@ -36,6 +39,15 @@ CREATE TABLE IF NOT EXISTS manifests (
     media_type TEXT NOT NULL,
     PRIMARY KEY (namespace, repository, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS referrers (
+    namespace TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    artifact_type TEXT NOT NULL,
+    PRIMARY KEY (namespace, repository, subject, digest)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tags (
     namespace TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -44,6 +56,15 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (namespace, repository, tag)
 ) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """A manifest as a referrer of its subject: the descriptor listed for it."""
+
+    subject: str
+    descriptor: dict[str, Any]
+    artifact_type: str
 
 
 class RegistryIndex:
@@ -120,14 +141,36 @@ class RegistryIndex:
     # Manifests and tags
 
     def put_manifest(
-        self, namespace: str, repository: str, digest: str, media_type: str, tag: str | None
+        self,
+        namespace: str,
+        repository: str,
+        digest: str,
+        media_type: str,
+        tag: str | None,
+        referrer: Referrer | None = None,
     ) -> None:
-        """Record manifest `digest` in `repository`, and point `tag` at it if given."""
+        """Record manifest `digest` in `repository`, and point `tag` at it if given.
+
+        A manifest with a subject is recorded as one of its referrers, by the
+        descriptor the referrers API answers with.
+        """
         with self._transaction(f"recording manifest {digest} in {repository}") as db:
             db.execute(
                 "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
                 (namespace, repository, digest, media_type),
             )
+            if referrer is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        namespace,
+                        repository,
+                        referrer.subject,
+                        digest,
+                        json.dumps(referrer.descriptor, sort_keys=True),
+                        referrer.artifact_type,
+                    ),
+                )
             if tag is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
@@ -165,6 +208,10 @@ class RegistryIndex:
                 (namespace, repository, digest),
             )
             db.execute(
+                "DELETE FROM referrers WHERE namespace = ? AND repository = ? AND digest = ?",
+                (namespace, repository, digest),
+            )
+            db.execute(
                 "DELETE FROM tags WHERE namespace = ? AND repository = ? AND digest = ?",
                 (namespace, repository, digest),
             )
@@ -191,6 +238,21 @@ class RegistryIndex:
             limit,
         )
         return [row[0] for row in rows]
+
+    def referrers(
+        self, namespace: str, repository: str, subject: str, artifact_type: str | None = None
+    ) -> list[dict[str, object]]:
+        """The descriptors of manifests in `repository` whose subject is `subject`."""
+        sql = (
+            "SELECT descriptor FROM referrers WHERE namespace = ? AND repository = ? "
+            "AND subject = ?"
+        )
+        parameters: list[str] = [namespace, repository, subject]
+        if artifact_type is not None:
+            sql += " AND artifact_type = ?"
+            parameters.append(artifact_type)
+        rows = self._query(f"listing referrers of {subject}", sql + " ORDER BY digest", *parameters)
+        return [json.loads(row[0]) for row in rows]
 
     def repository_exists(self, namespace: str, repository: str) -> bool:
         """Whether anything was ever pushed to `repository` and is still recorded."""

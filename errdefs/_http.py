@@ -124,6 +124,13 @@ REGISTRY_DESCRIPTORS: tuple[ErrorDescriptor, ...] = (
         InvalidArgument,
     ),
     ErrorDescriptor(
+        "PAGINATION_NUMBER_INVALID",
+        "invalid number of results requested",
+        "The page size `n` of a listing is not a whole number.",
+        400,
+        InvalidArgument,
+    ),
+    ErrorDescriptor(
         "RANGE_INVALID",
         "invalid content range",
         "A chunk's Content-Range does not start at the upload's current offset.",
