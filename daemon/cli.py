@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -200,6 +201,8 @@ def serve(
     # filelock narrates every acquire at debug; ours says what matters.
     logging.getLogger("filelock").setLevel(logging.WARNING)
     pin_allocator_thresholds()
+    # `kill -USR1 PID` prints every thread's stack on stderr: what a stuck daemon is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # `contentd --root DIR serve` names the store with the global option.
     parent = ctx.parent.params if ctx.parent is not None else {}
     root = root or parent.get("root") or default_root()

@@ -1151,3 +1151,14 @@ def test_write_stream_refused_at_its_first_message_leaves_no_ingest(
         error = refusal(lambda: stream.send(first), Code.INVALID_ARGUMENT)
     assert error.message == refused
     refusal(lambda: status(stub, ns, "odd"), Code.NOT_FOUND)
+
+
+def test_sigusr1_prints_every_threads_stack_and_keeps_serving(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "root") as daemon:
+        daemon.process.send_signal(signal.SIGUSR1)
+        assert poll(lambda: "Current thread" in daemon.logged(), timeout=10)
+        assert "Thread 0x" in daemon.logged()  # the others too
+        assert daemon.process.poll() is None
+        with content_stub(daemon.address) as stub, pytest.raises(grpc.RpcError) as missing:
+            status(stub, "default", "no-such-ref")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -64,6 +64,21 @@ def upload_offset(daemon: DaemonProcess, location: str) -> int:
     return 0 if end == 0 else end + 1
 
 
+def complete_upload(daemon: DaemonProcess, location: str, data: bytes) -> int:
+    """Send what the upload lacks of `data` from where it stands, then complete it.
+
+    Returns the offset the upload stood at.
+    """
+    offset = upload_offset(daemon, location)
+    status, _, _ = request(
+        daemon, "PATCH", location, data[offset:], {"Content-Range": f"{offset}-{len(data) - 1}"}
+    )
+    assert status == 202
+    status, _, _ = request(daemon, "PUT", f"{location}?digest={sha256(data)}")
+    assert status == 201
+    return offset
+
+
 class PartialPatch:
     """A PATCH whose headers and first bytes went out, and whose body is still owed."""
 
@@ -122,20 +137,9 @@ def test_upload_killed_mid_patch_resumes_after_restart(root: Path) -> None:
         daemon.kill()
     daemon = start_daemon(root, "--http", "127.0.0.1:0")
     try:
-        offset = upload_offset(daemon, location)
+        offset = complete_upload(daemon, location, data)
         assert 3 * MIB <= offset <= 4 * MIB
-        status, _, _ = request(
-            daemon,
-            "PATCH",
-            location,
-            data[offset:],
-            {"Content-Range": f"{offset}-{len(data) - 1}"},
-        )
-        assert status == 202
-        digest = sha256(data)
-        status, _, _ = request(daemon, "PUT", f"{location}?digest={digest}")
-        assert status == 201
-        status, _, body = request(daemon, "GET", f"/v2/robust/app/blobs/{digest}")
+        status, _, body = request(daemon, "GET", f"/v2/robust/app/blobs/{sha256(data)}")
         assert status == 200
         assert body == data
     finally:
@@ -362,13 +366,7 @@ def test_sigterm_with_an_upload_mid_body_keeps_its_bytes(root: Path) -> None:
         daemon.kill()
     daemon = start_daemon(root, "--http", "127.0.0.1:0")
     try:
-        offset = upload_offset(daemon, location)
+        offset = complete_upload(daemon, location, data)
         assert 0 < offset <= MIB
-        status, _, _ = request(
-            daemon, "PATCH", location, data[offset:], {"Content-Range": f"{offset}-{len(data) - 1}"}
-        )
-        assert status == 202
-        status, _, _ = request(daemon, "PUT", f"{location}?digest={sha256(data)}")
-        assert status == 201
     finally:
         daemon.stop()

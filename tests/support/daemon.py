@@ -41,6 +41,15 @@ class DaemonProcess:
             self.process.send_signal(sig)
         try:
             return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Ask the stuck daemon for its threads' stacks (faulthandler, on SIGUSR1).
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            self.kill()
+            raise RuntimeError(
+                f"contentd did not exit within {timeout:g} s of signal {sig}; it logged:\n"
+                f"{self.logged()[-30000:]}"
+            ) from None
         finally:
             self._remove_socket_dir()
 
