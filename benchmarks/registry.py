@@ -32,7 +32,7 @@ from typing import Final, TypeVar
 
 try:
     from clients import Blob, Timed
-    from environment import describe, load_average
+    from environment import describe
     from measure import Monitor, Usage
     from registry_client import (
         Go,
@@ -46,7 +46,7 @@ try:
         run_client,
     )
     from registry_servers import DOCKER_REGISTRY, ContentdRegistry, DockerRegistry
-    from run import Progress, terminated_as_exit
+    from run import Progress, finish_timings, serving
     from servers import CONTENTD, Running, Server
     from workloads import Data, human_bytes
 except ModuleNotFoundError as missing:
@@ -416,33 +416,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     found: dict[tuple[str, str], Series] = {}
     disk: list[float] = []
     timings: dict[str, float] = {}
-    try:
-        with terminated_as_exit():
-            data = Data(workdir / "data")
-            for number in range(1, args.rounds + 1):
+    with serving(servers, workdir, keep=args.keep, progress=progress):
+        data = Data(workdir / "data")
+        for number in range(1, args.rounds + 1):
+            started = time.monotonic()
+            blob = data.random_blob(f"round-{number}", size)
+            timings[f"round-{number}/prepare"] = time.monotonic() - started
+            disk.append(disk_rate(blob, workdir))
+            progress(f"disk: round {number}: {disk[-1]:,.1f} MB/s written and fdatasync'd")
+            for server in servers:
                 started = time.monotonic()
-                blob = data.random_blob(f"round-{number}", size)
-                timings[f"round-{number}/prepare"] = time.monotonic() - started
-                disk.append(disk_rate(blob, workdir))
-                progress(f"disk: round {number}: {disk[-1]:,.1f} MB/s written and fdatasync'd")
-                for server in servers:
-                    started = time.monotonic()
-                    for case, done in run_round(server, blob, number, progress).items():
-                        found.setdefault((case, server.name), Series(case, server.name))
-                        found[(case, server.name)].rounds.append(done)
-                    timings[f"round-{number}/{server.name}"] = time.monotonic() - started
-                blob.path.unlink()
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            progress(f"kept {workdir}")
-        else:
-            progress(f"removing {workdir}")
-            shutil.rmtree(workdir, ignore_errors=True)
-    timings["total"] = time.monotonic() - progress.started
-    environment["load average at end (1/5/15 min)"] = load_average()
-    progress(f"done in {timings['total']:.1f} s")
+                for case, done in run_round(server, blob, number, progress).items():
+                    found.setdefault((case, server.name), Series(case, server.name))
+                    found[(case, server.name)].rounds.append(done)
+                timings[f"round-{number}/{server.name}"] = time.monotonic() - started
+            blob.path.unlink()
+    finish_timings(timings, environment, progress)
 
     print(report(environment, found, size, disk))
     if args.json:

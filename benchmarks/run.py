@@ -104,6 +104,34 @@ def terminated_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def serving(
+    servers: Sequence[Server], workdir: Path, *, keep: bool, progress: Progress
+) -> Iterator[None]:
+    """The measuring part of a run: however it ends (error, SIGTERM, ^C), every server
+    is stopped and the work directory removed (unless `keep`)."""
+    try:
+        with terminated_as_exit():
+            yield
+    finally:
+        for server in servers:
+            server.stop()
+        if keep:
+            progress(f"kept {workdir}")
+        else:
+            progress(f"removing {workdir}")
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def finish_timings(
+    timings: dict[str, float], environment: dict[str, str], progress: Progress
+) -> None:
+    """Record the run's total time and the load average it ended with."""
+    timings["total"] = time.monotonic() - progress.started
+    environment["load average at end (1/5/15 min)"] = load_average()
+    progress(f"done in {timings['total']:.1f} s")
+
+
 def run_workload(
     workload: Workload, server: Server, scale: Scale, data: Data, progress: Progress
 ) -> list[Result]:
@@ -256,28 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[Result] = []
     timings: dict[str, float] = {}
-    try:
-        with terminated_as_exit():
-            data = Data(workdir / "data")
-            for workload in selected:
+    with serving(servers, workdir, keep=args.keep, progress=progress):
+        data = Data(workdir / "data")
+        for workload in selected:
+            started = time.monotonic()
+            workload.prepare(data, scale)
+            timings[f"{workload.name}/prepare"] = time.monotonic() - started
+            for server in servers:
                 started = time.monotonic()
-                workload.prepare(data, scale)
-                timings[f"{workload.name}/prepare"] = time.monotonic() - started
-                for server in servers:
-                    started = time.monotonic()
-                    results += run_workload(workload, server, scale, data, progress)
-                    timings[f"{workload.name}/{server.name}"] = time.monotonic() - started
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            progress(f"kept {workdir}")
-        else:
-            progress(f"removing {workdir}")
-            shutil.rmtree(workdir, ignore_errors=True)
-    timings["total"] = time.monotonic() - progress.started
-    environment["load average at end (1/5/15 min)"] = load_average()
-    progress(f"done in {timings['total']:.1f} s")
+                results += run_workload(workload, server, scale, data, progress)
+                timings[f"{workload.name}/{server.name}"] = time.monotonic() - started
+    finish_timings(timings, environment, progress)
 
     print(report(environment, results))
     if args.json:

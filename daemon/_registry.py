@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import IO, Any, Final, ParamSpec, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from contentd.content import LocalStore, LocalWriter, validate_digest
+from contentd.content import BlobReader, LocalStore, LocalWriter, validate_digest
 from contentd.errdefs import (
     AlreadyExists,
     ContentdError,
@@ -302,13 +302,10 @@ class Registry:
 
     # Blobs
 
-    async def _linked_blob(self, name: str, digest: str) -> None:
-        if not await self._run(self._index.has_blob, self._namespace, name, digest):
-            raise _blob_unknown(digest)
-
     async def _blob(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
         digest = _parse_digest(arg)
-        await self._linked_blob(name, digest)
+        if not await self._run(self._index.has_blob, self._namespace, name, digest):
+            raise _blob_unknown(digest)
         try:
             reader = await self._run(self._store.reader_at, digest)
         except NotFound:
@@ -319,7 +316,7 @@ class Registry:
             reader.close()
 
     async def _send_blob(
-        self, request: web.Request, reader: Any, digest: str
+        self, request: web.Request, reader: BlobReader, digest: str
     ) -> web.StreamResponse:
         size = reader.size
         start, count, status = 0, size, 200
@@ -352,7 +349,10 @@ class Registry:
         if transport is None:
             raise ConnectionResetError("the client went away")
         try:
-            await asyncio.get_running_loop().sendfile(transport, reader, start, count)
+            # sendfile needs only the file's descriptor (and seek), which the reader has.
+            await asyncio.get_running_loop().sendfile(
+                transport, cast("IO[bytes]", reader), start, count
+            )
         except NotImplementedError:  # TLS: the bytes must pass through the loop
             offset, end = start, start + count
             while offset < end:
@@ -405,11 +405,7 @@ class Registry:
 
     async def _mount(self, name: str, source: str, digest: str) -> bool:
         """Link `digest` from repository `source` into `name`, if `source` has it."""
-        if not await self._run(self._index.has_blob, self._namespace, source, digest):
-            return False
-        try:
-            await self._run(self._store.info, digest)
-        except NotFound:
+        if not await self._present(source, digest):
             return False
         await self._run(self._index.link_blob, self._namespace, name, digest)
         return True

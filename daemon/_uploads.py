@@ -15,7 +15,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from contentd.content import LocalStore, LocalWriter
 from contentd.errdefs import NotFound, ResourceExhausted, Unavailable
@@ -25,7 +25,6 @@ BLOB_UPLOAD_UNKNOWN: Final = "BLOB_UPLOAD_UNKNOWN"
 #: Refused: every upload writer the daemon keeps open is in use.
 TOO_MANY_UPLOADS: Final = "TOO_MANY_UPLOADS"
 
-T = TypeVar("T")
 #: Runs a blocking store call off the event loop.
 Runner = Callable[..., "asyncio.Future[Any]"]
 
