@@ -16,7 +16,6 @@ import hashlib
 import logging
 import re
 import socket
-import ssl
 import threading
 import time
 import weakref
@@ -45,6 +44,7 @@ from contentd.errdefs import (
 from ._htpasswd import Htpasswd
 from ._manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from ._registry_index import Referrer, RegistryIndex
+from ._tls import TLSFiles
 from ._uploads import UploadSessions, new_session_id, upload_ref
 
 _log = logging.getLogger("contentd.daemon")
@@ -645,11 +645,7 @@ class Registry:
         """Whether `name` holds `digest` and the store still has its bytes."""
         if not await self._run(self._index.has_blob, self._namespace, name, digest):
             return False
-        try:
-            await self._run(self._store.info, digest)
-        except NotFound:
-            return False
-        return True
+        return await self._run(self._stored, digest)
 
     async def _delete_manifest(
         self, request: web.Request, name: str, reference: str
@@ -686,13 +682,42 @@ class Registry:
         last = request.query.get("last", "")
         if not await self._run(self._index.repository_exists, self._namespace, name):
             raise _error(NotFound, f"repository {name}", "NAME_UNKNOWN", name=name)
-        tags = await self._run(self._index.tags, self._namespace, name, after=last, limit=limit + 1)
+        tags = await self._run(self._live_tags, name, last, limit + 1)
         response = web.json_response({"name": name, "tags": tags[:limit]})
         if len(tags) > limit and limit:
             response.headers["Link"] = _next_link(
                 f"/v2/{quote(name)}/tags/list", limit, tags[limit - 1]
             )
         return response
+
+    def _live_tags(self, name: str, after: str, limit: int) -> list[str]:
+        """Up to `limit` tags of `name` sorted after `after` whose manifest the store still has.
+
+        A manifest deleted over gRPC (`ctr content rm`) leaves its tags in the
+        index, where reading them answers MANIFEST_UNKNOWN; they are not listed
+        (and are again if the manifest is stored again).
+        """
+        live: list[str] = []
+        stored: dict[str, bool] = {}
+        while len(live) < limit:
+            wanted = limit - len(live)
+            rows = self._index.tags(self._namespace, name, after=after, limit=wanted)
+            for tag, digest in rows:
+                if digest not in stored:
+                    stored[digest] = self._stored(digest)
+                if stored[digest]:
+                    live.append(tag)
+            if len(rows) < wanted:
+                break
+            after = rows[-1][0]
+        return live
+
+    def _stored(self, digest: str) -> bool:
+        try:
+            self._store.info(digest)
+        except NotFound:
+            return False
+        return True
 
     async def _catalog(self, request: web.Request) -> web.StreamResponse:
         limit = _page_size(request)
@@ -725,15 +750,6 @@ class Registry:
     }
 
 
-def _ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    if client_ca is not None:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 class HttpServer:
     """The registry on its own thread and event loop: bind, `start`, `stop`."""
 
@@ -743,7 +759,7 @@ class HttpServer:
         options: HttpOptions,
         *,
         grace: float = 10.0,
-        tls: tuple[Path, Path, Path | None] | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         host, sep, port = options.address.rpartition(":")
         if not sep or not port.isdigit():
@@ -762,7 +778,7 @@ class HttpServer:
             raise FailedPrecondition(
                 f"cannot listen on {options.address} for HTTP: {exc.strerror}"
             ) from None
-        self._ssl = _ssl_context(*tls) if tls is not None else None
+        self._ssl = tls.ssl_context() if tls is not None else None
         bound_host, bound_port = self._socket.getsockname()[:2]
         scheme = "https" if self._ssl is not None else "http"
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

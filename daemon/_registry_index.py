@@ -226,18 +226,20 @@ class RegistryIndex:
             )
             return cursor.rowcount > 0
 
-    def tags(self, namespace: str, repository: str, *, after: str = "", limit: int) -> list[str]:
-        """Up to `limit` tags of `repository` sorted after `after`, in lexical order."""
+    def tags(
+        self, namespace: str, repository: str, *, after: str = "", limit: int
+    ) -> list[tuple[str, str]]:
+        """Up to `limit` (tag, digest) pairs of `repository` sorted after `after`, by tag."""
         rows = self._query(
             f"listing tags of {repository}",
-            "SELECT tag FROM tags WHERE namespace = ? AND repository = ? AND tag > ? "
+            "SELECT tag, digest FROM tags WHERE namespace = ? AND repository = ? AND tag > ? "
             "ORDER BY tag LIMIT ?",
             namespace,
             repository,
             after,
             limit,
         )
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     def referrers(
         self, namespace: str, repository: str, subject: str, artifact_type: str | None = None

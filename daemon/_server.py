@@ -163,13 +163,7 @@ class Daemon:
             self.addresses.append(self._listen(address))
         self._http: HttpServer | None = None
         if options.http is not None:
-            tls = options.tls
-            self._http = HttpServer(
-                store,
-                options.http,
-                grace=options.grace,
-                tls=(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
-            )
+            self._http = HttpServer(store, options.http, grace=options.grace, tls=options.tls)
 
     def _listen(self, address: str) -> str:
         path = _socket_path(address)

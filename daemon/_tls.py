@@ -64,6 +64,8 @@ class _Loaded:
     cert: bytes
     key: bytes
     client_ca: bytes | None
+    #: A server context holding the same pair (and client CAs), for the HTTP face.
+    context: ssl.SSLContext
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -78,7 +80,8 @@ class TLSFiles:
     `cert` holds the daemon's certificate chain, `key` its unencrypted private
     key; with `client_ca`, clients must present a certificate signed by one of
     its certificates (mutual TLS). The files are read again when they change,
-    so a rotated certificate serves new connections without a restart.
+    so a rotated certificate serves new connections without a restart, on the
+    gRPC listeners and on the registry alike.
     """
 
     cert: Path
@@ -98,6 +101,7 @@ class TLSFiles:
             client_ca = _read(self.client_ca, "client CA")
             _check_certificates(client_ca, self.client_ca, "client CA")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self.cert, self.key, password=_refuse_encrypted_key)
         except InvalidArgument as exc:
@@ -110,7 +114,10 @@ class TLSFiles:
             raise InvalidArgument(f"TLS key {self.key}: no PEM private key in it") from None
         except OSError as exc:
             raise InvalidArgument(f"TLS key {self.key}: {exc.strerror}") from None
-        return _Loaded(cert, key, client_ca)
+        if client_ca is not None:
+            context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return _Loaded(cert, key, client_ca, context)
 
     def _stamps(self) -> tuple[_FileStamp, ...] | None:
         stamps = []
@@ -126,29 +133,40 @@ class TLSFiles:
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials for `grpc.Server.add_secure_port`, following changes to the files."""
-        reloader = _Reloader(self)
+        follower = _Follower(self)
+        initial = follower.current.configuration()
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            changed = follower.changed()
+            return None if changed is None else changed.configuration()
+
         return grpc.dynamic_ssl_server_credentials(
-            reloader.initial,
+            initial,
             # The stubs miss that None keeps the current configuration.
-            reloader,  # type: ignore[arg-type]
+            fetch,  # type: ignore[arg-type]
             require_client_authentication=self.client_ca is not None,
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server context for asyncio's TLS, following changes to the files."""
+        return _FollowingContext.following(_Follower(self))
 
-class _Reloader:
-    """gRPC asks before every TLS handshake; a change to the files answers a new configuration.
+
+class _Follower:
+    """The files as last loaded, loaded again when they change.
 
     Files caught mid-rotation (a new certificate beside the old key) fail to
-    load: the current configuration stays until the next change completes it.
+    load: the current pair stays until the next change completes it.
     """
 
     def __init__(self, files: TLSFiles) -> None:
         self._files = files
         self._guard = threading.Lock()
         self._stamps = files._stamps()
-        self.initial = files._load().configuration()
+        self.current = files._load()
 
-    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+    def changed(self) -> _Loaded | None:
+        """The newly loaded files if they changed since the last look (and load), else None."""
         with self._guard:
             stamps = self._files._stamps()
             if stamps is None or stamps == self._stamps:
@@ -159,5 +177,36 @@ class _Reloader:
             except InvalidArgument as exc:
                 _log.warning("keeping the current TLS certificate: %s", exc.message)
                 return None
+            self.current = loaded
         _log.info("reloaded the TLS certificate from %s", self._files.cert)
-        return loaded.configuration()
+        return loaded
+
+
+class _FollowingContext(ssl.SSLContext):
+    """An SSLContext whose every new connection is served by the files as they are then.
+
+    asyncio starts each server-side connection with `wrap_bio`, as gRPC asks
+    its fetcher before each handshake; a context cannot drop a client CA once
+    loaded, so each change makes a whole new context rather than amend this one.
+    """
+
+    _follower: _Follower
+
+    @classmethod
+    def following(cls, follower: _Follower) -> _FollowingContext:
+        context = cls(ssl.PROTOCOL_TLS_SERVER)
+        context._follower = follower
+        return context
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        self._follower.changed()
+        return self._follower.current.context.wrap_bio(
+            incoming, outgoing, server_side, server_hostname, session
+        )

@@ -991,6 +991,28 @@ def test_tags_list_page_size_that_is_no_number_is_400_pagination_number_invalid(
     assert_error(registry.get(f"/v2/{repo}/tags/list?n={size}"), 400, "PAGINATION_NUMBER_INVALID")
 
 
+def test_tags_list_leaves_out_tags_whose_manifest_was_removed_over_grpc(
+    registry: RegistryClient, daemon: DaemonProcess, repo: str
+) -> None:
+    kept = push_image(registry, repo, "kept")
+    removed = push_image(registry, repo, "removed")
+    for tag in ("also-removed", "b-removed"):
+        registry.put_manifest(repo, tag, removed.manifest, OCI_MANIFEST)
+    with RemoteStore(daemon.address, namespace=NAMESPACE) as store:
+        store.delete(removed.digest)
+    # A page of one holds the one live tag, though two dead ones sort before it;
+    # the dead one after it earns no link to an empty page.
+    answer = registry.get(f"/v2/{repo}/tags/list?n=1")
+    assert answer.json()["tags"] == ["kept"]
+    assert answer.header("Link") is None
+    assert_error(registry.get(f"/v2/{repo}/manifests/removed"), 404, "MANIFEST_UNKNOWN")
+    # Stored again, the manifest is listed under its tags again.
+    registry.put_manifest(repo, removed.digest, removed.manifest, OCI_MANIFEST)
+    answer = registry.get(f"/v2/{repo}/tags/list")
+    assert answer.json()["tags"] == ["also-removed", "b-removed", "kept", "removed"]
+    assert kept.digest != removed.digest
+
+
 def test_tags_list_of_an_unknown_repository_is_404_name_unknown(
     registry: RegistryClient, repo: str
 ) -> None:

@@ -297,8 +297,10 @@ def _registry_get(url: str, context: ssl.SSLContext | None) -> int:
         return int(answer.status)
 
 
-def _https_context(pki: Pki, client: Identity | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+def _https_context(
+    pki: Pki, client: Identity | None = None, *, ca: Identity | None = None
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str((ca or pki.ca).cert))
     if client is not None:
         context.load_cert_chain(client.cert, client.key)
     return context
@@ -366,6 +368,39 @@ def test_a_replaced_certificate_serves_new_connections(tmp_path: Path, pki: Pki)
         log = daemon.process.logged()
     assert "keeping the current TLS certificate" in log
     assert "reloaded the TLS certificate" in log
+
+
+def test_the_registry_serves_a_replaced_certificate_to_new_connections(
+    tmp_path: Path, pki: Pki
+) -> None:
+    served = Identity(tmp_path / "served.pem", tmp_path / "served.key")
+    rotate(served, pki.server)
+    successor = issue(tmp_path, "successor", pki.other_ca, SERVER_EXTENSIONS)
+    with running_daemon(tmp_path / "root", "--http", "127.0.0.1:0", *tls_flags(served)) as d:
+        assert _registry_get(d.http_url, _https_context(pki)) == 200
+        # Half a rotation (a new certificate beside the old key) keeps the old pair.
+        rotate(served, successor, key=False)
+        assert _registry_get(d.http_url, _https_context(pki)) == 200
+        rotate(served, successor, cert=False)
+        assert _registry_get(d.http_url, _https_context(pki, ca=pki.other_ca)) == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError)):
+            _registry_get(d.http_url, _https_context(pki))
+        log = d.logged()
+    assert "keeping the current TLS certificate" in log
+    assert "reloaded the TLS certificate" in log
+
+
+def test_the_registry_follows_a_replaced_client_ca(tmp_path: Path, pki: Pki) -> None:
+    trusted = Identity(tmp_path / "clients.pem", tmp_path / "unused.key")
+    rotate(trusted, pki.ca, key=False)
+    flags = tls_flags(pki.server, client_ca=trusted)
+    with running_daemon(tmp_path / "root", "--http", "127.0.0.1:0", *flags) as d:
+        assert _registry_get(d.http_url, _https_context(pki, client=pki.client)) == 200
+        rotate(trusted, pki.other_ca, key=False)
+        # The old CA is no longer trusted, not merely joined by the new one.
+        assert _registry_get(d.http_url, _https_context(pki, client=pki.stranger)) == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            _registry_get(d.http_url, _https_context(pki, client=pki.client))
 
 
 # Plaintext on TCP
