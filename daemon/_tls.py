@@ -7,6 +7,7 @@ loopback interface is worth a warning (`is_loopback`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -131,17 +132,26 @@ class TLSFiles:
             stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
         return tuple(stamps)
 
+    @functools.cached_property
+    def _follower(self) -> _Follower:
+        # One for both faces, so a rotation is read (and logged) once.
+        return _Follower(self)
+
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials for `grpc.Server.add_secure_port`, following changes to the files."""
-        follower = _Follower(self)
-        initial = follower.current.configuration()
+        follower = self._follower
+        served = follower.current()
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
-            changed = follower.changed()
-            return None if changed is None else changed.configuration()
+            nonlocal served
+            loaded = follower.current()
+            if loaded is served:
+                return None
+            served = loaded
+            return loaded.configuration()
 
         return grpc.dynamic_ssl_server_credentials(
-            initial,
+            served.configuration(),
             # The stubs miss that None keeps the current configuration.
             fetch,  # type: ignore[arg-type]
             require_client_authentication=self.client_ca is not None,
@@ -149,7 +159,7 @@ class TLSFiles:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context for asyncio's TLS, following changes to the files."""
-        return _FollowingContext.following(_Follower(self))
+        return _FollowingContext.following(self._follower)
 
 
 class _Follower:
@@ -163,21 +173,21 @@ class _Follower:
         self._files = files
         self._guard = threading.Lock()
         self._stamps = files._stamps()
-        self.current = files._load()
+        self._current = files._load()
 
-    def changed(self) -> _Loaded | None:
-        """The newly loaded files if they changed since the last look (and load), else None."""
+    def current(self) -> _Loaded:
+        """The files as they are now, loaded again if they changed since the last look."""
         with self._guard:
             stamps = self._files._stamps()
             if stamps is None or stamps == self._stamps:
-                return None
+                return self._current
             self._stamps = stamps
             try:
                 loaded = self._files._load()
             except InvalidArgument as exc:
                 _log.warning("keeping the current TLS certificate: %s", exc.message)
-                return None
-            self.current = loaded
+                return self._current
+            self._current = loaded
         _log.info("reloaded the TLS certificate from %s", self._files.cert)
         return loaded
 
@@ -206,7 +216,6 @@ class _FollowingContext(ssl.SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
-        self._follower.changed()
-        return self._follower.current.context.wrap_bio(
+        return self._follower.current().context.wrap_bio(
             incoming, outgoing, server_side, server_hostname, session
         )

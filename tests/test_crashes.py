@@ -34,6 +34,7 @@ import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.grpc_client import poll
 from support.store_actor import content as actor_content
+from support.store_actor import spawn as actor
 from support.workload import (
     CheckReport,
     Ledger,
@@ -49,7 +50,6 @@ from contentd.content._root import INGEST_MODE, ingest_key
 
 NAMESPACE = "crash"
 WORKLOAD = Path(__file__).resolve().parent / "support" / "workload.py"
-ACTOR = Path(__file__).resolve().parent / "support" / "store_actor.py"
 #: Daemon kills in the daemon's loop, and client threads working on it;
 #: CONTENTD_CRASH_ROUNDS multiplies every loop's rounds for a longer soak.
 SOAK = int(os.environ.get("CONTENTD_CRASH_ROUNDS", "1"))
@@ -367,15 +367,6 @@ def test_daemonless_processes_killed_beside_a_daemon_lose_nothing(
 
 
 # What the loops above found, one case each
-
-
-def actor(*arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(ACTOR), *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_opening_a_store_while_others_commit_never_fails(tmp_path: Path) -> None:

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.store_actor import CRASH_POINTS
+from support.store_actor import content as actor_content
+from support.store_actor import spawn as actor
 
 from contentd import errdefs
 from contentd.content import LocalStore, digest_of, open_store
-
-ACTOR = Path(__file__).resolve().parent / "support" / "store_actor.py"
-CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
-
-
-def actor(*arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(ACTOR), *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def actor_content(size: int) -> bytes:
-    pattern = b"contentd crosses processes. "
-    return (pattern * (size // len(pattern) + 1))[:size]
 
 
 @pytest.fixture

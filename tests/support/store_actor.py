@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,16 @@ from contentd import errdefs
 from contentd.content import _fs, _metadata, _root, _store, _writer, digest_of, open_store
 
 CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
+
+
+def spawn(*arguments: str) -> subprocess.Popen[str]:
+    """Run this script with `arguments` in a process of its own, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, __file__, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def content(size: int) -> bytes:
