@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
+import grpc.experimental
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from contentd.content import (
@@ -47,6 +48,9 @@ WRITE_CHUNK: Final = 1 << 20
 WRITE_WINDOW: Final = 4
 #: The request metadata key containerd daemons read the namespace from.
 NAMESPACE_HEADER: Final = "containerd-namespace"
+
+#: The Content service's Write method, as it is named on the wire.
+WRITE_METHOD: Final = f"/{api.DESCRIPTOR.services_by_name['Content'].full_name}/Write"
 
 _T = TypeVar("_T")
 
@@ -92,6 +96,16 @@ def _translated() -> Iterator[None]:
         raise from_grpc(exc) from exc
 
 
+def _open_channel(
+    target: str,
+    settings: Sequence[tuple[str, object]],
+    credentials: grpc.ChannelCredentials | None,
+) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target, options=settings)
+    return grpc.secure_channel(target, credentials, options=settings)
+
+
 class _Channel:
     """One gRPC channel and stub, shared by the namespace views of a RemoteStore."""
 
@@ -117,13 +131,30 @@ class _Channel:
             *options,
         ]
         target = channel_target(address)
-        if tls is None:
-            self.channel = grpc.insecure_channel(target, options=settings)
-        else:
-            self.channel = grpc.secure_channel(target, tls.channel_credentials(), options=settings)
+        credentials = tls.channel_credentials() if tls else None
+        self.channel = _open_channel(target, settings, credentials)
         self.stub = content_pb2_grpc.ContentStub(self.channel)  # type: ignore[no-untyped-call]
+        # `put` sends a Write stream one request, so it calls Write as a
+        # unary-stream method (the same frames on the wire), on a second
+        # channel that reads answers on the calling thread. For a stream
+        # call grpcio's synchronous API starts one thread to feed the
+        # requests and another to read the answers: 1.4-1.8 ms of client CPU
+        # per small blob, against 0.5-0.6 ms this way. Both channels share
+        # one connection. Only `put` uses the second: it reads no answer
+        # ahead, which slowed Read of a large blob by a third.
+        self._caller_reads = _open_channel(
+            target,
+            [*settings, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)],
+            credentials,
+        )
+        self.write_once = self._caller_reads.unary_stream(
+            WRITE_METHOD,
+            request_serializer=api.WriteContentRequest.SerializeToString,
+            response_deserializer=api.WriteContentResponse.FromString,
+        )
 
     def close(self) -> None:
+        self._caller_reads.close()
         self.channel.close()
 
 
@@ -329,10 +360,11 @@ class RemoteStore(Closing):
             data=bytes(data),
             labels=dict(labels or {}),
         )
-        call = self._channel.stub.Write(
-            iter((request,)), metadata=self._metadata, timeout=self._channel.timeout
+        call = self._channel.write_once(
+            request, metadata=self._metadata, timeout=self._channel.timeout
         )
         with _translated():
+            # containerd 1.6 answers a commit twice; the first answer counts.
             responses: list[api.WriteContentResponse] = list(call)
         if not responses:
             raise Unknown(f"write stream for ref {ref} ended without an answer")

@@ -12,9 +12,11 @@ offsets to zero, and aborts ingests that a writer still holds.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -355,6 +357,40 @@ def test_put_on_a_held_ref_is_refused_as_locked(store: Store, fresh: tuple[bytes
         with pytest.raises(errdefs.Unavailable) as refused:
             store.put("held", data)
         assert is_ref_locked(refused.value)
+
+
+@contextlib.contextmanager
+def threads_started() -> Iterator[list[str]]:
+    """The names of the threads the threading module starts meanwhile."""
+    started: list[str] = []
+
+    def note(frame: object, event: str, arg: object) -> None:
+        started.append(threading.current_thread().name)
+        sys.setprofile(None)
+
+    threading.setprofile(note)
+    try:
+        yield started
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("daemon", ["contentd", "containerd"])
+def test_put_to_a_daemon_starts_no_thread_in_the_client(
+    daemon: str, request: pytest.FixtureRequest
+) -> None:
+    """A small blob is one request and its answers, read on the caller's thread: a stream
+    call would start two threads in the client each time, its largest cost per blob."""
+    with RemoteStore(request.getfixturevalue(f"{daemon}_address"), "no-threads") as store:
+        blobs = [os.urandom(100) for _ in range(3)]
+        with threads_started() as started:
+            for number, data in enumerate(blobs):
+                digest = store.put(f"thread-{number}-{time.time_ns()}", data, size=len(data))
+                assert digest == digest_of(data)
+        assert started == []
+        for data in blobs:
+            with store.reader_at(digest_of(data)) as reader:
+                assert reader.read() == data
 
 
 def test_write_blob_stores_a_stream(store: Store) -> None:
