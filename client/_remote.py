@@ -589,10 +589,12 @@ class RemoteWriter(Closing):
                 if len(self._in_flight) >= WRITE_WINDOW:
                     self._receive_write()
                 chunk = view[start : start + WRITE_CHUNK]
+                if isinstance(data, bytes) and len(view) <= WRITE_CHUNK:
+                    payload = data  # fits one message as it is: no copy
+                else:
+                    payload = bytes(chunk)
                 self._requests.put(
-                    api.WriteContentRequest(
-                        action=api.WRITE, offset=self._offset, data=bytes(chunk)
-                    )
+                    api.WriteContentRequest(action=api.WRITE, offset=self._offset, data=payload)
                 )
                 self._offset += len(chunk)
                 self._in_flight.append(self._offset)
