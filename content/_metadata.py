@@ -90,8 +90,14 @@ _CONTENT_COLUMNS: Final = "digest, size, created_at, updated_at, labels"
 _INGEST_COLUMNS: Final = "namespace, ref, key, total, expected, started_at, updated_at, base"
 
 
+# Labels are stored as json.dumps wrote them: one object, no surrounding
+# whitespace. raw_decode reads that without json.loads's checks around it, in
+# half the time, which List pays once per blob.
+_decode_labels: Final = json.JSONDecoder().raw_decode
+
+
 def _content(row: tuple[str, int, int, int, str]) -> ContentRecord:
-    return ContentRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
+    return ContentRecord(row[0], row[1], row[2], row[3], _decode_labels(row[4])[0])
 
 
 _MAX_NARROWING_LABELS: Final = 64
