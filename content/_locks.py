@@ -69,17 +69,18 @@ class IngestLock:
         meanwhile). Closes `fd` unless it is kept.
         """
         try:
-            if not lock_descriptor(fd, blocking=False):
-                os.close(fd)
-                return False
-            if self._names(fd):
-                self._fd = fd
-                return True
+            locked = lock_descriptor(fd, blocking=False)
+            named = self._names(fd)
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)  # which lets go of the lock
-        return None
+        if locked and named:
+            self._fd = fd
+            return True
+        os.close(fd)  # which lets go of the lock, if taken
+        # Locked but no longer named: its holder is finishing the ingest (it
+        # unlinks before it unlocks), so the ref is free, not held.
+        return False if named else None
 
     def _create_locked(self) -> bool | None:
         """Lock a new, nameless file and link it in as the lock file; None if one exists."""

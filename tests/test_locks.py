@@ -91,3 +91,32 @@ def test_notes_are_kept_in_the_file_for_the_next_holder(tmp_path: Path) -> None:
     successor.clear_note()
     assert successor.read_note() == ""
     successor.release()
+
+
+def test_a_contender_is_not_refused_by_a_finishing_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race at an ingest's end, one step earlier: the contender opens the
+    # lock file and the holder unlinks it, still holding it. The ingest is
+    # over and the ref free, so the contender takes a new lock file rather
+    # than report the ref locked.
+    path = tmp_path / "a.lock"
+    holder = IngestLock(path)
+    assert holder.try_acquire()
+    real_open = os.open
+
+    def unlink_after_open(file: os.PathLike[str] | str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(file, flags, mode)
+        if os.path.lexists(path) and path.stat().st_ino == os.fstat(fd).st_ino:
+            path.unlink()  # what holder.release(remove=True) does before it unlocks
+        return fd
+
+    monkeypatch.setattr(os, "open", unlink_after_open)
+    contender = IngestLock(path)
+    assert contender.try_acquire()
+    monkeypatch.undo()
+    assert not IngestLock(path).try_acquire()
+    holder.release()  # the rest of its release: the unlock
+    assert not IngestLock(path).try_acquire()
+    contender.release(remove=True)
+    assert not path.exists()
