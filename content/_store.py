@@ -162,9 +162,13 @@ class LocalStore(Closing):
         while True:
             with self._root.metadata.read("listing content") as tx:
                 page = tx.content_page(self._namespace, after, _PAGE, labels)
-            for record in page:
-                if match.match(filters.info_adaptor(record.digest, record.size, record.labels)):
-                    yield record
+            if match is filters.MATCH_ALL:
+                yield from page
+            else:
+                for record in page:
+                    adaptor = filters.info_adaptor(record.digest, record.size, record.labels)
+                    if match.match(adaptor):
+                        yield record
             if len(page) < _PAGE:
                 return
             after = page[-1].digest
