@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
@@ -62,8 +62,12 @@ def channel_target(address: str) -> str:
     return address
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC)
+    """`stamp.ToDatetime(tzinfo=UTC)`, in two thirds of the time: a walk makes two per blob."""
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def _info(message: api.Info) -> Info:

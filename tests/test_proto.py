@@ -1,16 +1,20 @@
-"""The generated modules are fresh, and our .proto is containerd's on the wire."""
+"""Generated modules are fresh, our .proto is containerd's on the wire, read as protobuf does."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
+from datetime import UTC
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, timestamp_pb2
 from grpc_tools import protoc
+from hypothesis import given
+from hypothesis import strategies as st
 
+from contentd.client._remote import _datetime as remote_datetime
 from contentd.proto import content_pb2, content_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,3 +102,14 @@ def test_proto_is_wire_identical_to_containerds(tmp_path: Path) -> None:
     ours = _wire_shape(_descriptor(REPO / "proto", PROTO, tmp_path))
     reference = _wire_shape(_descriptor(theirs, PROTO, tmp_path))
     assert ours == reference
+
+
+@given(
+    seconds=st.integers(-62_135_596_800, 253_402_300_799),  # 0001-01-01 to 9999-12-31
+    nanos=st.integers(0, 999_999_999),
+)
+def test_the_client_reads_timestamps_as_protobuf_does(seconds: int, nanos: int) -> None:
+    stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    read = remote_datetime(stamp)
+    assert read == stamp.ToDatetime(tzinfo=UTC)
+    assert read.tzinfo is UTC
