@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
@@ -24,6 +24,7 @@ from contentd.content import (
     Status,
     Store,
     Writer,
+    datetime_from_ns,
     validate_namespace,
 )
 from contentd.errdefs import (
@@ -62,12 +63,9 @@ def channel_target(address: str) -> str:
     return address
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
-    """`stamp.ToDatetime(tzinfo=UTC)`, in two thirds of the time: a walk makes two per blob."""
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+    """`stamp.ToDatetime(tzinfo=UTC)`, in less than half the time."""
+    return datetime_from_ns(stamp.seconds * 1_000_000_000 + stamp.nanos)
 
 
 def _info(message: api.Info) -> Info:

@@ -18,7 +18,7 @@ from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._metadata import BUSY_TIMEOUT, STORE_BUSY, ContentRecord
 from ._reader import BlobReader, SeekableBlob
 from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
-from ._types import Closing, Info, ReaderAt, Status, Store, Writer
+from ._types import Closing, Info, ReaderAt, Status, Store, Writer, datetime_from_ns
 from ._validate import (
     ALGORITHMS,
     CANONICAL_ALGORITHM,
@@ -66,6 +66,7 @@ __all__ = [
     "Store",
     "VerifyReport",
     "Writer",
+    "datetime_from_ns",
     "digest_of",
     "open_store",
     "validate_digest",

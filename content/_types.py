@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def datetime_from_ns(ns: int) -> datetime:
     """A UTC datetime from nanoseconds since the epoch (microsecond precision)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
+    # The epoch plus a timedelta: half the time of fromtimestamp and replace,
+    # and a walk makes two per blob.
+    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 @dataclass(frozen=True, slots=True)
