@@ -426,17 +426,16 @@ def test_closed_channel_releases_its_ref(
 def test_killed_client_process_releases_its_ref(
     daemon: DaemonProcess, stub: content_pb2_grpc.ContentStub, ns: str
 ) -> None:
-    client = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, str(GRPC_CLIENT), "hold", daemon.address, ns, "vanished"],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "holding"
-    finally:
-        client.kill()
-        client.wait(timeout=30)
+    ) as client:
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == "holding"
+        finally:
+            client.kill()
     assert reopened_offset(stub, ns, "vanished") == len(HELD_DATA)
 
 
@@ -924,46 +923,52 @@ def test_second_daemon_on_a_live_socket_fails_and_the_first_keeps_serving(
             assert health(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
-def serve_until_ready(args: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen[str]]:
-    process = subprocess.Popen(
+@contextlib.contextmanager
+def serving(args: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Run the CLI with `args` until it serves; yields the address it logged, then stops it
+    with SIGTERM and checks it exited cleanly."""
+    with subprocess.Popen(
         [*contentd_command(), *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
         env={**os.environ, **env},
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "serving on " in line:
-            return line.split("serving on ")[1].strip(), process
-    process.wait()
-    raise AssertionError("the daemon exited before serving")
+    ) as process:
+        assert process.stderr is not None
+        address = next(
+            (
+                line.split("serving on ")[1].strip()
+                for line in process.stderr
+                if "serving on " in line
+            ),
+            None,
+        )
+        if address is None:
+            process.wait()
+            raise AssertionError("the daemon exited before serving")
+        try:
+            yield address
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
 
 
 def test_serve_without_options_uses_the_embedded_default(tmp_path: Path) -> None:
     # README's Quick start: `contentd serve` on a fresh machine, no root needed.
     data_home = tmp_path / "data"
-    address, process = serve_until_ready(["serve"], {"XDG_DATA_HOME": str(data_home)})
-    try:
+    with serving(["serve"], {"XDG_DATA_HOME": str(data_home)}) as address:
         assert address == f"unix://{data_home / 'contentd' / 'contentd.sock'}"
         with connect(address) as channel:
             assert health(channel) == health_pb2.HealthCheckResponse.SERVING
         assert (data_home / "contentd" / "metadata.db").exists()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
 
 
 def test_global_root_names_the_store_to_serve(tmp_path: Path) -> None:
     root = tmp_path / "given"
-    address, process = serve_until_ready(
+    with serving(
         ["--root", str(root), "serve"], {"XDG_DATA_HOME": str(tmp_path / "unused")}
-    )
-    try:
+    ) as address:
         assert address == f"unix://{root / 'contentd.sock'}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
     assert not (tmp_path / "unused").exists()
 
 

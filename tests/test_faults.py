@@ -442,6 +442,7 @@ def metadata_held(root: Path) -> Iterator[None]:
     finally:
         holder.stdin.close()  # the process ends, and its transaction with it
         holder.wait(timeout=30)
+        holder.stdout.close()
 
 
 def contenders(root: Path, count: int) -> list[subprocess.Popen[str]]:

@@ -39,7 +39,7 @@ def test_lock_holds_across_processes_and_dies_with_its_holder(
         assert refused.value.reason == errdefs.REF_LOCKED
     finally:
         holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        holder.communicate()
     with store.writer("layer") as writer:
         # The killed writer's bytes are there to resume from.
         assert writer.status().offset == 1000

@@ -30,6 +30,8 @@ class DaemonProcess:
     log: list[str] = field(default_factory=list)
     #: A directory made for the socket, removed once the daemon has exited.
     socket_dir: Path | None = None
+    #: The thread reading the daemon's stderr into `log`; it closes the pipe at EOF.
+    reader: threading.Thread | None = None
 
     @property
     def socket(self) -> str:
@@ -51,13 +53,20 @@ class DaemonProcess:
                 f"{self.logged()[-30000:]}"
             ) from None
         finally:
-            self._remove_socket_dir()
+            self._exited()
 
     def kill(self) -> None:
         """SIGKILL: the daemon dies without cleaning up."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
+        self._exited()
+
+    def _exited(self) -> None:
+        # The reader has the last of the log, and closes the pipe, soon after the exit;
+        # a pipe left to the garbage collector warns in whichever test runs then.
+        if self.reader is not None and self.process.poll() is not None:
+            self.reader.join(timeout=10)
         self._remove_socket_dir()
 
     def _remove_socket_dir(self) -> None:
@@ -106,12 +115,14 @@ def start_daemon(
 
     def pump() -> None:
         assert process.stderr is not None
-        for line in process.stderr:
-            daemon.log.append(line)
-            if _READY.search(line):
-                ready.set()
+        with process.stderr:
+            for line in process.stderr:
+                daemon.log.append(line)
+                if _READY.search(line):
+                    ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    daemon.reader = threading.Thread(target=pump, daemon=True)
+    daemon.reader.start()
     deadline = time.monotonic() + timeout
     while not ready.wait(0.05):
         if process.poll() is not None or time.monotonic() > deadline:
