@@ -2,64 +2,32 @@
 
 - contentd's HTTP face: `contentd serve --http 127.0.0.1:0` through the test suite's
   `support.daemon.start_daemon` (the gRPC side on a private unix socket, as always).
-- docker-registry 2.8 (Debian package `docker-registry`) with a config written here:
-  filesystem storage under the work directory, deletes enabled, no blob descriptor cache,
-  warnings only and no access log, on a free port of 127.0.0.1.
+- docker-registry 2.8 (Debian package `docker-registry`) through the test suite's
+  `support.docker_registry.start_docker_registry`: filesystem storage under the work
+  directory, deletes enabled, no blob descriptor cache, warnings only and no access log,
+  on a free port of 127.0.0.1.
 
 Both are ready once `GET /v2/` answers 200. `Running.address` is the registry's base URL.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from http.client import HTTPConnection
 from pathlib import Path
-from typing import Final
-from urllib.parse import urlsplit
 
 from servers import START_TIMEOUT, STOP_TIMEOUT, Contentd, Running, Server
+from support import docker_registry
 from support.containerd import log_tail
 from support.daemon import contentd_command, start_daemon
-
-DOCKER_REGISTRY: Final = "docker-registry"
-
-
-class ServerError(RuntimeError):
-    """A registry did not start or did not answer as one."""
-
-
-def wait_until_serving(
-    url: str, process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float
-) -> None:
-    """Poll `GET url/v2/` until it answers 200; fail if `process` exits or time runs out."""
-    parts = urlsplit(url)
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(f"{url}: the server exited with status {process.returncode}")
-        connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=2)
-        try:
-            connection.request("GET", "/v2/")
-            response = connection.getresponse()
-            response.read()
-            if response.status == 200:
-                return
-            last = f"{response.status} {response.reason}"
-        except OSError as error:
-            last = str(error)
-        finally:
-            connection.close()
-        time.sleep(0.05)
-    raise ServerError(f"{url}/v2/ did not answer 200 within {timeout:g} s (last: {last})")
+from support.docker_registry import (
+    DOCKER_REGISTRY,
+    DockerRegistryProcess,
+    start_docker_registry,
+    wait_until_serving,
+)
 
 
 class ContentdRegistry(Contentd):
@@ -89,37 +57,6 @@ class ContentdRegistry(Contentd):
         return Running(self.name, url, self._daemon.process.pid)
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def registry_config(root: Path, port: int) -> str:
-    """docker-registry's config.yml. Strings are JSON-quoted, which YAML reads as they are."""
-    return "\n".join(
-        [
-            "version: 0.1",
-            "log:",
-            "  level: warn",
-            "  accesslog:",
-            "    disabled: true",
-            "storage:",
-            "  filesystem:",
-            f"    rootdirectory: {json.dumps(str(root))}",
-            "  delete:",
-            "    enabled: true",
-            "http:",
-            f"  addr: {json.dumps(f'127.0.0.1:{port}')}",
-            # Upload state is signed with it; a fixed one spares the warning about a random one.
-            f"  secret: {json.dumps(secrets.token_hex(16))}",
-            "",
-        ]
-    )
-
-
 class DockerRegistry(Server):
     """docker-registry 2.8 serving a filesystem store under the work directory."""
 
@@ -127,13 +64,12 @@ class DockerRegistry(Server):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_path = workdir / "registry.log"
+        self._running: DockerRegistryProcess | None = None
 
     @staticmethod
     def available() -> bool:
         """Whether a docker-registry binary is on PATH."""
-        return shutil.which(DOCKER_REGISTRY) is not None
+        return docker_registry.available()
 
     @staticmethod
     def version() -> str:
@@ -153,38 +89,17 @@ class DockerRegistry(Server):
         return done.stdout.strip() or "unknown"
 
     def start(self) -> Running:
-        port = free_port()
-        config = self.workdir / "config.yml"
-        config.write_text(registry_config(self.workdir / "root", port))
-        with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [DOCKER_REGISTRY, "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_serving(url, self._process, START_TIMEOUT)
-        except ServerError as error:
-            self.stop()
-            raise ServerError(f"docker-registry did not start: {error}\n{self.log()}") from None
-        return Running(self.name, url, self._process.pid)
+        self._running = start_docker_registry(self.workdir, timeout=START_TIMEOUT)
+        return Running(self.name, self._running.url, self._running.process.pid)
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        running, self._running = self._running, None
+        if running is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            status = process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise RuntimeError(f"docker-registry did not stop within {STOP_TIMEOUT:g} s") from None
+        status = running.stop(timeout=STOP_TIMEOUT)
         # Without a drain timeout configured it simply dies of the signal.
         if status not in (0, -signal.SIGTERM):
             print(f"warning: docker-registry exited with status {status}", file=sys.stderr)
 
     def log(self) -> str:
-        return log_tail(self._log_path)
+        return log_tail(self.workdir / "registry.log")
