@@ -81,11 +81,13 @@ REGISTRY_DESCRIPTORS: tuple[ErrorDescriptor, ...] = (
         400,
         InvalidArgument,
     ),
+    # NotFound to Python and gRPC callers, but 400 on HTTP: docker-registry's status,
+    # which registry clients know (the spec names none).
     ErrorDescriptor(
         "MANIFEST_BLOB_UNKNOWN",
         "manifest references a manifest or blob unknown to registry",
         "A manifest was pushed before a blob or manifest it references.",
-        404,
+        400,
         NotFound,
     ),
     ErrorDescriptor(

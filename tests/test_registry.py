@@ -738,19 +738,19 @@ def test_manifest_is_also_served_as_a_blob(registry: RegistryClient, repo: str) 
 
 
 @pytest.mark.parametrize("missing", ["layer", "config"])
-def test_manifest_naming_a_missing_blob_is_404_manifest_blob_unknown(
+def test_manifest_naming_a_missing_blob_is_400_manifest_blob_unknown(
     registry: RegistryClient, repo: str, missing: str
 ) -> None:
     config, layer = os.urandom(50), os.urandom(300)
     registry.push_blob(repo, layer if missing == "config" else config)
     answer = registry.put_manifest(repo, "v1", image_manifest(config, [layer]), OCI_MANIFEST)
-    assert_error(answer, 404, "MANIFEST_BLOB_UNKNOWN")
+    assert_error(answer, 400, "MANIFEST_BLOB_UNKNOWN")
     absent = digest_of(layer if missing == "layer" else config)
     assert answer.json()["errors"][0]["detail"]["metadata"]["digest"] == absent
     assert_error(registry.get(f"/v2/{repo}/manifests/v1"), 404, "MANIFEST_UNKNOWN")
 
 
-def test_manifest_naming_a_blob_of_another_repository_is_404(
+def test_manifest_naming_a_blob_of_another_repository_is_400(
     registry: RegistryClient, repo: str
 ) -> None:
     elsewhere = f"tests/{uuid.uuid4().hex[:12]}"
@@ -758,17 +758,17 @@ def test_manifest_naming_a_blob_of_another_repository_is_404(
     registry.push_blob(repo, config)
     registry.push_blob(elsewhere, layer)
     answer = registry.put_manifest(repo, "v1", image_manifest(config, [layer]), OCI_MANIFEST)
-    assert_error(answer, 404, "MANIFEST_BLOB_UNKNOWN")
+    assert_error(answer, 400, "MANIFEST_BLOB_UNKNOWN")
 
 
-def test_index_naming_a_missing_manifest_is_404_manifest_blob_unknown(
+def test_index_naming_a_missing_manifest_is_400_manifest_blob_unknown(
     registry: RegistryClient, repo: str
 ) -> None:
     pushed = push_image(registry, repo, None)
     never_pushed = image_manifest(os.urandom(10), [os.urandom(10)])
     body = index_of([(OCI_MANIFEST, pushed.manifest), (OCI_MANIFEST, never_pushed)])
     answer = registry.put_manifest(repo, "multi", body, OCI_INDEX)
-    assert_error(answer, 404, "MANIFEST_BLOB_UNKNOWN")
+    assert_error(answer, 400, "MANIFEST_BLOB_UNKNOWN")
 
 
 def _schema1() -> bytes:

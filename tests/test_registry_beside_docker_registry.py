@@ -1,0 +1,190 @@
+"""The registry face answers as docker-registry 2.8 does where the distribution spec leaves
+the status open: each case sends the same requests to contentd's HTTP face and to a real
+docker-registry, and both must answer each step with the same status and error code.
+
+Repositories are fresh per case and per registry, so the two stores see the same history.
+
+Left out where docker-registry departs from the spec and contentd follows it (held to the
+spec in tests/test_registry.py): it serves an index only to a GET whose Accept names index
+types (contentd serves it whatever the Accept), and it appends a PATCH whose Content-Range
+does not start at the upload's offset (contentd refuses it: 416 RANGE_INVALID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support.daemon import DaemonProcess, start_daemon
+from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
+from support.registry_http import Answer, RegistryClient, digest_of
+from support.tools import require_tool
+
+pytestmark = pytest.mark.conformance
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@pytest.fixture(scope="module")
+def contentd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryClient]:
+    daemon: DaemonProcess = start_daemon(
+        tmp_path_factory.mktemp("contentd") / "root", "--http", "127.0.0.1:0"
+    )
+    try:
+        yield RegistryClient(daemon.http_url, forbidden=(str(daemon.root), "Traceback"))
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryClient]:
+    require_tool(DOCKER_REGISTRY, "docker-registry")
+    running: DockerRegistryProcess = start_docker_registry(tmp_path_factory.mktemp("reference"))
+    try:
+        yield RegistryClient(running.url)
+    finally:
+        running.stop()
+
+
+# The requests of each case, written once and sent to both registries.
+
+
+def push_blob(registry: RegistryClient, repo: str, data: bytes) -> Answer:
+    """POST then PUT with the bytes: the push both registries take (docker-registry
+    answers a monolithic POST by opening a session)."""
+    return registry.complete_upload(registry.start_upload(repo), digest_of(data), data)
+
+
+def descriptor(media_type: str, body: bytes) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest_of(body), "size": len(body)}
+
+
+def manifest(config: bytes, layers: list[bytes]) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+        }
+    ).encode()
+
+
+def index(manifests: list[bytes]) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [descriptor(OCI_MANIFEST, body) for body in manifests],
+        }
+    ).encode()
+
+
+#: Bytes shared by both registries' runs of a case, so digests in the answers agree.
+CONFIG, LAYER, OTHER_LAYER = (os.urandom(size) for size in (50, 300, 200))
+
+
+def manifest_missing_its_layer(registry: RegistryClient, repo: str) -> list[Answer]:
+    return [
+        push_blob(registry, repo, CONFIG),
+        registry.put_manifest(repo, "v1", manifest(CONFIG, [LAYER]), OCI_MANIFEST),
+        registry.get(f"/v2/{repo}/manifests/v1"),
+    ]
+
+
+def manifest_missing_its_config(registry: RegistryClient, repo: str) -> list[Answer]:
+    return [
+        push_blob(registry, repo, LAYER),
+        registry.put_manifest(repo, "v1", manifest(CONFIG, [LAYER]), OCI_MANIFEST),
+    ]
+
+
+def manifest_naming_a_blob_of_another_repository(
+    registry: RegistryClient, repo: str
+) -> list[Answer]:
+    return [
+        push_blob(registry, repo, CONFIG),
+        push_blob(registry, f"{repo}-elsewhere", OTHER_LAYER),
+        registry.put_manifest(repo, "v1", manifest(CONFIG, [OTHER_LAYER]), OCI_MANIFEST),
+    ]
+
+
+def index_missing_a_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
+    pushed = manifest(CONFIG, [LAYER])
+    never_pushed = manifest(CONFIG, [OTHER_LAYER])
+    return [
+        push_blob(registry, repo, CONFIG),
+        push_blob(registry, repo, LAYER),
+        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
+        registry.put_manifest(repo, "multi", index([pushed, never_pushed]), OCI_INDEX),
+    ]
+
+
+def complete_manifest_and_index(registry: RegistryClient, repo: str) -> list[Answer]:
+    pushed = manifest(CONFIG, [LAYER])
+    return [
+        push_blob(registry, repo, CONFIG),
+        push_blob(registry, repo, LAYER),
+        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
+        registry.put_manifest(repo, "multi", index([pushed]), OCI_INDEX),
+        registry.get(f"/v2/{repo}/manifests/multi", headers={"Accept": OCI_INDEX}),
+    ]
+
+
+def unknown_blob_and_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
+    push_blob(registry, repo, CONFIG)  # the repository exists; what is asked for does not
+    return [
+        registry.get(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+        registry.get(f"/v2/{repo}/manifests/v9"),
+        registry.get(f"/v2/{repo}/manifests/{digest_of(LAYER)}"),
+    ]
+
+
+def upload_completed_with_the_wrong_digest(registry: RegistryClient, repo: str) -> list[Answer]:
+    location = registry.start_upload(repo)
+    return [registry.complete_upload(location, digest_of(CONFIG), LAYER)]
+
+
+def manifest_that_is_no_json(registry: RegistryClient, repo: str) -> list[Answer]:
+    return [registry.put_manifest(repo, "v1", b"{not json", OCI_MANIFEST)]
+
+
+CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
+    case.__name__: case
+    for case in (
+        manifest_missing_its_layer,
+        manifest_missing_its_config,
+        manifest_naming_a_blob_of_another_repository,
+        index_missing_a_manifest,
+        complete_manifest_and_index,
+        unknown_blob_and_manifest,
+        upload_completed_with_the_wrong_digest,
+        manifest_that_is_no_json,
+    )
+}
+
+
+def outline(answers: list[Answer]) -> list[tuple[int, list[str]]]:
+    """Each answer's status, and the codes of its errors."""
+    return [
+        (answer.status, answer.error_codes if answer.status >= 400 else []) for answer in answers
+    ]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_contentd_answers_as_docker_registry_does(
+    contentd: RegistryClient, reference: RegistryClient, case: str
+) -> None:
+    repo = f"beside/{uuid.uuid4().hex[:12]}"
+    theirs = CASES[case](reference, repo)
+    ours = CASES[case](contentd, repo)
+    assert outline(ours) == outline(theirs), (ours, theirs)
+    # Each case but the one that succeeds throughout reaches an error.
+    assert any(answer.status >= 400 for answer in theirs) != (case == "complete_manifest_and_index")
