@@ -4,10 +4,18 @@ docker-registry, and both must answer each step with the same status and error c
 
 Repositories are fresh per case and per registry, so the two stores see the same history.
 
-Left out where docker-registry departs from the spec and contentd follows it (held to the
-spec in tests/test_registry.py): it serves an index only to a GET whose Accept names index
-types (contentd serves it whatever the Accept), and it appends a PATCH whose Content-Range
-does not start at the upload's offset (contentd refuses it: 416 RANGE_INVALID).
+Left out are the requests where docker-registry departs from the spec, or answers worse,
+and contentd deliberately answers otherwise:
+- it serves an index only to a GET whose Accept names index types (contentd serves it
+  whatever the Accept);
+- it appends a PATCH whose Content-Range does not start at the upload's offset (contentd
+  refuses it: 416 RANGE_INVALID);
+- it refuses to DELETE a manifest by tag (contentd deletes the tag, as the spec allows);
+- it answers a GET of a manifest by a malformed digest with a 500 that names a storage path
+  (contentd: 400 DIGEST_INVALID);
+- it answers `tags/list` of a repository with blobs but no tags 404 NAME_UNKNOWN (contentd:
+  200 and no tags);
+- its upload URLs carry a signed `_state`, so an upload id of its own cannot be made up.
 """
 
 from __future__ import annotations
@@ -156,6 +164,51 @@ def manifest_that_is_no_json(registry: RegistryClient, repo: str) -> list[Answer
     return [registry.put_manifest(repo, "v1", b"{not json", OCI_MANIFEST)]
 
 
+def deleted_blob_and_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
+    pushed = manifest(CONFIG, [LAYER])
+    return [
+        push_blob(registry, repo, CONFIG),
+        push_blob(registry, repo, LAYER),
+        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
+        registry.delete(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
+        registry.get(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
+        registry.get(f"/v2/{repo}/manifests/v1"),
+        registry.delete(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
+        registry.delete(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+        registry.get(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+        registry.head(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+        registry.delete(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+    ]
+
+
+def unknown_repository(registry: RegistryClient, repo: str) -> list[Answer]:
+    return [
+        registry.get(f"/v2/{repo}/tags/list"),
+        registry.get(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
+        registry.get(f"/v2/{repo}/manifests/v1"),
+        registry.head(f"/v2/{repo}/manifests/v1"),
+    ]
+
+
+def upload_sessions(registry: RegistryClient, repo: str) -> list[Answer]:
+    location = registry.start_upload(repo)
+    return [
+        registry.get(location),
+        registry.request("PUT", location, LAYER, {"Content-Type": "application/octet-stream"}),
+        registry.complete_upload(location, "sha256:nothex", LAYER),
+        registry.delete(location),
+        registry.get(location),
+    ]
+
+
+def malformed_references(registry: RegistryClient, repo: str) -> list[Answer]:
+    push_blob(registry, repo, CONFIG)
+    return [
+        registry.get(f"/v2/{repo}/blobs/sha256:nothex"),
+        registry.put_manifest(repo, "sha256:" + "0" * 64, manifest(CONFIG, []), OCI_MANIFEST),
+    ]
+
+
 CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
     case.__name__: case
     for case in (
@@ -167,6 +220,10 @@ CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
         unknown_blob_and_manifest,
         upload_completed_with_the_wrong_digest,
         manifest_that_is_no_json,
+        deleted_blob_and_manifest,
+        unknown_repository,
+        upload_sessions,
+        malformed_references,
     )
 }
 
@@ -174,7 +231,8 @@ CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
 def outline(answers: list[Answer]) -> list[tuple[int, list[str]]]:
     """Each answer's status, and the codes of its errors."""
     return [
-        (answer.status, answer.error_codes if answer.status >= 400 else []) for answer in answers
+        (answer.status, answer.error_codes if answer.status >= 400 and answer.body else [])
+        for answer in answers
     ]
 
 
