@@ -529,7 +529,7 @@ class Registry:
         self, request: web.Request, name: str, session: str
     ) -> web.StreamResponse:
         await self._uploads.cancel(name, session)
-        return web.Response(status=204)
+        return web.Response(status=204, headers={"Docker-Upload-UUID": session})
 
     # Manifests
 
