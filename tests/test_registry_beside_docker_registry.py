@@ -43,6 +43,10 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +272,44 @@ def manifests_read_back(registry: RegistryClient, repo: str) -> list[Answer]:
     ]
 
 
+def docker_schema2(registry: RegistryClient, repo: str) -> list[Answer]:
+    image = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": descriptor(DOCKER_CONFIG, CONFIG),
+            "layers": [descriptor(DOCKER_LAYER, LAYER)],
+        }
+    ).encode()
+    listing = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST_LIST,
+            "manifests": [
+                {
+                    **descriptor(DOCKER_MANIFEST, image),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    ).encode()
+    push_blob(registry, repo, CONFIG)
+    push_blob(registry, repo, LAYER)
+    return [
+        registry.put_manifest(repo, "image", image, DOCKER_MANIFEST),
+        registry.put_manifest(repo, "list", listing, DOCKER_MANIFEST_LIST),
+        registry.get(f"/v2/{repo}/manifests/image", headers={"Accept": DOCKER_MANIFEST}),
+        registry.head(
+            f"/v2/{repo}/manifests/list",
+            headers={"Accept": f"{DOCKER_MANIFEST_LIST}, {DOCKER_MANIFEST}"},
+        ),
+        registry.get(
+            f"/v2/{repo}/manifests/{digest_of(listing)}",
+            headers={"Accept": DOCKER_MANIFEST_LIST},
+        ),
+    ]
+
+
 CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
     case.__name__: case
     for case in (
@@ -287,6 +329,7 @@ CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
         range_reads,
         mounts,
         manifests_read_back,
+        docker_schema2,
     )
 }
 
@@ -310,16 +353,26 @@ SUCCEEDING = {
     "range_reads",
     "mounts",
     "manifests_read_back",
+    "docker_schema2",
 }
 
 
-def outline(answers: list[Answer]) -> list[tuple[int, list[str], list[str]]]:
+#: Of those, the ones whose values must agree too (a Location names an upload id, which
+#: each registry makes up).
+COMPARED_VALUES = ("Range", "Content-Range", "Docker-Content-Digest", "Content-Type")
+
+
+def outline(answers: list[Answer]) -> list[tuple[int, list[str], dict[str, str | None]]]:
     """Each answer's status, the codes of its errors and the client headers it carries."""
     return [
         (
             answer.status,
             answer.error_codes if answer.status >= 400 and answer.body else [],
-            [name for name in CLIENT_HEADERS if answer.header(name) is not None],
+            {
+                name: answer.header(name) if name in COMPARED_VALUES else "present"
+                for name in CLIENT_HEADERS
+                if answer.header(name) is not None
+            },
         )
         for answer in answers
     ]
