@@ -29,6 +29,14 @@ import bcrypt
 import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.registry_http import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
     OCTET_STREAM,
     Answer,
     RegistryClient,
@@ -44,14 +52,6 @@ USER = "pusher"
 PASSWORD = "s3cret pass phrase"
 LEAKS = ("/tmp", "Traceback")
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 #: Above the size the server stores in one step: the streamed monolithic path.
 LARGE = 3 * (1 << 20) + 17

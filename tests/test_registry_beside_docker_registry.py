@@ -34,19 +34,22 @@ from typing import Any
 import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
-from support.registry_http import Answer, RegistryClient, digest_of
+from support.registry_http import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Answer,
+    RegistryClient,
+    digest_of,
+)
 from support.tools import require_tool
 
 pytestmark = pytest.mark.conformance
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,19 @@ def index(manifests: list[bytes]) -> bytes:
 CONFIG, LAYER, OTHER_LAYER = (os.urandom(size) for size in (50, 300, 200))
 
 
+#: The image most cases push: CONFIG and LAYER, tagged v1.
+IMAGE = manifest(CONFIG, [LAYER])
+
+
+def push_image(registry: RegistryClient, repo: str) -> list[Answer]:
+    """Push IMAGE's blobs, then IMAGE as v1."""
+    return [
+        push_blob(registry, repo, CONFIG),
+        push_blob(registry, repo, LAYER),
+        registry.put_manifest(repo, "v1", IMAGE, OCI_MANIFEST),
+    ]
+
+
 def manifest_missing_its_layer(registry: RegistryClient, repo: str) -> list[Answer]:
     return [
         push_blob(registry, repo, CONFIG),
@@ -134,23 +150,17 @@ def manifest_naming_a_blob_of_another_repository(
 
 
 def index_missing_a_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
-    pushed = manifest(CONFIG, [LAYER])
     never_pushed = manifest(CONFIG, [OTHER_LAYER])
     return [
-        push_blob(registry, repo, CONFIG),
-        push_blob(registry, repo, LAYER),
-        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
-        registry.put_manifest(repo, "multi", index([pushed, never_pushed]), OCI_INDEX),
+        *push_image(registry, repo),
+        registry.put_manifest(repo, "multi", index([IMAGE, never_pushed]), OCI_INDEX),
     ]
 
 
 def complete_manifest_and_index(registry: RegistryClient, repo: str) -> list[Answer]:
-    pushed = manifest(CONFIG, [LAYER])
     return [
-        push_blob(registry, repo, CONFIG),
-        push_blob(registry, repo, LAYER),
-        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
-        registry.put_manifest(repo, "multi", index([pushed]), OCI_INDEX),
+        *push_image(registry, repo),
+        registry.put_manifest(repo, "multi", index([IMAGE]), OCI_INDEX),
         registry.get(f"/v2/{repo}/manifests/multi", headers={"Accept": OCI_INDEX}),
     ]
 
@@ -179,15 +189,12 @@ def status_only(answer: Answer) -> Answer:
 
 
 def deleted_blob_and_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
-    pushed = manifest(CONFIG, [LAYER])
     return [
-        push_blob(registry, repo, CONFIG),
-        push_blob(registry, repo, LAYER),
-        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
-        registry.delete(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
-        registry.get(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
+        *push_image(registry, repo),
+        registry.delete(f"/v2/{repo}/manifests/{digest_of(IMAGE)}"),
+        registry.get(f"/v2/{repo}/manifests/{digest_of(IMAGE)}"),
         registry.get(f"/v2/{repo}/manifests/v1"),
-        registry.delete(f"/v2/{repo}/manifests/{digest_of(pushed)}"),
+        registry.delete(f"/v2/{repo}/manifests/{digest_of(IMAGE)}"),
         # Its own answer differs on purpose (see above); what it does must not.
         status_only(registry.delete(f"/v2/{repo}/blobs/{digest_of(LAYER)}")),
         registry.get(f"/v2/{repo}/blobs/{digest_of(LAYER)}"),
@@ -260,14 +267,11 @@ def mounts(registry: RegistryClient, repo: str) -> list[Answer]:
 
 
 def manifests_read_back(registry: RegistryClient, repo: str) -> list[Answer]:
-    pushed = manifest(CONFIG, [LAYER])
-    push_blob(registry, repo, CONFIG)
-    push_blob(registry, repo, LAYER)
     return [
-        registry.put_manifest(repo, "v1", pushed, OCI_MANIFEST),
-        registry.put_manifest(repo, "v2", pushed, OCI_MANIFEST),
+        *push_image(registry, repo),
+        registry.put_manifest(repo, "v2", IMAGE, OCI_MANIFEST),
         registry.head(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}),
-        registry.get(f"/v2/{repo}/manifests/{digest_of(pushed)}", headers={"Accept": OCI_MANIFEST}),
+        registry.get(f"/v2/{repo}/manifests/{digest_of(IMAGE)}", headers={"Accept": OCI_MANIFEST}),
         registry.get(f"/v2/{repo}/tags/list"),
     ]
 

@@ -50,6 +50,7 @@ from support.oci_layout import (
     write_index_layout,
     write_layout,
 )
+from support.registry_http import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 from support.tools import require_tool
 
 pytestmark = pytest.mark.conformance
@@ -58,10 +59,6 @@ SKOPEO_TIMEOUT = 60.0
 NAMESPACE = "registry"
 USER = "ci-user"
 PASSWORD = "correct horse battery staple"
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 class SkopeoError(RuntimeError):
