@@ -102,4 +102,4 @@ class DockerRegistry(Server):
             print(f"warning: docker-registry exited with status {status}", file=sys.stderr)
 
     def log(self) -> str:
-        return log_tail(self.workdir / "registry.log")
+        return log_tail(docker_registry.registry_log(self.workdir))

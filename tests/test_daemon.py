@@ -944,7 +944,6 @@ def serving(args: list[str], env: dict[str, str]) -> Iterator[str]:
             None,
         )
         if address is None:
-            process.wait()
             raise AssertionError("the daemon exited before serving")
         try:
             yield address

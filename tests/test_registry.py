@@ -23,25 +23,24 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.registry_http import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
-    OCI_CONFIG,
     OCI_INDEX,
-    OCI_LAYER,
     OCI_MANIFEST,
     OCTET_STREAM,
     Answer,
     RegistryClient,
     basic_authorization,
+    canonical,
+    descriptor,
     digest_of,
+    image_manifest,
+    index_of,
 )
 
 from contentd.client import RemoteStore
@@ -88,36 +87,6 @@ def repo() -> str:
 
 
 # Manifests, built as a client would push them.
-
-
-def canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-def descriptor(media_type: str, body: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": digest_of(body), "size": len(body)}
-
-
-def image_manifest(config: bytes, layers: list[bytes], *, media_type: str = OCI_MANIFEST) -> bytes:
-    docker = media_type == DOCKER_MANIFEST
-    return canonical(
-        {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": descriptor(DOCKER_CONFIG if docker else OCI_CONFIG, config),
-            "layers": [descriptor(DOCKER_LAYER if docker else OCI_LAYER, b) for b in layers],
-        }
-    )
-
-
-def index_of(manifests: list[tuple[str, bytes]], *, media_type: str = OCI_INDEX) -> bytes:
-    return canonical(
-        {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "manifests": [descriptor(kind, body) for kind, body in manifests],
-        }
-    )
 
 
 @dataclass(frozen=True)

@@ -25,27 +25,23 @@ and contentd deliberately answers otherwise:
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from support.daemon import DaemonProcess, start_daemon
 from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
 from support.registry_http import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
-    OCI_CONFIG,
     OCI_INDEX,
-    OCI_LAYER,
     OCI_MANIFEST,
     Answer,
     RegistryClient,
     digest_of,
+    image_manifest,
+    index_of,
 )
 from support.tools import require_tool
 
@@ -82,37 +78,12 @@ def push_blob(registry: RegistryClient, repo: str, data: bytes) -> Answer:
     return registry.complete_upload(registry.start_upload(repo), digest_of(data), data)
 
 
-def descriptor(media_type: str, body: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": digest_of(body), "size": len(body)}
-
-
-def manifest(config: bytes, layers: list[bytes]) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
-        }
-    ).encode()
-
-
-def index(manifests: list[bytes]) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [descriptor(OCI_MANIFEST, body) for body in manifests],
-        }
-    ).encode()
-
-
 #: Bytes shared by both registries' runs of a case, so digests in the answers agree.
 CONFIG, LAYER, OTHER_LAYER = (os.urandom(size) for size in (50, 300, 200))
 
 
 #: The image most cases push: CONFIG and LAYER, tagged v1.
-IMAGE = manifest(CONFIG, [LAYER])
+IMAGE = image_manifest(CONFIG, [LAYER])
 
 
 def push_image(registry: RegistryClient, repo: str) -> list[Answer]:
@@ -127,7 +98,7 @@ def push_image(registry: RegistryClient, repo: str) -> list[Answer]:
 def manifest_missing_its_layer(registry: RegistryClient, repo: str) -> list[Answer]:
     return [
         push_blob(registry, repo, CONFIG),
-        registry.put_manifest(repo, "v1", manifest(CONFIG, [LAYER]), OCI_MANIFEST),
+        registry.put_manifest(repo, "v1", IMAGE, OCI_MANIFEST),
         registry.get(f"/v2/{repo}/manifests/v1"),
     ]
 
@@ -135,7 +106,7 @@ def manifest_missing_its_layer(registry: RegistryClient, repo: str) -> list[Answ
 def manifest_missing_its_config(registry: RegistryClient, repo: str) -> list[Answer]:
     return [
         push_blob(registry, repo, LAYER),
-        registry.put_manifest(repo, "v1", manifest(CONFIG, [LAYER]), OCI_MANIFEST),
+        registry.put_manifest(repo, "v1", IMAGE, OCI_MANIFEST),
     ]
 
 
@@ -145,22 +116,27 @@ def manifest_naming_a_blob_of_another_repository(
     return [
         push_blob(registry, repo, CONFIG),
         push_blob(registry, f"{repo}-elsewhere", OTHER_LAYER),
-        registry.put_manifest(repo, "v1", manifest(CONFIG, [OTHER_LAYER]), OCI_MANIFEST),
+        registry.put_manifest(repo, "v1", image_manifest(CONFIG, [OTHER_LAYER]), OCI_MANIFEST),
     ]
 
 
 def index_missing_a_manifest(registry: RegistryClient, repo: str) -> list[Answer]:
-    never_pushed = manifest(CONFIG, [OTHER_LAYER])
+    never_pushed = image_manifest(CONFIG, [OTHER_LAYER])
     return [
         *push_image(registry, repo),
-        registry.put_manifest(repo, "multi", index([IMAGE, never_pushed]), OCI_INDEX),
+        registry.put_manifest(
+            repo,
+            "multi",
+            index_of([(OCI_MANIFEST, IMAGE), (OCI_MANIFEST, never_pushed)]),
+            OCI_INDEX,
+        ),
     ]
 
 
 def complete_manifest_and_index(registry: RegistryClient, repo: str) -> list[Answer]:
     return [
         *push_image(registry, repo),
-        registry.put_manifest(repo, "multi", index([IMAGE]), OCI_INDEX),
+        registry.put_manifest(repo, "multi", index_of([(OCI_MANIFEST, IMAGE)]), OCI_INDEX),
         registry.get(f"/v2/{repo}/manifests/multi", headers={"Accept": OCI_INDEX}),
     ]
 
@@ -227,7 +203,7 @@ def malformed_references(registry: RegistryClient, repo: str) -> list[Answer]:
     push_blob(registry, repo, CONFIG)
     return [
         registry.get(f"/v2/{repo}/blobs/sha256:nothex"),
-        registry.put_manifest(repo, "sha256:" + "0" * 64, manifest(CONFIG, []), OCI_MANIFEST),
+        registry.put_manifest(repo, "sha256:" + "0" * 64, image_manifest(CONFIG, []), OCI_MANIFEST),
     ]
 
 
@@ -277,26 +253,8 @@ def manifests_read_back(registry: RegistryClient, repo: str) -> list[Answer]:
 
 
 def docker_schema2(registry: RegistryClient, repo: str) -> list[Answer]:
-    image = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": descriptor(DOCKER_CONFIG, CONFIG),
-            "layers": [descriptor(DOCKER_LAYER, LAYER)],
-        }
-    ).encode()
-    listing = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST_LIST,
-            "manifests": [
-                {
-                    **descriptor(DOCKER_MANIFEST, image),
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                }
-            ],
-        }
-    ).encode()
+    image = image_manifest(CONFIG, [LAYER], media_type=DOCKER_MANIFEST)
+    listing = index_of([(DOCKER_MANIFEST, image)], media_type=DOCKER_MANIFEST_LIST)
     push_blob(registry, repo, CONFIG)
     push_blob(registry, repo, LAYER)
     return [
@@ -338,6 +296,17 @@ CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
 }
 
 
+#: The cases whose every request succeeds.
+SUCCEEDING = {
+    "complete_manifest_and_index",
+    "chunked_upload",
+    "range_reads",
+    "mounts",
+    "manifests_read_back",
+    "docker_schema2",
+}
+
+
 #: Headers registry clients act on; which of them an answer carries must agree.
 CLIENT_HEADERS = (
     "Location",
@@ -348,17 +317,6 @@ CLIENT_HEADERS = (
     "Content-Type",
     "Link",
 )
-
-
-#: The cases whose every request succeeds.
-SUCCEEDING = {
-    "complete_manifest_and_index",
-    "chunked_upload",
-    "range_reads",
-    "mounts",
-    "manifests_read_back",
-    "docker_schema2",
-}
 
 
 #: Of those, the ones whose values must agree too (a Location names an upload id, which

@@ -108,6 +108,11 @@ class DockerRegistryProcess:
         return log_tail(self.log_path)
 
 
+def registry_log(workdir: Path) -> Path:
+    """Where a docker-registry started on `workdir` logs, across its starts."""
+    return workdir / "registry.log"
+
+
 def available() -> bool:
     """Whether a docker-registry binary is on PATH."""
     return shutil.which(DOCKER_REGISTRY) is not None
@@ -121,7 +126,7 @@ def start_docker_registry(workdir: Path, *, timeout: float = 60) -> DockerRegist
     port = free_port()
     config = workdir / "config.yml"
     config.write_text(registry_config(workdir / "root", port))
-    log_path = workdir / "registry.log"
+    log_path = registry_log(workdir)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [DOCKER_REGISTRY, "serve", str(config)],

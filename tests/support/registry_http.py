@@ -39,6 +39,40 @@ def basic_authorization(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def canonical(document: dict[str, Any]) -> bytes:
+    """`document` as JSON with sorted keys and no spaces."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def descriptor(media_type: str, body: bytes) -> dict[str, Any]:
+    """The OCI descriptor of `body`."""
+    return {"mediaType": media_type, "digest": digest_of(body), "size": len(body)}
+
+
+def image_manifest(config: bytes, layers: list[bytes], *, media_type: str = OCI_MANIFEST) -> bytes:
+    """An image manifest of `config` and `layers`, OCI or (by `media_type`) Docker schema 2."""
+    docker = media_type == DOCKER_MANIFEST
+    return canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": descriptor(DOCKER_CONFIG if docker else OCI_CONFIG, config),
+            "layers": [descriptor(DOCKER_LAYER if docker else OCI_LAYER, b) for b in layers],
+        }
+    )
+
+
+def index_of(manifests: list[tuple[str, bytes]], *, media_type: str = OCI_INDEX) -> bytes:
+    """An index (or Docker manifest list) of `manifests`, each given as (media type, body)."""
+    return canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": [descriptor(kind, body) for kind, body in manifests],
+        }
+    )
+
+
 @dataclass(frozen=True)
 class Answer:
     """One HTTP answer: status, headers and the whole body."""
