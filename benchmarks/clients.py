@@ -108,6 +108,8 @@ class Timed:
     window: Window
     count: int
     digests: tuple[str, ...] = ()
+    #: The client process's CPU seconds (every thread's) over its window, where measured.
+    cpu_seconds: float | None = None
 
 
 def ingest_large(store: RemoteStore, job: LargeIngest, go: Go) -> Timed:
@@ -158,6 +160,7 @@ def small_blobs(store: RemoteStore, job: SmallBlobs, go: Go) -> Timed:
     """write_blob (open, write, commit: durable once answered) then info, until time is up."""
     prefix = f"small-{os.getpid()}-{os.urandom(4).hex()}"
     start = go()
+    cpu_at_start = time.process_time()
     deadline = start + job.seconds
     count = 0
     end = start
@@ -169,7 +172,7 @@ def small_blobs(store: RemoteStore, job: SmallBlobs, go: Go) -> Timed:
             raise RuntimeError(f"info of {digest} reports the wrong size")
         count += 1
         end = time.monotonic()
-    return Timed(Window(start, end), count)
+    return Timed(Window(start, end), count, cpu_seconds=time.process_time() - cpu_at_start)
 
 
 def listing_content(index: int) -> bytes:

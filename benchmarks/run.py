@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -29,8 +30,19 @@ from typing import Final
 
 try:
     from environment import describe, load_average
-    from servers import CONTAINERD, CONTENTD, Containerd, Contentd, Server
-    from workloads import FULL, QUICK, WORKLOADS, Context, Data, Result, Scale, Workload
+    from servers import CONTAINERD, CONTENTD, NULL_SERVER, Containerd, Contentd, Server
+    from workloads import (
+        FULL,
+        QUICK,
+        STORE_ALONE,
+        WORKLOADS,
+        Context,
+        Data,
+        References,
+        Result,
+        Scale,
+        Workload,
+    )
 except ModuleNotFoundError as missing:
     sys.exit(
         f"benchmarks/run.py: {missing}; run it with the project's virtualenv "
@@ -40,6 +52,9 @@ except ModuleNotFoundError as missing:
 MIB: Final = 1 << 20
 #: The issue's memory target for the daemon while it ingests the large blob.
 RSS_TARGET_MB: Final = 150
+#: The issue's small-blob target: this many times containerd's rate with 8 clients.
+SMALL_TARGET_TIMES: Final = 5
+SMALL_TARGET_CASE: Final = "small/8"
 
 
 class Progress:
@@ -212,6 +227,72 @@ def usage_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def per_blob_ms(seconds: float | None, blobs: object) -> str:
+    if seconds is None or not isinstance(blobs, int) or blobs <= 0:
+        return ""
+    return f"{1000 * seconds / blobs:.2f} ms"
+
+
+_REFERENCE_NAMES: Final = {
+    CONTENTD: "contentd",
+    CONTAINERD: "containerd",
+    NULL_SERVER: "a gRPC server that stores nothing",
+    STORE_ALONE: "contentd's store alone, no gRPC (threads for clients)",
+}
+
+
+def references_table(results: Sequence[Result]) -> str | None:
+    """The small-blob rows beside what bounds them here, with each side's CPU per blob."""
+    small = [r for r in results if r.case.startswith("small/") and r.server in _REFERENCE_NAMES]
+    if not any(r.server in (NULL_SERVER, STORE_ALONE) for r in small):
+        return None
+    lines = [
+        "| small blobs | clients | blobs/s | server CPU per blob | clients' CPU per blob |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    order = list(_REFERENCE_NAMES)
+    cases = sorted({r.case for r in small}, key=lambda case: int(case.split("/")[1]))
+    for case in cases:
+        clients = case.split("/")[1]
+        rows = sorted((r for r in small if r.case == case), key=lambda r: order.index(r.server))
+        for result in rows:
+            blobs = result.raw.get("blobs")
+            server_cpu = per_blob_ms(result.usage.cpu_seconds if result.usage else None, blobs)
+            client_seconds = result.raw.get("client_cpu_seconds")
+            client_cpu = (
+                per_blob_ms(client_seconds, blobs) if isinstance(client_seconds, float) else ""
+            )
+            if result.server == STORE_ALONE:
+                client_cpu = "(in the server's)"
+            lines.append(
+                f"| {_REFERENCE_NAMES[result.server]} | {clients} | "
+                f"{format_value(result.value, result.unit)} | {server_cpu} | {client_cpu} |"
+            )
+            if case == SMALL_TARGET_CASE and result.server == CONTAINERD:
+                target = SMALL_TARGET_TIMES * result.value
+                lines.append(
+                    f"| target: {SMALL_TARGET_TIMES}x containerd | {clients} | "
+                    f"{format_value(target, result.unit)} | | |"
+                )
+    return "\n".join(lines)
+
+
+def small_target_line(results: Sequence[Result]) -> str | None:
+    """What the small-blob target leaves of this machine's CPU for each blob."""
+    theirs = next(
+        (r for r in results if r.case == SMALL_TARGET_CASE and r.server == CONTAINERD), None
+    )
+    if theirs is None or theirs.value <= 0:
+        return None
+    target = SMALL_TARGET_TIMES * theirs.value
+    cores = os.cpu_count() or 1
+    return (
+        f"At the target's {target:,.0f} blobs/s, {cores} cores leave "
+        f"{1000 * cores / target:.2f} ms of CPU per blob for the server and its clients "
+        "together."
+    )
+
+
 def memory_target_line(results: Sequence[Result]) -> str | None:
     for result in results:
         if result.server == CONTENTD and result.case == "large-ingest" and result.usage:
@@ -240,6 +321,21 @@ def report(environment: dict[str, str], results: Sequence[Result]) -> str:
         "the daemon's VmHWM then, its peak since it started for this workload (setup "
         "included). CPU is user + system seconds of the daemon process over the same window.",
     ]
+    references = references_table(results)
+    if references:
+        lines += [
+            "",
+            references,
+            "",
+            "The small-blob rows beside their references, measured in the same run: the same "
+            "clients against a gRPC server that stores nothing (the cheapest a Python gRPC "
+            "server answers), and contentd's store driven by as many threads in one process, "
+            "with no gRPC. CPU per blob is the server's (or that process's) CPU seconds, and "
+            "the client processes' together, over the window, divided by the blobs stored.",
+        ]
+        budget = small_target_line(results)
+        if budget:
+            lines += ["", budget]
     target = memory_target_line(results)
     if target:
         lines += ["", target]
@@ -294,6 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 started = time.monotonic()
                 results += run_workload(workload, server, scale, data, progress)
                 timings[f"{workload.name}/{server.name}"] = time.monotonic() - started
+            started = time.monotonic()
+            measured = workload.references(References(workdir, scale, data, progress))
+            if measured:
+                results += measured
+                timings[f"{workload.name}/references"] = time.monotonic() - started
     finish_timings(timings, environment, progress)
 
     print(report(environment, results))

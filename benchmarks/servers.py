@@ -1,17 +1,21 @@
-"""The two servers under test, started one at a time on roots that outlive each start.
+"""The servers the benchmark measures, started one at a time on roots that outlive each start.
 
-Both come from the test support helpers: `contentd serve` as a subprocess
+The two compared come from the test support helpers: `contentd serve` as a subprocess
 (`support.daemon.start_daemon`) and a private containerd with only its content plugins
 (`support.containerd.start_containerd`, garbage collector on, so workloads label what they
-keep with `containerd.io/gc.root`). A server's root lives in a directory of the benchmark's
-own; stopping and starting it again keeps its content, so each workload runs on a fresh
-process of a store that holds what earlier workloads wrote.
+keep with `containerd.io/gc.root`). A third, `null_server.py`, stores nothing: the
+small-blob workload measures it as a reference, outside the comparison. A server's root
+lives in a directory of the benchmark's own; stopping and starting it again keeps its
+content, so each workload runs on a fresh process of a store that holds what earlier
+workloads wrote.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 60.0
 CONTENTD: Final = "contentd"
 CONTAINERD: Final = "containerd"
+NULL_SERVER: Final = "null-server"
 
 
 @dataclass
@@ -116,3 +121,47 @@ class Containerd(Server):
 
     def log(self) -> str:
         return log_tail(self.workdir / "containerd.log")
+
+
+class NullServer(Server):
+    """`null_server.py`: a Python gRPC server answering Write and Info with nothing stored."""
+
+    name = NULL_SERVER
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = self.workdir / "null-server.log"
+
+    def start(self) -> Running:
+        socket = self.workdir / "null.sock"
+        address = f"unix://{socket}"
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, str(REPO / "benchmarks" / "null_server.py"), address],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while f"serving on {address}" not in self._log.read_text(errors="replace"):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the null server did not start:\n{self.log()}")
+            time.sleep(0.05)
+        return Running(self.name, address, self._process.pid)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def log(self) -> str:
+        text = self._log.read_text(errors="replace") if self._log.exists() else ""
+        return "\n".join(text.splitlines()[-40:]) or "(nothing logged)"

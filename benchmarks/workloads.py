@@ -4,14 +4,18 @@ A workload runs against one server at a time: the harness starts the server, cal
 `run`, and stops it. Each case launches its clients (see `clients`), measures the daemon
 process from the moment every client is ready until the last one is done, and yields a
 `Result`. Cases marked not `counted` are reported for information only (how long the
-listing's population took).
+listing's population took, and the small-blob workload's references: what bounds its
+rate on this machine).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import subprocess
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +43,7 @@ from clients import (
 )
 from clients import Client as ClientFunction
 from measure import Monitor, Usage
-from servers import Running
+from servers import NULL_SERVER, NullServer, Running
 
 from contentd.client import RemoteStore
 from contentd.errdefs import NotFound
@@ -52,6 +56,8 @@ LIST_ROUNDS: Final = 3
 LIST_FILTER: Final = "labels.kind==a"
 CONTENTION_REF: Final = "same-ref"
 LARGE_REF: Final = "bench-large"
+#: The name results of contentd's store measured without gRPC go under.
+STORE_ALONE: Final = "store-alone"
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -202,6 +208,16 @@ class Context:
         return RemoteStore(self.server.address, namespace, timeout=60.0)
 
 
+@dataclass
+class References:
+    """What a workload needs to measure its references, outside any server under test."""
+
+    workdir: Path
+    scale: Scale
+    data: Data
+    progress: Callable[[str], None]
+
+
 class Workload(ABC):
     """A named workload: `--only NAME` selects it."""
 
@@ -214,6 +230,10 @@ class Workload(ABC):
     @abstractmethod
     def run(self, ctx: Context) -> list[Result]:
         """Run every case against `ctx.server`."""
+
+    def references(self, ctx: References) -> list[Result]:
+        """Measure what bounds the workload on this machine, once both servers ran it."""
+        return []
 
     def result(
         self,
@@ -305,40 +325,101 @@ class LargeReadWorkload(Workload):
 
 
 class SmallBlobsWorkload(Workload):
-    """4 KiB blobs: write, durable commit (labelled), then Info; 1 and 8 client processes."""
+    """4 KiB blobs: write, durable commit (labelled), then Info; 1 and 8 client processes.
+
+    Its references, outside the comparison, bound what any server could reach here: the
+    same clients against a gRPC server that stores nothing, and contentd's store alone,
+    with no gRPC, driven by as many threads as there were clients.
+    """
 
     name = "small"
     namespace = "bench-small"
 
     def run(self, ctx: Context) -> list[Result]:
+        return [
+            self._measure(
+                ctx, clients, f"small blobs: 4 KiB write+commit+info, {_clients(clients)}"
+            )
+            for clients in ctx.scale.small_clients
+        ]
+
+    def _measure(self, ctx: Context, clients: int, title: str, *, counted: bool = True) -> Result:
+        job = SmallBlobs(SMALL_BLOB, ctx.scale.small_seconds, gc_root_labels())
+        timed, usage = ctx.clients(
+            small_blobs,
+            [job] * clients,
+            namespace=self.namespace,
+            timeout=ctx.scale.small_timeout(),
+        )
+        count = sum(t.count for t in timed)
+        seconds = span([t.window for t in timed])
+        return self.result(
+            ctx,
+            f"{clients}",
+            title,
+            count / seconds,
+            "blobs/s",
+            usage,
+            higher_is_better=True,
+            counted=counted,
+            blobs=count,
+            seconds=seconds,
+            per_client=[t.count for t in timed],
+            client_cpu_seconds=sum(t.cpu_seconds or 0.0 for t in timed),
+        )
+
+    def references(self, ctx: References) -> list[Result]:
         results = []
+        server = NullServer(ctx.workdir / NULL_SERVER)
+        running = server.start()
+        try:
+            on_null = Context(running, ctx.scale, ctx.data, ctx.progress)
+            for clients in ctx.scale.small_clients:
+                title = f"small blobs, {_clients(clients)}: a gRPC server that stores nothing"
+                results.append(self._measure(on_null, clients, title, counted=False))
+        finally:
+            server.stop()
         for clients in ctx.scale.small_clients:
-            job = SmallBlobs(SMALL_BLOB, ctx.scale.small_seconds, gc_root_labels())
-            timed, usage = ctx.clients(
-                small_blobs,
-                [job] * clients,
-                namespace=self.namespace,
-                timeout=ctx.scale.small_timeout(),
-            )
-            count = sum(t.count for t in timed)
-            seconds = span([t.window for t in timed])
-            plural = "client" if clients == 1 else "clients"
-            title = f"small blobs: 4 KiB write+commit+info, {clients} {plural}"
-            results.append(
-                self.result(
-                    ctx,
-                    f"{clients}",
-                    title,
-                    count / seconds,
-                    "blobs/s",
-                    usage,
-                    higher_is_better=True,
-                    blobs=count,
-                    seconds=seconds,
-                    per_client=[t.count for t in timed],
-                )
-            )
+            results.append(self._store_alone(ctx, clients))
         return results
+
+    def _store_alone(self, ctx: References, threads: int) -> Result:
+        os.sync()
+        threaded = "thread" if threads == 1 else "threads"
+        title = f"small blobs, {threads} {threaded}: contentd's store alone, no gRPC"
+        command = [
+            sys.executable,
+            str(Path(__file__).with_name("store_alone.py")),
+            str(ctx.workdir / STORE_ALONE),
+            str(threads),
+            str(ctx.scale.small_seconds),
+            str(SMALL_BLOB),
+            json.dumps(gc_root_labels()),
+        ]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=ctx.scale.small_timeout(), check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"store_alone.py failed:\n{done.stderr[-4000:]}")
+        measured = json.loads(done.stdout)
+        cpu = measured["user_seconds"] + measured["system_seconds"]
+        rate = measured["blobs"] / measured["seconds"]
+        ctx.progress(f"{STORE_ALONE}: {title}: {rate:,.2f} blobs/s")
+        return Result(
+            case=f"{self.name}/{threads}",
+            title=title,
+            server=STORE_ALONE,
+            value=rate,
+            unit="blobs/s",
+            higher_is_better=True,
+            counted=False,
+            usage=Usage(peak_rss=0, hwm=measured["max_rss"], cpu_seconds=cpu, samples=0),
+            raw=measured,
+        )
+
+
+def _clients(count: int) -> str:
+    return f"{count} client" if count == 1 else f"{count} clients"
 
 
 class ListingWorkload(Workload):

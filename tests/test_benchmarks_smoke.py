@@ -30,7 +30,14 @@ def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path
     measured = {(r["case"], r["server"]) for r in results}
     for case in ("large-ingest", "large-read", "small/1", "small/8", "contention"):
         assert {(case, "contentd"), (case, "containerd")} <= measured
+    # The small-blob references: a server that stores nothing, and the store without gRPC.
+    for case in ("small/1", "small/8"):
+        assert {(case, "null-server"), (case, "store-alone")} <= measured
+    references = [r for r in results if r["server"] in ("null-server", "store-alone")]
+    assert all(r["value"] > 0 and not r["counted"] for r in references)
     assert "| workload |" in run.stdout
+    assert "| a gRPC server that stores nothing | 8 |" in run.stdout
+    assert "| target: 5x containerd | 8 |" in run.stdout
 
 
 @pytest.mark.slow
