@@ -21,30 +21,18 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 
 from contentd.client import write_blob
 from contentd.content import LocalStore
 
 NAMESPACE = "bench-store-alone"
+#: How long the threads may take to be ready, and the harness to start them.
+READY_TIMEOUT = 60.0
 
 
-def loop(
-    store: LocalStore,
-    prefix: str,
-    size: int,
-    labels: Mapping[str, str],
-    start: threading.Barrier,
-    seconds: float,
-    counts: list[int | BaseException],
-    index: int,
-) -> None:
-    try:
-        counts[index] = _stored(store, prefix, size, labels, start, seconds)
-    except BaseException as failure:  # reported by main, which fails the run
-        counts[index] = failure
-
-
-def _stored(
+def stored(
     store: LocalStore,
     prefix: str,
     size: int,
@@ -52,7 +40,8 @@ def _stored(
     start: threading.Barrier,
     seconds: float,
 ) -> int:
-    start.wait()
+    """One thread's loop: how many blobs it stored in `seconds` from the start."""
+    start.wait(READY_TIMEOUT)
     deadline = time.monotonic() + seconds
     count = 0
     while time.monotonic() < deadline:
@@ -71,31 +60,21 @@ def main(argv: list[str]) -> int:
         return 2
     root, threads, seconds, size = argv[0], int(argv[1]), float(argv[2]), int(argv[3])
     labels = json.loads(argv[4])
-    counts: list[int | BaseException] = [0] * threads
     start = threading.Barrier(threads + 1)
-    with LocalStore(root, NAMESPACE) as store:
-        workers = [
-            threading.Thread(
-                target=loop,
-                args=(store, f"alone-{i}", size, labels, start, seconds, counts, i),
-            )
+    with LocalStore(root, NAMESPACE) as store, ThreadPoolExecutor(threads) as pool:
+        loops = [
+            pool.submit(stored, store, f"alone-{i}", size, labels, start, seconds)
             for i in range(threads)
         ]
-        for worker in workers:
-            worker.start()
         before = resource.getrusage(resource.RUSAGE_SELF)
         began = time.monotonic()
-        start.wait()
-        for worker in workers:
-            worker.join()
+        start.wait(READY_TIMEOUT)
+        futures.wait(loops)
         elapsed = time.monotonic() - began
         after = resource.getrusage(resource.RUSAGE_SELF)
-    failures = [count for count in counts if isinstance(count, BaseException)]
-    if failures:
-        print(f"store_alone.py: a thread failed: {failures[0]!r}", file=sys.stderr)
-        return 1
+    blobs = sum(loop.result() for loop in loops)  # raises what failed a thread
     result = {
-        "blobs": sum(count for count in counts if isinstance(count, int)),
+        "blobs": blobs,
         "seconds": elapsed,
         "user_seconds": after.ru_utime - before.ru_utime,
         "system_seconds": after.ru_stime - before.ru_stime,
