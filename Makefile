@@ -27,6 +27,8 @@ lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+# The benchmarks are scripts that import their siblings and the tests' support helpers.
+	MYPYPATH=tests:benchmarks $(BIN)/mypy benchmarks/*.py
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -45,9 +45,10 @@ try:
         push_blob,
         run_client,
     )
-    from registry_servers import DOCKER_REGISTRY, ContentdRegistry, DockerRegistry
+    from registry_servers import ContentdRegistry, DockerRegistry
     from run import Progress, finish_timings, serving
     from servers import CONTENTD, Running, Server
+    from support.docker_registry import DOCKER_REGISTRY  # on the path once servers is imported
     from workloads import Data, human_bytes
 except ModuleNotFoundError as missing:
     sys.exit(

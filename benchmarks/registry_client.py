@@ -155,7 +155,7 @@ def push_blob(job: Push, go: Go) -> Pushed:
     finally:
         connection.close()
     phases = (posted - start, sent - posted, end - sent)
-    return Pushed(Window(start, end), job.blob.size, (job.blob.digest,), phases)
+    return Pushed(Window(start, end), job.blob.size, (job.blob.digest,), phases=phases)
 
 
 @dataclass(frozen=True)
