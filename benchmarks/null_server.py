@@ -8,8 +8,9 @@ and keeps nothing but a map of digest to size in memory: no file, no fsync, no l
 database. Its gRPC server is built as contentd's is (grpcio's synchronous server over a
 thread pool of contentd's default size), so the small-blob rate the same clients reach
 against it is what a Python gRPC server on this machine allows before any store is
-behind it. The harness runs it as a reference, outside the comparison; it prints
-``serving on ADDRESS`` on stderr once ready and stops on SIGTERM.
+behind it. The harness runs it as a reference, outside the comparison. Like contentd and
+containerd it answers `grpc.health.v1.Health` (SERVING once it listens), which is how
+the harness knows it is ready; it stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from types import FrameType
 from typing import Final
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
@@ -79,6 +81,7 @@ def main(argv: list[str]) -> int:
     )
     # gRPC's own registration and decoding: the cheapest way to serve the service.
     content_pb2_grpc.add_ContentServicer_to_server(NullContent(), server)  # type: ignore[no-untyped-call]
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     if not server.add_insecure_port(address):
         print(f"null_server.py: cannot listen on {address}", file=sys.stderr)
         return 1

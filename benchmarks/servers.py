@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,13 @@ REPO: Final = Path(__file__).resolve().parent.parent
 # tests/ is no package: its helpers import as `support.*` with the folder on the path.
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.containerd import ContainerdProcess, log_tail, start_containerd  # noqa: E402
+from support.containerd import (  # noqa: E402
+    ContainerdProcess,
+    log_tail,
+    short_socket_dir,
+    start_containerd,
+    wait_for_serving,
+)
 from support.daemon import DaemonProcess, start_daemon  # noqa: E402
 
 START_TIMEOUT: Final = 60.0
@@ -132,10 +137,12 @@ class NullServer(Server):
         super().__init__(workdir)
         self._process: subprocess.Popen[bytes] | None = None
         self._log = self.workdir / "null-server.log"
+        self._owned_socket_dir: Path | None = None
 
     def start(self) -> Running:
-        socket = self.workdir / "null.sock"
-        address = f"unix://{socket}"
+        socket_dir, owned = short_socket_dir(self.workdir, "null.sock")
+        self._owned_socket_dir = socket_dir if owned else None
+        address = f"unix://{socket_dir / 'null.sock'}"
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 [sys.executable, str(REPO / "benchmarks" / "null_server.py"), address],
@@ -143,25 +150,30 @@ class NullServer(Server):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while f"serving on {address}" not in self._log.read_text(errors="replace"):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the null server did not start:\n{self.log()}")
-            time.sleep(0.05)
+        try:
+            wait_for_serving(
+                address,
+                timeout=START_TIMEOUT,
+                exited=self._process.poll,
+                describe=lambda: f"null server log:\n{self.log()}",
+            )
+        except BaseException:
+            self.stop()
+            raise
         return Running(self.name, address, self._process.pid)
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._owned_socket_dir is not None:
+            shutil.rmtree(self._owned_socket_dir, ignore_errors=True)
+            self._owned_socket_dir = None
 
     def log(self) -> str:
-        text = self._log.read_text(errors="replace") if self._log.exists() else ""
-        return "\n".join(text.splitlines()[-40:]) or "(nothing logged)"
+        return log_tail(self._log)
