@@ -204,8 +204,17 @@ class UploadSessions:
                 await self._close(ref, entry)
 
     async def _close(self, ref: str, entry: OpenUpload) -> None:
-        if self._open.get(ref) is entry:
-            del self._open[ref]
+        """Close `entry`'s writer, then forget it (the caller holds its lock).
+
+        The entry leaves `_open` only once its writer has let go of the ref:
+        a request for the same upload meanwhile waits on the entry's lock and
+        then reopens the ref, rather than finding no entry and failing on a
+        ref still locked (REF_LOCKED) by the writer being closed.
+        """
         writer, entry.writer = entry.writer, None
-        if writer is not None:
-            await self._run(writer.close)
+        try:
+            if writer is not None:
+                await self._run(writer.close)
+        finally:
+            if self._open.get(ref) is entry:
+                del self._open[ref]
