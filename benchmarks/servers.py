@@ -29,6 +29,7 @@ from support.containerd import (  # noqa: E402
     log_tail,
     short_socket_dir,
     start_containerd,
+    terminate,
     wait_for_serving,
 )
 from support.daemon import DaemonProcess, start_daemon  # noqa: E402
@@ -165,12 +166,7 @@ class NullServer(Server):
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process, STOP_TIMEOUT)
         if self._owned_socket_dir is not None:
             shutil.rmtree(self._owned_socket_dir, ignore_errors=True)
             self._owned_socket_dir = None

@@ -338,7 +338,7 @@ class SmallBlobsWorkload(Workload):
     def run(self, ctx: Context) -> list[Result]:
         return [
             self._measure(
-                ctx, clients, f"small blobs: 4 KiB write+commit+info, {_clients(clients)}"
+                ctx, clients, f"small blobs: 4 KiB write+commit+info, {_counted(clients, 'client')}"
             )
             for clients in ctx.scale.small_clients
         ]
@@ -375,7 +375,8 @@ class SmallBlobsWorkload(Workload):
         try:
             on_null = Context(running, ctx.scale, ctx.data, ctx.progress)
             for clients in ctx.scale.small_clients:
-                title = f"small blobs, {_clients(clients)}: a gRPC server that stores nothing"
+                what = _counted(clients, "client")
+                title = f"small blobs, {what}: a gRPC server that stores nothing"
                 results.append(self._measure(on_null, clients, title, counted=False))
         finally:
             server.stop()
@@ -385,8 +386,7 @@ class SmallBlobsWorkload(Workload):
 
     def _store_alone(self, ctx: References, threads: int) -> Result:
         os.sync()
-        threaded = "thread" if threads == 1 else "threads"
-        title = f"small blobs, {threads} {threaded}: contentd's store alone, no gRPC"
+        title = f"small blobs, {_counted(threads, 'thread')}: contentd's store alone, no gRPC"
         command = [
             sys.executable,
             str(Path(__file__).with_name("store_alone.py")),
@@ -418,8 +418,8 @@ class SmallBlobsWorkload(Workload):
         )
 
 
-def _clients(count: int) -> str:
-    return f"{count} client" if count == 1 else f"{count} clients"
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class ListingWorkload(Workload):

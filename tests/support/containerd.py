@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -195,6 +196,20 @@ def wait_for_serving(
         time.sleep(0.02)
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float) -> bool:
+    """SIGTERM `process` and wait for it, SIGKILL it if it has not exited within `timeout`
+    seconds. Returns whether it ended without the SIGKILL. Safe to call more than once."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return False
+    return True
+
+
 class ContainerdProcess:
     """A running private containerd. Stop it with `stop()` or by leaving its `with` block."""
 
@@ -221,13 +236,7 @@ class ContainerdProcess:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL if containerd has not exited within `timeout` seconds.
         Safe to call more than once."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
             self._owned_dir = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from support.containerd import log_tail
+from support.containerd import log_tail, terminate
 
 DOCKER_REGISTRY: Final = "docker-registry"
 
@@ -94,14 +93,8 @@ class DockerRegistryProcess:
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then SIGKILL (and RuntimeError) if it has not exited within `timeout`
         seconds; returns its exit status. Safe to call more than once."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise RuntimeError(f"docker-registry did not stop within {timeout:g} s") from None
+        if not terminate(self.process, timeout):
+            raise RuntimeError(f"docker-registry did not stop within {timeout:g} s")
         return self.process.returncode
 
     def log(self) -> str:
