@@ -339,6 +339,8 @@ class LocalStore(Closing):
         a digest the namespace already holds is AlreadyExists. Bytes that fail
         verification leave nothing behind. Meant for small blobs, which it
         stores with one file, one lock and one (group-committed) transaction.
+        The bytes are verified first: wrong bytes are FailedPrecondition even
+        when the namespace holds them, or holds `expected`.
         """
         validate_ref(ref)
         validate_size("size", size)
@@ -348,15 +350,15 @@ class LocalStore(Closing):
         hasher = new_hasher(algorithm)
         hasher.update(view)
         digest = f"{algorithm}:{hasher.hexdigest()}"
-        # As a writer would: a stored expectation first, then verification.
-        with self._root.metadata.read(f"storing {digest}") as tx:
-            for stored in (expected, digest):
-                if stored and tx.content(self._namespace, stored) is not None:
-                    raise AlreadyExists(f"content {stored}")
+        # The bytes are in hand: verify them before anything else, so that
+        # bytes stored under their own digest never pass for another one.
         if size and size != len(view):
             raise FailedPrecondition(f"unexpected commit size {len(view)}, expected {size}")
         if expected and expected != digest:
             raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
+        with self._root.metadata.read(f"storing {digest}") as tx:
+            if tx.content(self._namespace, digest) is not None:
+                raise AlreadyExists(f"content {digest}")
         key, lock = self._lock(ref)
         source = self._root.ingest_data(key)
         outcome = Recording()

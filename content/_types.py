@@ -219,7 +219,10 @@ class Store(Protocol):
 
         Equivalent to opening a writer, writing `data` from offset 0,
         committing and closing, in one exchange: Unavailable if the ref is
-        held, AlreadyExists if the namespace has the digest already.
+        held, FailedPrecondition if `data` is not `size` bytes or does not
+        hash to `expected` (checked before anything else, so stored bytes
+        never pass for another digest), AlreadyExists if the namespace has
+        the digest already.
         """
         ...
 

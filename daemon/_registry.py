@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import re
 import socket
@@ -27,6 +28,7 @@ from typing import IO, Any, Final, ParamSpec, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from contentd.content import BlobReader, LocalStore, LocalWriter, validate_digest
 from contentd.errdefs import (
@@ -62,11 +64,17 @@ WRITE_CHUNK: Final = 1 << 20
 SMALL_BODY: Final = 1 << 20
 #: The socket read buffer per connection: larger reads, fewer wakeups per MiB.
 READ_BUFFER: Final = 1 << 20
-#: Tags or repositories in one page when the client does not say.
+#: Repositories in one page when the client does not say (tags are all listed).
 DEFAULT_PAGE: Final = 1000
 MAX_PAGE: Final = 10_000
+#: Tags read from the index per step while a whole tag list streams out.
+TAG_STREAM_PAGE: Final = 1000
+#: The Content-Type of the registry's JSON answers.
+JSON_TYPE: Final = "application/json; charset=utf-8"
 #: How often idle upload writers are looked for.
 IDLE_SWEEP: Final = 5.0
+#: Bounds on how often abandoned uploads are looked for: a quarter of their TTL.
+PURGE_EVERY: Final = (0.5, 3600.0)
 
 # The distribution spec's grammar: path components of lowercase letters and
 # digits, separated by '.', '_', '__' or dashes; tags as docker's.
@@ -100,6 +108,8 @@ class HttpOptions:
     upload_idle_timeout: float = 60.0
     #: Upload writers kept open at once; past it idle ones close, busy ones refuse.
     max_open_uploads: int = 128
+    #: Seconds an upload may sit untouched before it is aborted (its bytes freed).
+    upload_ttl: float = 24 * 3600.0
     #: Threads for blocking store calls.
     workers: int = 16
 
@@ -108,17 +118,15 @@ def _error(cls: type[ContentdError], message: str, code: str, **metadata: str) -
     return cls(message, reason=code, metadata=metadata)
 
 
-# What some errors add to their answer: a status the descriptor table does not
-# give (413 for an oversized manifest), headers (the upload's Range on a 416).
-_ANSWER_EXTRAS: weakref.WeakKeyDictionary[ContentdError, tuple[int | None, dict[str, str]]] = (
+# What some errors add to their answer: headers (the upload's Range on a 416).
+# Statuses are the errdefs table's alone.
+_ANSWER_HEADERS: weakref.WeakKeyDictionary[ContentdError, dict[str, str]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _answered_with(
-    error: ContentdError, *, status: int | None = None, headers: dict[str, str] | None = None
-) -> ContentdError:
-    _ANSWER_EXTRAS[error] = (status, headers or {})
+def _answered_with(error: ContentdError, *, headers: dict[str, str]) -> ContentdError:
+    _ANSWER_HEADERS[error] = headers
     return error
 
 
@@ -147,10 +155,11 @@ def _parse_name(name: str) -> str:
     return name
 
 
-def _page_size(request: web.Request) -> int:
+def _page_size(request: web.Request) -> int | None:
+    """The page size `n` a listing asks for; None when it asks for none."""
     text = request.query.get("n")
     if text is None or text == "":
-        return DEFAULT_PAGE
+        return None
     if not text.isdigit():
         raise _error(
             InvalidArgument,
@@ -196,6 +205,19 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return _UNSATISFIABLE
     last = int(match[2]) if match[2] else size - 1
     return first, min(last + 1, size)
+
+
+def _if_range_holds(header: str | None, digest: str) -> bool:
+    """Whether a Range may be served under `If-Range` (RFC 9110 13.1.5).
+
+    The blob's strong ETag (its quoted digest, or the bare digest) holds; a
+    weak ETag, another one, or a date never does: this server sends no
+    Last-Modified, so a date can match nothing it said.
+    """
+    if header is None:
+        return True
+    validator = header.strip()
+    return validator in (f'"{digest}"', digest)
 
 
 class Registry:
@@ -256,6 +278,12 @@ class Registry:
             # The client went away mid-request; what it sent is kept (uploads resume).
             _log.debug("%s %s: the client went away", request.method, request.path)
             return web.Response(status=499)
+        except (HttpProcessingError, web.RequestPayloadError) as exc:
+            # A body refused as it streamed in (one that fails to decode its
+            # Content-Encoding, say): the client's error, answered as one.
+            code = "BLOB_UPLOAD_INVALID" if "/blobs/uploads" in request.path else "MANIFEST_INVALID"
+            refused = _error(InvalidArgument, f"malformed request body: {_one_line(exc)}", code)
+            response = self._error_response(request, refused)
         except Exception as exc:
             response = self._error_response(request, exc)
         if not response.prepared:
@@ -269,10 +297,8 @@ class Registry:
         headers: dict[str, str] = {"Content-Type": answer.content_type}
         if status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="contentd"'
-        if isinstance(exc, ContentdError) and exc in _ANSWER_EXTRAS:
-            extra_status, extra_headers = _ANSWER_EXTRAS.pop(exc)
-            status = extra_status or status
-            headers.update(extra_headers)
+        if isinstance(exc, ContentdError) and exc in _ANSWER_HEADERS:
+            headers.update(_ANSWER_HEADERS.pop(exc))
         response = web.Response(status=status, body=answer.body, headers=headers)
         _log.debug("%s %s: %d %s", request.method, request.path, answer.status, exc)
         return response
@@ -329,10 +355,18 @@ class Registry:
             API_VERSION[0]: API_VERSION[1],
             SERVER[0]: SERVER[1],
         }
-        wanted = _byte_range(request.headers.get("Range"), size)
+        wanted = None
+        # A HEAD describes the whole blob, as without Range; a Range whose
+        # If-Range names other content asks for the whole blob (RFC 9110 13.1.5).
+        if request.method != "HEAD" and _if_range_holds(request.headers.get("If-Range"), digest):
+            wanted = _byte_range(request.headers.get("Range"), size)
         if wanted is _UNSATISFIABLE:
             raise _answered_with(
-                _error(OutOfRange, f"range of {digest} beyond its {size} bytes", "RANGE_INVALID"),
+                _error(
+                    OutOfRange,
+                    f"range of {digest} beyond its {size} bytes",
+                    "RANGE_NOT_SATISFIABLE",
+                ),
                 headers={"Content-Range": f"bytes */{size}"},
             )
         if wanted is not None:
@@ -543,7 +577,8 @@ class Registry:
                 raise _manifest_unknown(reference)
             digest = found
         else:
-            raise _error(InvalidArgument, f"tag {reference[:80]!r}", "MANIFEST_INVALID")
+            # No manifest can have such a tag: unknown, as the spec's pulls expect.
+            raise _manifest_unknown(reference[:80])
         media_type = await self._run(self._index.manifest_media_type, self._namespace, name, digest)
         if media_type is None:
             raise _manifest_unknown(reference)
@@ -569,15 +604,20 @@ class Registry:
     ) -> web.StreamResponse:
         length = request.content_length
         if length is not None and length > MAX_MANIFEST_BYTES:
-            raise _answered_with(
-                _error(
-                    InvalidArgument,
-                    f"manifest of {length} bytes: more than the {MAX_MANIFEST_BYTES} allowed",
-                    "MANIFEST_INVALID",
-                ),
-                status=413,  # the spec's answer to a manifest over the registry's limit
+            # 413: the spec's answer to a manifest over the registry's limit.
+            raise _error(
+                InvalidArgument,
+                f"manifest of {length} bytes: more than the {MAX_MANIFEST_BYTES} allowed",
+                "MANIFEST_TOO_LARGE",
             )
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _error(
+                InvalidArgument,
+                f"manifest of more than the {MAX_MANIFEST_BYTES} bytes allowed",
+                "MANIFEST_TOO_LARGE",
+            ) from None
         tag: str | None = None
         if ":" in reference:
             digest = _parse_digest(reference)
@@ -669,19 +709,21 @@ class Registry:
         manifests = await self._run(
             self._index.referrers, self._namespace, name, subject, artifact_type
         )
-        response = web.json_response(
-            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests},
-            content_type=OCI_INDEX,
-        )
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+        # Exactly the media type, as the spec requires: no charset parameter.
+        response = web.Response(body=body.encode(), headers={"Content-Type": OCI_INDEX})
         if artifact_type is not None:
             response.headers["OCI-Filters-Applied"] = "artifactType"
         return response
 
     async def _tags(self, request: web.Request, name: str, _: str) -> web.StreamResponse:
+        """The repository's tags in lexical order: a page with `n`, else all of them."""
         limit = _page_size(request)
         last = request.query.get("last", "")
         if not await self._run(self._index.repository_exists, self._namespace, name):
             raise _error(NotFound, f"repository {name}", "NAME_UNKNOWN", name=name)
+        if limit is None:
+            return await self._stream_tags(request, name, last)
         tags = await self._run(self._live_tags, name, last, limit + 1)
         response = web.json_response({"name": name, "tags": tags[:limit]})
         if len(tags) > limit and limit:
@@ -690,26 +732,61 @@ class Registry:
             )
         return response
 
-    def _live_tags(self, name: str, after: str, limit: int) -> list[str]:
-        """Up to `limit` tags of `name` sorted after `after` whose manifest the store still has.
+    async def _stream_tags(self, request: web.Request, name: str, last: str) -> web.StreamResponse:
+        """Every tag after `last`, written out a page at a time: never one huge string."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": JSON_TYPE,
+                API_VERSION[0]: API_VERSION[1],
+                SERVER[0]: SERVER[1],
+            }
+        )
+        await response.prepare(request)
+        await response.write(f'{{"name": {json.dumps(name)}, "tags": ['.encode())
+        separator = ""
+        after: str | None = last
+        try:
+            while after is not None:
+                live, after = await self._run(self._tag_page, name, after, TAG_STREAM_PAGE)
+                if live:
+                    await response.write((separator + json.dumps(live)[1:-1]).encode())
+                    separator = ", "
+        except Exception:
+            # The status is sent: cut the answer short rather than end a list
+            # that lacks tags. The client sees a broken body, not a short list.
+            _log.exception("listing tags of %s", name)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(b"]}")
+        await response.write_eof()
+        return response
+
+    def _tag_page(self, name: str, after: str, limit: int) -> tuple[list[str], str | None]:
+        """The live tags among the next `limit` tags after `after`, and where the next page starts.
 
         A manifest deleted over gRPC (`ctr content rm`) leaves its tags in the
         index, where reading them answers MANIFEST_UNKNOWN; they are not listed
-        (and are again if the manifest is stored again).
+        (and are again if the manifest is stored again). The next page starts
+        after the last tag read, live or not; None once none are left.
         """
-        live: list[str] = []
+        rows = self._index.tags(self._namespace, name, after=after, limit=limit)
         stored: dict[str, bool] = {}
-        while len(live) < limit:
-            wanted = limit - len(live)
-            rows = self._index.tags(self._namespace, name, after=after, limit=wanted)
-            for tag, digest in rows:
-                if digest not in stored:
-                    stored[digest] = self._stored(digest)
-                if stored[digest]:
-                    live.append(tag)
-            if len(rows) < wanted:
-                break
-            after = rows[-1][0]
+        live = []
+        for tag, digest in rows:
+            if digest not in stored:
+                stored[digest] = self._stored(digest)
+            if stored[digest]:
+                live.append(tag)
+        return live, (rows[-1][0] if len(rows) == limit else None)
+
+    def _live_tags(self, name: str, after: str, limit: int) -> list[str]:
+        """Up to `limit` live tags of `name` in lexical order after `after` (see `_tag_page`)."""
+        live: list[str] = []
+        start: str | None = after
+        while start is not None and len(live) < limit:
+            found, start = self._tag_page(name, start, limit - len(live))
+            live += found
         return live
 
     def _stored(self, digest: str) -> bool:
@@ -721,6 +798,8 @@ class Registry:
 
     async def _catalog(self, request: web.Request) -> web.StreamResponse:
         limit = _page_size(request)
+        if limit is None:
+            limit = DEFAULT_PAGE
         last = request.query.get("last", "")
         names = await self._run(
             self._index.repositories, self._namespace, after=last, limit=limit + 1
@@ -748,6 +827,34 @@ class Registry:
         ("tags", "GET", False): _tags,
         ("referrers", "GET", True): _referrers,
     }
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """An error's words on one line, cut short: parser errors quote what the client sent."""
+    # aiohttp's parser errors start with their status: "400, message: ...".
+    text = re.sub(r"^\d{3}, message:\s*", "", " ".join(str(error).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The log aiohttp's connection handler writes to, with malformed requests put in their place.
+
+    aiohttp logs every request its parser refuses (a URL past its line
+    limit, a malformed header) at ERROR with a traceback, then answers it
+    400 before any handler sees it, and logs a body that fails to decode
+    again as it drains it after the answer. That is the client's mistake,
+    not the server's: it becomes one INFO line. Anything else stays as
+    aiohttp logs it.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(error, (HttpProcessingError, web.RequestPayloadError)):
+            # aiohttp passes the client's address as the one argument, when it has it.
+            origin = f" from {args[0]}" if args else ""
+            self.logger.info("refused a malformed request%s: %s", origin, _one_line(error))
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class HttpServer:
@@ -787,6 +894,7 @@ class HttpServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="contentd-http")
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Serve from now on; returns once the server accepts connections."""
@@ -800,11 +908,13 @@ class HttpServer:
             handle_signals=False,
             read_bufsize=READ_BUFFER,
             shutdown_timeout=self._grace,
+            logger=_ServerLog(logging.getLogger("contentd.http"), {}),
         )
         await self._runner.setup()
         site = web.SockSite(self._runner, self._socket, ssl_context=self._ssl)
         await site.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._purger = asyncio.get_running_loop().create_task(self._purge())
 
     async def _sweep(self) -> None:
         while True:
@@ -813,6 +923,17 @@ class HttpServer:
                 await self._registry.uploads.close_idle()
             except Exception:
                 _log.exception("closing idle uploads")
+
+    async def _purge(self) -> None:
+        """Abort abandoned uploads now (a restart finds them too), then every so often."""
+        ttl = self._options.upload_ttl
+        low, high = PURGE_EVERY
+        while True:
+            try:
+                await self._registry.uploads.purge_abandoned(ttl)
+            except Exception:
+                _log.exception("purging abandoned uploads")
+            await asyncio.sleep(min(max(ttl / 4, low), high))
 
     def stop(self) -> None:
         """Stop accepting, give running requests the grace period, close every upload writer."""
@@ -829,8 +950,9 @@ class HttpServer:
         self._socket.close()
 
     async def _stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._purger):
+            if task is not None:
+                task.cancel()
         if self._runner is not None:
             await self._runner.shutdown()
             started = time.monotonic()

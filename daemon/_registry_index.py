@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS tags (
     digest TEXT NOT NULL,
     PRIMARY KEY (namespace, repository, tag)
 ) WITHOUT ROWID;
+-- Tags list in lexical order, case-insensitive (as the distribution spec asks);
+-- tags are ASCII, so lower() is that order, the tag itself breaking ties.
+CREATE INDEX IF NOT EXISTS tags_lexical ON tags (namespace, repository, lower(tag), tag);
 """
 
 
@@ -229,11 +232,17 @@ class RegistryIndex:
     def tags(
         self, namespace: str, repository: str, *, after: str = "", limit: int
     ) -> list[tuple[str, str]]:
-        """Up to `limit` (tag, digest) pairs of `repository` sorted after `after`, by tag."""
+        """Up to `limit` (tag, digest) pairs of `repository` after `after`, in lexical order.
+
+        Lexical is the distribution spec's order: case-insensitive, ties (tags
+        that differ in case alone) in byte order. `after` need not be a tag.
+        """
         rows = self._query(
             f"listing tags of {repository}",
-            "SELECT tag, digest FROM tags WHERE namespace = ? AND repository = ? AND tag > ? "
-            "ORDER BY tag LIMIT ?",
+            "SELECT tag, digest FROM tags WHERE namespace = ?1 AND repository = ?2 "
+            # The first condition is the index's range; the second drops ties up to `after`.
+            "AND lower(tag) >= lower(?3) AND (lower(tag), tag) > (lower(?3), ?3) "
+            "ORDER BY lower(tag), tag LIMIT ?4",
             namespace,
             repository,
             after,

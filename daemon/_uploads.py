@@ -5,16 +5,19 @@ offset are the store's, so an upload resumes (and survives a restart) from
 what the store kept. Reopening a writer re-reads what the ingest holds to
 rebuild its hash, so between the requests of one upload the writer stays
 open (and its ref locked) until the upload completes, is canceled, or sits
-idle for `idle_timeout` seconds.
+idle for `idle_timeout` seconds. An upload nobody touches for much longer (a
+day, by default) is abandoned: `purge_abandoned` aborts it and frees its bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from contentd.content import LocalStore, LocalWriter
@@ -27,6 +30,8 @@ TOO_MANY_UPLOADS: Final = "TOO_MANY_UPLOADS"
 
 #: Runs a blocking store call off the event loop.
 Runner = Callable[..., "asyncio.Future[Any]"]
+
+_log = logging.getLogger("contentd.daemon")
 
 
 def upload_ref(repository: str, session: str) -> str:
@@ -197,6 +202,46 @@ class UploadSessions:
             if entry.last_used < deadline and not entry.lock.locked():
                 async with entry.lock:
                     await self._close(ref, entry)
+
+    async def purge_abandoned(self, ttl: float) -> int:
+        """Abort every upload untouched for `ttl` seconds; returns how many were.
+
+        As docker-registry purges old uploads: a client that started an
+        upload and went away would otherwise leave its ingest, and its bytes,
+        for ever. An upload a request is using is left alone, and so is one
+        another process holds (the store refuses the abort). Requests for a
+        purged upload wait for the purge, then find it unknown.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=ttl)
+        statuses = await self._run(self._store.list_statuses)
+        purged = 0
+        for status in statuses:
+            ref = status.ref
+            if not ref.startswith(UPLOAD_REF_PREFIX) or status.updated_at >= cutoff:
+                continue
+            entry = self._open.get(ref)
+            if entry is None:
+                entry = self._open[ref] = OpenUpload(ref)
+                entry.last_used = float("-inf")
+            if entry.lock.locked():
+                continue  # in use right now
+            async with entry.lock:
+                if self._open.get(ref) is not entry or entry.last_used > time.monotonic() - ttl:
+                    continue
+                writer, entry.writer = entry.writer, None
+                try:
+                    if writer is not None:
+                        await self._run(writer.close)
+                    await self._run(self._store.abort, ref)
+                except (NotFound, Unavailable):
+                    continue  # gone meanwhile, or another process's writer holds it
+                finally:
+                    if self._open.get(ref) is entry:
+                        del self._open[ref]
+                entry.finished = True
+                purged += 1
+                _log.info("aborted upload %s: untouched for more than %gs", ref, ttl)
+        return purged
 
     async def close_all(self) -> None:
         for ref, entry in list(self._open.items()):

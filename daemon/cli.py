@@ -48,7 +48,12 @@ def _tls_files(
 
 
 def _http_options(
-    address: str | None, namespace: str, htpasswd: Path | None, read_only: bool, max_uploads: int
+    address: str | None,
+    namespace: str,
+    htpasswd: Path | None,
+    read_only: bool,
+    max_uploads: int,
+    upload_ttl: float,
 ) -> HttpOptions | None:
     if address is None:
         for flag, given in (("--http-htpasswd", htpasswd), ("--http-read-only", read_only)):
@@ -65,6 +70,7 @@ def _http_options(
         htpasswd=htpasswd,
         read_only=read_only,
         max_open_uploads=max_uploads,
+        upload_ttl=upload_ttl,
     )
 
 
@@ -163,6 +169,13 @@ def _http_options(
     "and, when all are busy, new uploads get TOOMANYREQUESTS.",
 )
 @click.option(
+    "--http-upload-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=24 * 3600.0,
+    show_default=True,
+    help="Seconds an upload may sit untouched before the registry aborts it and frees its bytes.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -190,6 +203,7 @@ def serve(
     http_htpasswd: Path | None,
     http_read_only: bool,
     http_max_uploads: int,
+    http_upload_ttl: float,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -220,7 +234,12 @@ def serve(
         write_idle_timeout=write_idle_timeout or None,
         grace=grace,
         http=_http_options(
-            http_address, http_namespace, http_htpasswd, http_read_only, http_max_uploads
+            http_address,
+            http_namespace,
+            http_htpasswd,
+            http_read_only,
+            http_max_uploads,
+            http_upload_ttl,
         ),
     )
     try:

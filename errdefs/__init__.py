@@ -72,6 +72,8 @@ from ._grpc import (
 from ._http import (
     CLASS_DESCRIPTORS,
     DESCRIPTORS,
+    REASON_DESCRIPTORS,
+    REASONS,
     REGISTRY_DESCRIPTORS,
     ErrorDescriptor,
     HttpError,
@@ -94,6 +96,8 @@ __all__ = [
     "ERROR_CLASSES",
     "ERROR_DOMAIN",
     "INTERNAL_ERROR_REASON",
+    "REASONS",
+    "REASON_DESCRIPTORS",
     "REF_LOCKED",
     "REGISTRY_DESCRIPTORS",
     "STATUS_DETAILS_KEY",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._classes import ERROR_CLASSES, ContentdError
-from ._http import REGISTRY_DESCRIPTORS
+from ._http import REASON_DESCRIPTORS, REGISTRY_DESCRIPTORS
 
 
 def _when(cls: type[ContentdError]) -> str:
@@ -55,5 +55,19 @@ def render_markdown() -> str:
         lines.append(
             f"| `{d.code}` | {d.http_status} | `{d.error_class.__name__}` "
             f"| {d.message} | {d.description} |"
+        )
+    lines += [
+        "",
+        "Some errors have no code of their own in the spec's table. They answer with one",
+        "of its codes and the status that fits, chosen by the error's reason, which the",
+        "body's `detail` carries (and a client decodes back from the code and status).",
+        "",
+        "| reason | code | HTTP status | class | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for d in REASON_DESCRIPTORS:
+        lines.append(
+            f"| `{d.reason}` | `{d.code}` | {d.http_status} | `{d.error_class.__name__}` "
+            f"| {d.description} |"
         )
     return "\n".join(lines) + "\n"

@@ -40,6 +40,9 @@ class ErrorDescriptor:
     description: str
     http_status: int
     error_class: type[ContentdError]
+    #: The error reason this entry answers, when the code's usual status does
+    #: not fit it: BLOB_UPLOAD_INVALID is 400, but 416 for a chunk out of order.
+    reason: str | None = None
 
 
 def _class_descriptor(cls: type[ContentdError]) -> ErrorDescriptor:
@@ -126,20 +129,6 @@ REGISTRY_DESCRIPTORS: tuple[ErrorDescriptor, ...] = (
         InvalidArgument,
     ),
     ErrorDescriptor(
-        "PAGINATION_NUMBER_INVALID",
-        "invalid number of results requested",
-        "The page size `n` of a listing is not a whole number.",
-        400,
-        InvalidArgument,
-    ),
-    ErrorDescriptor(
-        "RANGE_INVALID",
-        "invalid content range",
-        "A chunk's Content-Range does not start at the upload's current offset.",
-        416,
-        OutOfRange,
-    ),
-    ErrorDescriptor(
         "UNSUPPORTED",
         "the operation is unsupported",
         "The method or parameter is not supported (for example pushing in read-only mode).",
@@ -155,9 +144,53 @@ REGISTRY_DESCRIPTORS: tuple[ErrorDescriptor, ...] = (
     ),
 )
 
+#: Answers chosen by an error's reason: a code of the spec's table with a status
+#: its entry above does not give, for errors the spec has no code of their own for.
+REASON_DESCRIPTORS: tuple[ErrorDescriptor, ...] = (
+    ErrorDescriptor(
+        "BLOB_UPLOAD_INVALID",
+        "blob upload invalid",
+        "A chunk's Content-Range is malformed or does not start at the upload's offset.",
+        416,
+        OutOfRange,
+        reason="RANGE_INVALID",
+    ),
+    ErrorDescriptor(
+        "UNSUPPORTED",
+        "the operation is unsupported",
+        "A blob read's Range lies wholly beyond the blob's end.",
+        416,
+        OutOfRange,
+        reason="RANGE_NOT_SATISFIABLE",
+    ),
+    ErrorDescriptor(
+        "UNSUPPORTED",
+        "the operation is unsupported",
+        "The page size `n` of a listing is not a whole number.",
+        400,
+        InvalidArgument,
+        reason="PAGINATION_NUMBER_INVALID",
+    ),
+    ErrorDescriptor(
+        "MANIFEST_INVALID",
+        "manifest invalid",
+        "The manifest is larger than the registry accepts.",
+        413,
+        InvalidArgument,
+        reason="MANIFEST_TOO_LARGE",
+    ),
+)
+
 #: Every descriptor by its code: the single table handlers, docs and clients read.
 DESCRIPTORS: dict[str, ErrorDescriptor] = {
     d.code: d for d in (*CLASS_DESCRIPTORS, *REGISTRY_DESCRIPTORS)
+}
+#: The entries chosen by reason, by that reason.
+REASONS: dict[str, ErrorDescriptor] = {d.reason: d for d in REASON_DESCRIPTORS if d.reason}
+# How an answer decodes: its code and status together, where a reason's entry
+# gives that code another status and class.
+_BY_CODE_AND_STATUS: dict[tuple[str, int], ErrorDescriptor] = {
+    (d.code, d.http_status): d for d in (*DESCRIPTORS.values(), *REASON_DESCRIPTORS)
 }
 
 # A bare status (no body, as in answers to HEAD) decodes by this table, which
@@ -196,14 +229,16 @@ def descriptor_for(err: ContentdError, code: str | None = None) -> ErrorDescript
     """The descriptor to answer `err` with.
 
     `code` (a handler's choice, such as BLOB_UNKNOWN) wins when it belongs to
-    the error's class; then the error's reason if it names a descriptor of its
-    class; else the class's general descriptor.
+    the error's class; then the error's reason if it selects an entry of its
+    class (`REASONS`) or names a code of its class; else the class's general
+    descriptor.
     """
     cls = err.error_class()
     for candidate in (code, err.reason):
-        descriptor = DESCRIPTORS.get(candidate or "")
-        if descriptor is not None and descriptor.error_class is cls:
-            return descriptor
+        for table in (REASONS, DESCRIPTORS):
+            descriptor = table.get(candidate or "")
+            if descriptor is not None and descriptor.error_class is cls:
+                return descriptor
     return DESCRIPTORS[cls.http_code]
 
 
@@ -238,7 +273,10 @@ def from_http(status: int, body: bytes | str | None = None) -> ContentdError:
     reason and metadata restored from the detail.
     """
     entry = _first_entry(body)
-    descriptor = DESCRIPTORS.get(str(entry.get("code", ""))) if entry else None
+    descriptor = None
+    if entry:
+        code = str(entry.get("code", ""))
+        descriptor = _BY_CODE_AND_STATUS.get((code, status)) or DESCRIPTORS.get(code)
     cls = descriptor.error_class if descriptor is not None else _BY_STATUS.get(status, Unknown)
     message = entry.get("message") if entry else None
     if not isinstance(message, str):
@@ -253,7 +291,7 @@ def from_http(status: int, body: bytes | str | None = None) -> ContentdError:
         if isinstance(raw_metadata, dict):
             metadata = {str(k): str(v) for k, v in raw_metadata.items()}
     if reason is None and descriptor is not None and descriptor.code != cls.http_code:
-        reason = descriptor.code  # keep which registry code it was
+        reason = descriptor.reason or descriptor.code  # keep which registry answer it was
     if cls is Unknown and descriptor is None:
         metadata.setdefault("http_status", str(status))
     return remote_class(cls)(rebase(cls, message), reason=reason, metadata=metadata)

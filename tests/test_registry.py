@@ -15,10 +15,12 @@ tracebacks (`RegistryClient.forbidden`), so no test can pass while an error leak
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,7 +195,8 @@ def test_blob_range_beyond_the_end_is_416(
 ) -> None:
     digest = registry.push_blob(repo, os.urandom(1000))
     answer = registry.get(f"/v2/{repo}/blobs/{digest}", {"Range": range_header})
-    assert_error(answer, 416, "RANGE_INVALID")
+    assert_error(answer, 416, "UNSUPPORTED")
+    assert answer.json()["errors"][0]["detail"]["reason"] == "RANGE_NOT_SATISFIABLE"
     assert answer.header("Content-Range") == "bytes */1000"
 
 
@@ -201,8 +204,49 @@ def test_blob_suffix_range_of_zero_bytes_is_416(registry: RegistryClient, repo: 
     # RFC 9110 14.1.1: a suffix range of length zero is unsatisfiable.
     digest = registry.push_blob(repo, os.urandom(1000))
     answer = registry.get(f"/v2/{repo}/blobs/{digest}", {"Range": "bytes=-0"})
-    assert_error(answer, 416, "RANGE_INVALID")
+    assert_error(answer, 416, "UNSUPPORTED")
     assert answer.header("Content-Range") == "bytes */1000"
+
+
+def test_if_range_naming_the_blob_serves_the_range(registry: RegistryClient, repo: str) -> None:
+    data = os.urandom(1000)
+    digest = registry.push_blob(repo, data)
+    for validator in (f'"{digest}"', digest):
+        headers = {"Range": "bytes=10-19", "If-Range": validator}
+        answer = registry.get(f"/v2/{repo}/blobs/{digest}", headers)
+        assert answer.status == 206, answer
+        assert answer.body == data[10:20]
+
+
+@pytest.mark.parametrize(
+    "validator",
+    ['"sha256:' + "0" * 64 + '"', 'W/"{digest}"', "Wed, 21 Oct 2015 07:28:00 GMT"],
+    ids=["other-etag", "weak-etag", "date"],
+)
+def test_if_range_not_naming_the_blob_serves_the_whole_blob(
+    registry: RegistryClient, repo: str, validator: str
+) -> None:
+    # RFC 9110 13.1.5: a validator that does not match makes the server ignore Range;
+    # If-Range compares strongly, and this server sends no Last-Modified a date could match.
+    data = os.urandom(1000)
+    digest = registry.push_blob(repo, data)
+    headers = {"Range": "bytes=10-19", "If-Range": validator.format(digest=digest)}
+    answer = registry.get(f"/v2/{repo}/blobs/{digest}", headers)
+    assert answer.status == 200, answer
+    assert answer.header("Content-Range") is None
+    assert answer.header("Content-Length") == "1000"
+    assert answer.body == data
+
+
+@pytest.mark.parametrize("range_header", ["bytes=10-19", "bytes=5000-"], ids=["inside", "beyond"])
+def test_blob_head_with_a_range_answers_as_without_one(
+    registry: RegistryClient, repo: str, range_header: str
+) -> None:
+    digest = registry.push_blob(repo, os.urandom(1000))
+    answer = registry.head(f"/v2/{repo}/blobs/{digest}", {"Range": range_header})
+    assert answer.status == 200, answer
+    assert answer.header("Content-Length") == "1000"
+    assert answer.header("Content-Range") is None
 
 
 def test_missing_blob_get_is_404_blob_unknown(registry: RegistryClient, repo: str) -> None:
@@ -304,7 +348,8 @@ def test_out_of_order_chunk_is_416_with_the_current_range(
     location = registry.start_upload(repo)
     assert registry.patch_chunk(location, data[:1000], 0).status == 202
     answer = registry.patch_chunk(location, data[2000:], 2000)
-    assert_error(answer, 416, "RANGE_INVALID")
+    assert_error(answer, 416, "BLOB_UPLOAD_INVALID")
+    assert answer.json()["errors"][0]["detail"]["reason"] == "RANGE_INVALID"
     assert answer.header("Range") == "0-999"
     assert answer.header("Location") == location
     assert registry.get(location).header("Range") == "0-999"
@@ -334,7 +379,7 @@ def test_final_chunk_out_of_order_in_the_put_is_416_and_keeps_the_upload(
         data[1000:],
         {"Content-Range": "1500-2499", "Content-Type": OCTET_STREAM},
     )
-    assert_error(answer, 416, "RANGE_INVALID")
+    assert_error(answer, 416, "BLOB_UPLOAD_INVALID")
     assert answer.header("Range") == "0-999"
     assert registry.get(location).header("Range") == "0-999"
 
@@ -459,6 +504,24 @@ def test_monolithic_post_with_a_wrong_digest_is_400(
 
 
 @pytest.mark.parametrize("size", [1000, LARGE], ids=["small", "large"])
+def test_monolithic_post_of_stored_bytes_under_another_digest_is_400_and_links_nothing(
+    registry: RegistryClient, daemon: DaemonProcess, repo: str, size: int
+) -> None:
+    # The bytes are stored under their own digest already; they must not be taken
+    # for content of another digest, nor that digest linked into the repository.
+    data = os.urandom(size)
+    registry.push_blob(repo, data)
+    wrong = digest_of(os.urandom(10))
+    answer = registry.request(
+        "POST", f"/v2/{repo}/blobs/uploads/?digest={wrong}", data, {"Content-Type": OCTET_STREAM}
+    )
+    assert_error(answer, 400, "DIGEST_INVALID")
+    assert registry.head(f"/v2/{repo}/blobs/{wrong}").status == 404
+    with RemoteStore(daemon.address, namespace=NAMESPACE) as store, pytest.raises(NotFound):
+        store.info(wrong)
+
+
+@pytest.mark.parametrize("size", [1000, LARGE], ids=["small", "large"])
 def test_pushing_a_blob_already_stored_is_201_in_both_repositories(
     registry: RegistryClient, repo: str, size: int
 ) -> None:
@@ -569,6 +632,64 @@ def test_upload_survives_a_daemon_restart(tmp_path: Path, how: signal.Signals) -
         assert registry.get(f"/v2/restart/me/blobs/{digest}").body == data
     finally:
         second.stop()
+
+
+def test_uploads_untouched_past_their_ttl_are_aborted(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, "--http", "127.0.0.1:0", "--http-upload-ttl", "1.5")
+    try:
+        registry = client_for(daemon)
+        abandoned = registry.start_upload("ttl/abandoned")
+        assert registry.patch_chunk(abandoned, os.urandom(1000), 0).status == 202
+        busy = registry.start_upload("ttl/busy")
+        with RemoteStore(daemon.address, namespace="default") as store:
+            with store.writer("not-an-upload") as writer:
+                writer.write(b"an ingest of another client")
+            offset = 0
+            deadline = time.monotonic() + 30
+            # The busy upload gets a byte every 0.3 s meanwhile: it is not abandoned.
+            while registry.get(abandoned).status != 404:
+                assert time.monotonic() < deadline, daemon.logged()
+                assert registry.patch_chunk(busy, b"b", offset).status == 202
+                offset += 1
+                time.sleep(0.3)
+            assert_error(registry.patch_chunk(abandoned, b"more", 1000), 404, "BLOB_UPLOAD_UNKNOWN")
+            assert registry.get(busy).header("Range") == f"0-{offset - 1}"
+            refs = {status.ref for status in store.list_statuses()}
+        assert "not-an-upload" in refs
+        assert not [ref for ref in refs if ref.endswith(upload_uuid(abandoned))]
+        assert [ref for ref in refs if ref.endswith(upload_uuid(busy))]
+        assert f"aborted upload registry-upload/ttl/abandoned/{upload_uuid(abandoned)}" in (
+            daemon.logged()
+        )
+    finally:
+        daemon.stop()
+
+
+def test_a_request_the_parser_refuses_is_400_and_one_log_line(
+    registry: RegistryClient, daemon: DaemonProcess
+) -> None:
+    logged_before = len(daemon.log)
+    answer = registry.get("/v2/" + "a" * 10_000 + "/tags/list")
+    assert answer.status == 400, answer
+    deadline = time.monotonic() + 10
+    while not any("refused a malformed request" in line for line in daemon.log[logged_before:]):
+        assert time.monotonic() < deadline, daemon.logged()
+        time.sleep(0.05)
+    new = daemon.log[logged_before:]
+    assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
+
+
+def test_a_body_that_fails_to_decode_is_400_blob_upload_invalid(
+    registry: RegistryClient, daemon: DaemonProcess, repo: str
+) -> None:
+    location = registry.start_upload(repo)
+    logged_before = len(daemon.log)
+    headers = {"Content-Encoding": "gzip", "Content-Type": OCTET_STREAM}
+    answer = registry.request("PATCH", location, b"not gzip at all" * 10, headers)
+    assert_error(answer, 400, "BLOB_UPLOAD_INVALID")
+    time.sleep(0.3)  # aiohttp drains, and logs, the rest of the body after answering
+    new = daemon.log[logged_before:]
+    assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
 
 
 # The same store over gRPC
@@ -813,7 +934,8 @@ def test_a_referrer_is_listed_by_the_referrers_api_of_its_subject(
     assert answer.header("OCI-Subject") == subject.digest
     referrers = registry.get(f"/v2/{repo}/referrers/{subject.digest}")
     assert referrers.status == 200, referrers
-    assert referrers.header("Content-Type").startswith("application/vnd.oci.image.index.v1+json")
+    # The spec: exactly this media type, no parameters.
+    assert referrers.header("Content-Type") == "application/vnd.oci.image.index.v1+json"
     assert referrers.json()["manifests"] == [
         {
             "mediaType": OCI_MANIFEST,
@@ -833,13 +955,26 @@ def test_a_referrer_is_listed_by_the_referrers_api_of_its_subject(
     assert registry.get(f"/v2/{repo}/referrers/{subject.digest}").json()["manifests"] == []
 
 
-@pytest.mark.parametrize("reference", ["nosuchtag", digest_of(b"no such manifest")])
+@pytest.mark.parametrize(
+    "reference",
+    ["nosuchtag", digest_of(b"no such manifest"), ".INVALID_MANIFEST_NAME", "-dash", "a" * 129],
+    ids=["tag", "digest", "invalid-tag", "leading-dash", "129-chars"],
+)
 def test_unknown_manifest_is_404_manifest_unknown(
     registry: RegistryClient, repo: str, reference: str
 ) -> None:
     push_image(registry, repo, "present")
     assert_error(registry.get(f"/v2/{repo}/manifests/{reference}"), 404, "MANIFEST_UNKNOWN")
     assert registry.head(f"/v2/{repo}/manifests/{reference}").status == 404
+
+
+@pytest.mark.parametrize("tag", [".INVALID_MANIFEST_NAME", "a" * 129], ids=["dot", "129-chars"])
+def test_manifest_put_under_an_invalid_tag_is_400_manifest_invalid(
+    registry: RegistryClient, repo: str, tag: str
+) -> None:
+    image = push_image(registry, repo, "valid")
+    answer = registry.put_manifest(repo, tag, image.manifest, OCI_MANIFEST)
+    assert_error(answer, 400, "MANIFEST_INVALID")
 
 
 def test_manifest_delete_by_digest_is_202_and_removes_its_tags(
@@ -899,15 +1034,46 @@ def test_repository_name_of_255_chars_is_valid(registry: RegistryClient) -> None
 # Listing
 
 
-def test_tags_list_is_sorted(registry: RegistryClient, repo: str) -> None:
+LEXICAL_TAGS = ["0.1", "a_b", "alpha", "Beta", "latest", "V1", "v1", "v10", "v2"]
+
+
+def test_tags_list_is_in_lexical_order_whatever_the_case(
+    registry: RegistryClient, repo: str
+) -> None:
+    # The spec: tags in lexical ("case-insensitive alphanumeric") order; tags that differ
+    # in case alone follow byte order.
     image = push_image(registry, repo, "v2")
-    for tag in ("v10", "latest", "V1", "a_b", "0.1"):
+    for tag in ("v10", "latest", "V1", "Beta", "v1", "alpha", "a_b", "0.1"):
         registry.put_manifest(repo, tag, image.manifest, OCI_MANIFEST)
     answer = registry.get(f"/v2/{repo}/tags/list")
     assert answer.status == 200, answer
     assert (answer.header("Content-Type") or "").startswith("application/json"), answer
-    assert answer.json() == {"name": repo, "tags": ["0.1", "V1", "a_b", "latest", "v10", "v2"]}
+    assert answer.json() == {"name": repo, "tags": LEXICAL_TAGS}
     assert answer.header("Link") is None
+
+
+def test_tags_list_pages_follow_lexical_order(registry: RegistryClient, repo: str) -> None:
+    image = push_image(registry, repo, LEXICAL_TAGS[0])
+    for tag in reversed(LEXICAL_TAGS[1:]):
+        registry.put_manifest(repo, tag, image.manifest, OCI_MANIFEST)
+    pages = []
+    url: str | None = f"/v2/{repo}/tags/list?n=2"
+    while url is not None:
+        answer = registry.get(url)
+        pages.append(answer.json()["tags"])
+        link = answer.header("Link")
+        found = re.fullmatch(r'<([^>]+)>;\s*rel="next"', link) if link else None
+        url = found[1] if found else None
+        assert len(pages) <= len(LEXICAL_TAGS), pages
+    assert [tag for page in pages for tag in page] == LEXICAL_TAGS
+    assert all(len(page) == 2 for page in pages[:-1])
+    # `last` need not be a tag: the page starts past where it would sort.
+    assert registry.get(f"/v2/{repo}/tags/list?n=3&last=alpha").json()["tags"] == [
+        "Beta",
+        "latest",
+        "V1",
+    ]
+    assert registry.get(f"/v2/{repo}/tags/list?n=2&last=b").json()["tags"] == ["Beta", "latest"]
 
 
 def test_tags_list_pages_follow_the_link_header_to_the_end(
@@ -952,12 +1118,49 @@ def test_tags_list_of_zero_is_empty_without_link(registry: RegistryClient, repo:
     assert answer.header("Link") is None
 
 
+def tag_many(registry: RegistryClient, repo: str, manifest: bytes, tags: list[str]) -> None:
+    """Point each of `tags` at `manifest`, over one kept-alive connection (they are many)."""
+    connection = http.client.HTTPConnection(registry.host, registry.port, timeout=30)
+    try:
+        for tag in tags:
+            connection.request(
+                "PUT",
+                f"/v2/{repo}/manifests/{tag}",
+                body=manifest,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 201, (tag, response.status)
+    finally:
+        connection.close()
+
+
+def test_tags_list_without_n_streams_every_tag(registry: RegistryClient, repo: str) -> None:
+    # More than a page of the index, and than the 1000 a default page once held.
+    tags = [f"t{number:04d}" for number in range(1201)]
+    image = push_image(registry, repo, tags[0])
+    tag_many(registry, repo, image.manifest, tags[1:])
+    answer = registry.get(f"/v2/{repo}/tags/list")
+    assert answer.status == 200, answer
+    assert answer.json() == {"name": repo, "tags": tags}
+    assert answer.header("Link") is None
+    # Written out as it is read, not built whole first: no length known up front.
+    assert answer.header("Transfer-Encoding") == "chunked"
+    assert answer.header("Content-Length") is None
+    assert (answer.header("Content-Type") or "").startswith("application/json")
+    after = registry.get(f"/v2/{repo}/tags/list?last=t1100").json()["tags"]
+    assert after == tags[1101:]
+
+
 @pytest.mark.parametrize("size", ["many", "-1", "1.5"])
-def test_tags_list_page_size_that_is_no_number_is_400_pagination_number_invalid(
+def test_tags_list_page_size_that_is_no_number_is_400_unsupported(
     registry: RegistryClient, repo: str, size: str
 ) -> None:
     push_image(registry, repo, "a")
-    assert_error(registry.get(f"/v2/{repo}/tags/list?n={size}"), 400, "PAGINATION_NUMBER_INVALID")
+    answer = registry.get(f"/v2/{repo}/tags/list?n={size}")
+    assert_error(answer, 400, "UNSUPPORTED")
+    assert answer.json()["errors"][0]["detail"]["reason"] == "PAGINATION_NUMBER_INVALID"
 
 
 def test_tags_list_leaves_out_tags_whose_manifest_was_removed_over_grpc(

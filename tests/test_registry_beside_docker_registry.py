@@ -9,7 +9,7 @@ and contentd deliberately answers otherwise:
 - it serves an index only to a GET whose Accept names index types (contentd serves it
   whatever the Accept);
 - it appends a PATCH whose Content-Range does not start at the upload's offset (contentd
-  refuses it: 416 RANGE_INVALID);
+  refuses it: 416 BLOB_UPLOAD_INVALID);
 - it refuses to DELETE a manifest by tag (contentd deletes the tag, as the spec allows);
 - it answers a GET of a manifest by a malformed digest with a 500 that names a storage path
   (contentd: 400 DIGEST_INVALID);
@@ -18,7 +18,9 @@ and contentd deliberately answers otherwise:
 - its answer to a DELETE of a blob lacks the `Docker-Content-Digest` that the Docker
   registry API documents (contentd sends it);
 - it ignores `n` on `tags/list` and lists every tag (contentd pages them, with a `Link`
-  to the next page);
+  to the next page), and lists tags in byte order (contentd: the spec's lexical order,
+  case-insensitive);
+- it answers a HEAD with a Range 206 (contentd answers as to a HEAD without one, 200);
 - its upload URLs carry a signed `_state`, so an upload id of its own cannot be made up.
 """
 
@@ -228,6 +230,25 @@ def range_reads(registry: RegistryClient, repo: str) -> list[Answer]:
     ]
 
 
+def conditional_range_reads(registry: RegistryClient, repo: str) -> list[Answer]:
+    push_blob(registry, repo, LAYER)
+    blob = f"/v2/{repo}/blobs/{digest_of(LAYER)}"
+    other = f'"{digest_of(CONFIG)}"'
+    return [
+        registry.get(blob, headers={"Range": "bytes=10-19", "If-Range": f'"{digest_of(LAYER)}"'}),
+        registry.get(blob, headers={"Range": "bytes=10-19", "If-Range": other}),
+    ]
+
+
+def invalid_manifest_references(registry: RegistryClient, repo: str) -> list[Answer]:
+    push_image(registry, repo)
+    # docker-registry's router matches no route: a plain-text 404, so statuses alone compare.
+    return [
+        status_only(registry.get(f"/v2/{repo}/manifests/.INVALID_MANIFEST_NAME")),
+        status_only(registry.head(f"/v2/{repo}/manifests/.INVALID_MANIFEST_NAME")),
+    ]
+
+
 def mounts(registry: RegistryClient, repo: str) -> list[Answer]:
     source = f"{repo}-source"
     push_blob(registry, source, LAYER)
@@ -289,6 +310,8 @@ CASES: dict[str, Callable[[RegistryClient, str], list[Answer]]] = {
         malformed_references,
         chunked_upload,
         range_reads,
+        conditional_range_reads,
+        invalid_manifest_references,
         mounts,
         manifests_read_back,
         docker_schema2,
@@ -301,6 +324,7 @@ SUCCEEDING = {
     "complete_manifest_and_index",
     "chunked_upload",
     "range_reads",
+    "conditional_range_reads",
     "mounts",
     "manifests_read_back",
     "docker_schema2",

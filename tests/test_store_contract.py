@@ -344,6 +344,18 @@ def test_put_verifies_and_leaves_nothing_when_wrong(store: Store, fresh: tuple[b
         store.info(digest)
 
 
+def test_put_of_stored_bytes_under_another_digest_is_refused(
+    store: Store, fresh: tuple[bytes, str]
+) -> None:
+    """Bytes the namespace holds under their own digest never pass for another one."""
+    data, digest = fresh
+    assert store.put("first", data) == digest
+    with pytest.raises(errdefs.FailedPrecondition):
+        store.put("again", data, expected=OTHER_DIGEST)
+    with pytest.raises(errdefs.NotFound):
+        store.info(OTHER_DIGEST)
+
+
 def test_put_of_stored_content_is_already_exists(store: Store) -> None:
     put(store, BLOB)
     with pytest.raises(errdefs.AlreadyExists):
