@@ -551,6 +551,11 @@ class RemoteWriter(Closing):
     def ref(self) -> str:
         return self._ref
 
+    @property
+    def offset(self) -> int:
+        """How many bytes the ingest holds once the writes sent so far land."""
+        return self._offset
+
     def _check_open(self) -> None:
         if self._finished:
             raise FailedPrecondition(f"writer for ref {self._ref} is closed")

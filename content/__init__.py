@@ -12,13 +12,40 @@
 `Store` is the interface both `LocalStore` (a directory, this process) and the
 client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
 classes.
+
+Under `LocalStore` is a seam: the store's rules (`BackedStore`) are written
+once over three backends, blob bytes (`BlobBackend`), records
+(`MetadataBackend`) and writer locks (`LockBackend`), which a local store
+wires to files, SQLite and flock. docs/architecture.md draws the layers.
 """
 
+from ._backends import (
+    BlobBackend,
+    IngestData,
+    LockBackend,
+    MetadataBackend,
+    MetadataTransaction,
+    RefLock,
+)
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
-from ._metadata import BUSY_TIMEOUT, STORE_BUSY, ContentRecord
+from ._local import LocalStore, open_store
 from ._reader import BlobReader, SeekableBlob
-from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
-from ._types import Closing, Info, ReaderAt, Status, Store, Writer, datetime_from_ns
+from ._records import ContentRecord, IngestRecord, Referrer
+from ._repositories import RepositoryIndex
+from ._rules import DEFAULT_NAMESPACE, BackedStore, BackedWriter, Backends, check_commit
+from ._sqlite import BUSY_TIMEOUT, STORE_BUSY
+from ._types import (
+    Closing,
+    FileReader,
+    Info,
+    ReaderAt,
+    RecordWalker,
+    RepositoryHolder,
+    Status,
+    Store,
+    Writer,
+    datetime_from_ns,
+)
 from ._validate import (
     ALGORITHMS,
     CANONICAL_ALGORITHM,
@@ -35,7 +62,6 @@ from ._validate import (
     validate_update_paths,
 )
 from ._verify import QUARANTINE, BlobCheck, BlobState, VerifyReport, verify_namespace
-from ._writer import LocalWriter
 
 __all__ = [
     "ALGORITHMS",
@@ -52,20 +78,35 @@ __all__ = [
     "QUARANTINE",
     "STORE_BUSY",
     "STORE_IO_ERROR",
+    "BackedStore",
+    "BackedWriter",
+    "Backends",
+    "BlobBackend",
     "BlobCheck",
     "BlobReader",
     "BlobState",
     "Closing",
     "ContentRecord",
+    "FileReader",
     "Info",
+    "IngestData",
+    "IngestRecord",
     "LocalStore",
-    "LocalWriter",
+    "LockBackend",
+    "MetadataBackend",
+    "MetadataTransaction",
     "ReaderAt",
+    "RecordWalker",
+    "RefLock",
+    "Referrer",
+    "RepositoryHolder",
+    "RepositoryIndex",
     "SeekableBlob",
     "Status",
     "Store",
     "VerifyReport",
     "Writer",
+    "check_commit",
     "datetime_from_ns",
     "digest_of",
     "open_store",

@@ -1,4 +1,5 @@
-"""Per-ingest locks that hold across processes and die with their holder."""
+"""The lock backend of a local store: per-ingest locks that hold across processes and die
+with their holder."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import contextlib
 import errno
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from filelock import lock_descriptor, unlock_descriptor
+
+from ._fs import translate_os_errors
 
 # A finishing holder unlinks the lock file; a contender that opened it just
 # before may lock the unlinked file and must try the path again. Twice in a
@@ -134,12 +138,14 @@ class IngestLock:
     def write_note(self, note: str) -> None:
         """Leave `note` in the lock file, for whoever takes the lock after a crash."""
         fd = self._held_fd()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, note.encode(), 0)
+        with translate_os_errors("noting a commit"):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode(), 0)
 
     def clear_note(self) -> None:
         """Empty the lock file again."""
-        os.ftruncate(self._held_fd(), 0)
+        with translate_os_errors("clearing a commit's note"):
+            os.ftruncate(self._held_fd(), 0)
 
     def read_note(self) -> str:
         """The note a holder left in the lock file ("" if none)."""
@@ -158,3 +164,44 @@ class IngestLock:
             unlock_descriptor(fd)
         finally:
             os.close(fd)
+
+
+class FileLocks:
+    """Ingest locks as ``<key>.lock`` files beside the ingests' bytes (see `IngestLock`)."""
+
+    SUFFIX: Final = ".lock"
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def _lock(self, key: str) -> IngestLock:
+        return IngestLock(self._directory / f"{key}{self.SUFFIX}")
+
+    def try_lock(self, key: str, *, create: bool = True) -> IngestLock | None:
+        lock = self._lock(key)
+        with translate_os_errors("locking an ingest"):
+            return lock if lock.try_acquire(create=create) else None
+
+    def exists(self, key: str) -> bool:
+        return self._lock(key).exists()
+
+    def existing(self) -> dict[str, bool]:
+        found = {}
+        for entry in os.scandir(self._directory):
+            if not entry.name.endswith(self.SUFFIX):
+                continue
+            try:
+                # A lock file with content carries a commit intent.
+                noted = entry.stat(follow_symlinks=False).st_size > 0
+            except FileNotFoundError:
+                continue  # its ingest ended while this listed them
+            found[entry.name.removesuffix(self.SUFFIX)] = noted
+        return found
+
+
+if TYPE_CHECKING:
+    from ._backends import LockBackend, RefLock
+
+    # mypy checks here that the file locks keep the lock backend's contract.
+    _backend: type[LockBackend] = FileLocks
+    _lock: type[RefLock] = IngestLock

@@ -6,7 +6,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+from ._records import ContentRecord
+
+if TYPE_CHECKING:
+    from ._repositories import RepositoryIndex
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -104,6 +109,11 @@ class Writer(Protocol):
     @property
     def ref(self) -> str: ...
 
+    @property
+    def offset(self) -> int:
+        """How many bytes the ingest holds (cheaper than a whole `status`)."""
+        ...
+
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Append `data`; returns how many bytes were written (all of them)."""
         ...
@@ -134,6 +144,28 @@ class Writer(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class FileReader(ReaderAt, Protocol):
+    """A reader whose bytes are one open file: a server may send them with sendfile."""
+
+    def fileno(self) -> int: ...
+
+
+class RecordWalker(Protocol):
+    """A store that lists stored records as they are (times in nanoseconds, no Info built).
+
+    What a server lists from: it fills its answers straight from them.
+    """
+
+    def walk_records(self, *filters: str) -> Iterator[ContentRecord]: ...
+
+
+class RepositoryHolder(Protocol):
+    """A store that keeps the registry face's repositories, manifests and tags in its metadata."""
+
+    @property
+    def repositories(self) -> RepositoryIndex: ...
 
 
 class Store(Protocol):

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -36,12 +37,13 @@ from typing import TYPE_CHECKING, Any, Final
 from contentd.errdefs import DataLoss, InvalidArgument, NotFound
 
 from ._fs import BLOB_MISSING, fsync_directory, translate_os_errors
-from ._metadata import ContentRecord, Transaction
+from ._records import ContentRecord
 from ._types import Store
-from ._validate import ALGORITHMS, new_hasher, split_digest
+from ._validate import new_hasher, split_digest
 
 if TYPE_CHECKING:
-    from ._root import StoreRoot
+    from ._files import FileBlobs
+    from ._sqlite import Metadata, Transaction
 
 #: The folder under a store root that holds quarantined blobs.
 QUARANTINE: Final = "quarantine"
@@ -144,7 +146,7 @@ def _check_file(digest: str, size: int, path: Path) -> tuple[BlobCheck | None, _
     return BlobCheck(digest, BlobState.CORRUPT, size, found, found_size), identity
 
 
-def verify_root(root: StoreRoot, *, quarantine: bool = False) -> VerifyReport:
+def verify_root(files: FileBlobs, metadata: Metadata, *, quarantine: bool = False) -> VerifyReport:
     """Hash every blob of a store directory: every recorded one and every file in blobs/.
 
     Files no namespace records are checked too: a commit of their digest
@@ -154,26 +156,30 @@ def verify_root(root: StoreRoot, *, quarantine: bool = False) -> VerifyReport:
     """
     problems: list[BlobCheck] = []
     checked = 0
-    for found, identity in itertools.chain(_recorded(root), _unrecorded(root)):
+    for found, identity in itertools.chain(
+        _recorded(files, metadata), _unrecorded(files, metadata)
+    ):
         checked += 1
         problem = found
         if found is not None and quarantine:
-            problem = _quarantine(root, found, identity)
+            problem = _quarantine(files, metadata, found, identity)
         if problem is not None:
             problems.append(problem)
     return VerifyReport(checked, tuple(problems))
 
 
-def _recorded(root: StoreRoot) -> Iterator[tuple[BlobCheck | None, _Identity | None]]:
+def _recorded(
+    files: FileBlobs, metadata: Metadata
+) -> Iterator[tuple[BlobCheck | None, _Identity | None]]:
     """Each blob some namespace records, checked: its problem (or None) and its file."""
     after = ""
     while True:
-        with root.metadata.read("listing content to verify") as tx:
+        with metadata.read("listing content to verify") as tx:
             page = tx.recorded_blobs(after, _PAGE)
         for digest, size in page:
-            problem, identity = _check_file(digest, size, root.blob_path(digest))
+            problem, identity = _check_file(digest, size, files.blob_path(digest))
             if problem is not None:
-                problem = _confirmed(root, problem, identity)
+                problem = _confirmed(files, metadata, problem, identity)
             if problem is not None or identity is not None:
                 yield problem, identity
         if len(page) < _PAGE:
@@ -181,17 +187,19 @@ def _recorded(root: StoreRoot) -> Iterator[tuple[BlobCheck | None, _Identity | N
         after = page[-1][0]
 
 
-def _confirmed(root: StoreRoot, problem: BlobCheck, identity: _Identity | None) -> BlobCheck | None:
+def _confirmed(
+    files: FileBlobs, metadata: Metadata, problem: BlobCheck, identity: _Identity | None
+) -> BlobCheck | None:
     """`problem` with the namespaces that record it; None if it no longer stands.
 
     Under the write lock, where no delete is half done: a delete moves the
     file aside inside its transaction, before its record goes.
     """
     digest = problem.digest
-    with root.metadata.write(f"verifying {digest}", durable=False) as tx:
+    with metadata.write(f"verifying {digest}", durable=False) as tx:
         records = tx.records_everywhere(digest)
         try:
-            now: _Identity | None = _Identity.of(os.stat(root.blob_path(digest)))
+            now: _Identity | None = _Identity.of(os.stat(files.blob_path(digest)))
         except FileNotFoundError:
             now = None
     if not records or now != identity:
@@ -199,32 +207,22 @@ def _confirmed(root: StoreRoot, problem: BlobCheck, identity: _Identity | None) 
     return dataclasses.replace(problem, namespaces=tuple(namespace for namespace, _ in records))
 
 
-def _unrecorded(root: StoreRoot) -> Iterator[tuple[BlobCheck | None, _Identity | None]]:
+def _unrecorded(
+    files: FileBlobs, metadata: Metadata
+) -> Iterator[tuple[BlobCheck | None, _Identity | None]]:
     """Files in blobs/ no namespace records (a crash's, or being committed), checked."""
-    for algorithm in ALGORITHMS:
-        directory = root.path / "blobs" / algorithm
+    for digest, path in files.stored_digests():
+        with metadata.read(f"verifying {digest}") as tx:
+            recorded = tx.committed_anywhere(digest) is not None
+        if recorded:
+            continue
         try:
-            names = sorted(entry.name for entry in os.scandir(directory) if entry.is_file())
+            size = path.stat().st_size
         except FileNotFoundError:
             continue
-        for name in names:
-            digest = f"{algorithm}:{name}"
-            try:
-                split_digest(digest)
-            except InvalidArgument:
-                continue  # not a name this store writes
-            with root.metadata.read(f"verifying {digest}") as tx:
-                recorded = tx.committed_anywhere(digest) is not None
-            if recorded:
-                continue
-            path = directory / name
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            problem, identity = _check_file(digest, size, path)
-            if problem is None or problem.state is not BlobState.MISSING:
-                yield problem, identity
+        problem, identity = _check_file(digest, size, path)
+        if problem is None or problem.state is not BlobState.MISSING:
+            yield problem, identity
 
 
 def verify_namespace(store: Store, namespace: str) -> VerifyReport:
@@ -299,7 +297,7 @@ def _write_note(path: Path, note: dict[str, Any]) -> None:
 
 
 def _quarantine(
-    root: StoreRoot, problem: BlobCheck, identity: _Identity | None
+    files: FileBlobs, metadata: Metadata, problem: BlobCheck, identity: _Identity | None
 ) -> BlobCheck | None:
     """Move a bad blob into quarantine and drop its records; the problem as it now stands.
 
@@ -307,8 +305,8 @@ def _quarantine(
     deleted and stored again): then it is left alone.
     """
     digest = problem.digest
-    target = root.blob_path(digest)
-    folder = root.path / QUARANTINE
+    target = files.blob_path(digest)
+    folder = files.root / QUARANTINE
     algorithm, encoded = split_digest(digest)
     name = f"{algorithm}.{encoded}.{secrets.token_hex(4)}"
     pending = folder / f"{_PENDING}{name}"
@@ -316,7 +314,7 @@ def _quarantine(
     try:
         # Deletes and commits move blob files only inside write transactions,
         # so inside this one the file cannot change under the checks below.
-        with root.metadata.write(f"quarantining {digest}") as tx:
+        with metadata.write(f"quarantining {digest}") as tx:
             records = tx.records_everywhere(digest)
             try:
                 now = _Identity.of(os.stat(target))
@@ -325,15 +323,15 @@ def _quarantine(
             if now != identity or (now is None and not records):
                 return None
             folder.mkdir(mode=0o700, exist_ok=True)
-            tx.sync_before_commit(root.path)
+            _sync_before_commit(tx, files.root)
             pending.mkdir(mode=0o700)
             _write_note(pending / _NOTE, _note(problem, records))
             if now is not None:
                 os.rename(target, pending / _BLOB)
                 moved = True
-                tx.sync_before_commit(target.parent)
-            tx.sync_before_commit(pending)
-            tx.sync_before_commit(folder)
+                _sync_before_commit(tx, target.parent)
+            _sync_before_commit(tx, pending)
+            _sync_before_commit(tx, folder)
             tx.forget_blob(digest)
             namespaces = tuple(namespace for namespace, _ in records)
     except BaseException:
@@ -356,14 +354,19 @@ def _finish(pending: Path, final: Path) -> None:
     fsync_directory(final.parent)
 
 
-def repair_quarantine(root: StoreRoot) -> None:
+def _sync_before_commit(tx: Transaction, directory: Path) -> None:
+    """Have `directory` fsynced before `tx` commits (after a rename into or out of it)."""
+    tx.before_commit(directory, functools.partial(fsync_directory, directory))
+
+
+def repair_quarantine(files: FileBlobs, metadata: Metadata) -> None:
     """Finish or undo the quarantine entries a crash left pending.
 
     An entry whose records all still exist, unchanged, belongs to a
     transaction that never committed: its bytes go back to blobs/. Any other
     was committed: it gets its final name.
     """
-    folder = root.path / QUARANTINE
+    folder = files.root / QUARANTINE
     try:
         if not any(entry.name.startswith(_PENDING) for entry in folder.iterdir()):
             return
@@ -372,18 +375,18 @@ def repair_quarantine(root: StoreRoot) -> None:
     # Inside a write transaction: a quarantine in progress elsewhere holds
     # the lock until it has committed, so every pending entry seen here is
     # either finished or abandoned.
-    with root.metadata.write("repairing an interrupted quarantine") as tx:
+    with metadata.write("repairing an interrupted quarantine") as tx:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith(_PENDING):
-                _repair_entry(root, tx, entry, folder / entry.name.removeprefix(_PENDING))
+                _repair_entry(files, tx, entry, folder / entry.name.removeprefix(_PENDING))
 
 
-def _repair_entry(root: StoreRoot, tx: Transaction, pending: Path, final: Path) -> None:
+def _repair_entry(files: FileBlobs, tx: Transaction, pending: Path, final: Path) -> None:
     try:
         note = json.loads((pending / _NOTE).read_text())
         digest = str(note["digest"])
         records = [(str(r["namespace"]), int(r["created_at"])) for r in note["records"]]
-        target = root.blob_path(digest)
+        target = files.blob_path(digest)
     except (OSError, ValueError, KeyError, TypeError, InvalidArgument):
         # No whole note: the crash came before the bytes moved (the note goes first).
         shutil.rmtree(pending, ignore_errors=True)
@@ -399,6 +402,6 @@ def _repair_entry(root: StoreRoot, tx: Transaction, pending: Path, final: Path) 
     blob = pending / _BLOB
     if blob.exists() and not target.exists():
         os.rename(blob, target)
-        tx.sync_before_commit(target.parent)
+        _sync_before_commit(tx, target.parent)
     shutil.rmtree(pending, ignore_errors=True)
     _log.warning("undid the interrupted quarantine of %s", digest)

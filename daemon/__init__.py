@@ -1,7 +1,8 @@
 """The gRPC daemon: containerd's Content service over a content store.
 
-`Daemon` serves a `LocalStore` on unix sockets and TCP addresses, with the
-gRPC health and reflection services beside it; `contentd serve` runs one.
+`Daemon` serves a store (any `Store` that lists its records and keeps repositories) on
+unix sockets and TCP addresses, with the gRPC health and reflection services beside it;
+`contentd serve` runs one.
 """
 
 from ._server import (

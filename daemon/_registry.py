@@ -2,7 +2,7 @@
 
 Blobs are the store's blobs in one namespace, upload sessions are its ingests
 (see `_uploads`), and repositories, manifests and tags are recorded in the
-`RegistryIndex`. Requests are served by aiohttp on an event loop of its own
+store's metadata (its `RepositoryIndex`). Requests are served by aiohttp on an event loop of its own
 thread; every blocking store call runs on a small thread pool, and blob GETs
 go out with sendfile, so no blob is ever held in memory whole.
 """
@@ -24,13 +24,21 @@ from collections.abc import Awaitable, Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, ParamSpec, TypeVar, cast
+from typing import IO, Any, Final, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from contentd.content import BlobReader, LocalStore, LocalWriter, validate_digest
+from contentd.content import (
+    ReaderAt,
+    Referrer,
+    RepositoryHolder,
+    RepositoryIndex,
+    Store,
+    Writer,
+    validate_digest,
+)
 from contentd.errdefs import (
     AlreadyExists,
     ContentdError,
@@ -45,7 +53,6 @@ from contentd.errdefs import (
 
 from ._htpasswd import Htpasswd
 from ._manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
-from ._registry_index import Referrer, RegistryIndex
 from ._tls import TLSFiles
 from ._uploads import UploadSessions, new_session_id, upload_ref
 
@@ -90,6 +97,10 @@ _ROUTES: Final = (
     ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list")),
     ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)")),
 )
+
+
+class RegistryStore(Store, RepositoryHolder, Protocol):
+    """What the registry serves: a Store that keeps repositories, manifests and tags."""
 
 
 @dataclass(frozen=True)
@@ -225,8 +236,8 @@ class Registry:
 
     def __init__(
         self,
-        store: LocalStore,
-        index: RegistryIndex,
+        store: Store,
+        index: RepositoryIndex,
         options: HttpOptions,
         executor: futures.ThreadPoolExecutor,
     ) -> None:
@@ -342,7 +353,7 @@ class Registry:
             reader.close()
 
     async def _send_blob(
-        self, request: web.Request, reader: BlobReader, digest: str
+        self, request: web.Request, reader: ReaderAt, digest: str
     ) -> web.StreamResponse:
         size = reader.size
         start, count, status = 0, size, 200
@@ -383,7 +394,8 @@ class Registry:
         if transport is None:
             raise ConnectionResetError("the client went away")
         try:
-            # sendfile needs only the file's descriptor (and seek), which the reader has.
+            # sendfile needs only a local reader's file descriptor; asyncio copies
+            # from any other reader itself (seek and readinto).
             await asyncio.get_running_loop().sendfile(
                 transport, cast("IO[bytes]", reader), start, count
             )
@@ -466,7 +478,7 @@ class Registry:
             with contextlib.suppress(NotFound):
                 await self._run(self._store.abort, ref)
 
-    async def _receive(self, request: web.Request, writer: LocalWriter) -> int:
+    async def _receive(self, request: web.Request, writer: Writer) -> int:
         """Append the request body to `writer`; returns how many bytes it had.
 
         The event loop keeps reading the socket while a thread hashes and
@@ -492,7 +504,7 @@ class Registry:
                 await self._run(writer.write, buffer)
         return received
 
-    async def _commit(self, writer: LocalWriter, digest: str) -> None:
+    async def _commit(self, writer: Writer, digest: str) -> None:
         try:
             await self._run(writer.commit, 0, digest)
         except AlreadyExists:
@@ -862,7 +874,7 @@ class HttpServer:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: RegistryStore,
         options: HttpOptions,
         *,
         grace: float = 10.0,
@@ -877,7 +889,7 @@ class HttpServer:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=options.workers, thread_name_prefix="contentd-http"
         )
-        self._index = RegistryIndex(store.path / "registry.db")
+        self._index = store.repositories
         self._registry = Registry(store, self._index, options, self._executor)
         try:
             self._socket = socket.create_server((host, int(port)), reuse_port=False)
@@ -946,7 +958,6 @@ class HttpServer:
                 self._thread.join()
         self._loop.close()
         self._executor.shutdown(wait=True)
-        self._index.close()
         self._socket.close()
 
     async def _stop(self) -> None:

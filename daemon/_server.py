@@ -14,17 +14,17 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from contentd.content import LocalStore
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto import content_pb2
 
-from ._registry import HttpOptions, HttpServer
-from ._service import ContentService, add_content_service
+from ._registry import HttpOptions, HttpServer, RegistryStore
+from ._service import ContentService, ListedStore, add_content_service
 from ._tls import TLSFiles, is_loopback
 
 #: containerd's limit on gRPC messages, both ways.
@@ -34,6 +34,10 @@ CONTENT_SERVICE = content_pb2.DESCRIPTOR.services_by_name["Content"].full_name
 SOCKET_MODE = 0o660
 
 _log = logging.getLogger("contentd.daemon")
+
+
+class ServedStore(ListedStore, RegistryStore, Protocol):
+    """What the daemon serves: a Store that lists its stored records and keeps repositories."""
 
 
 def default_root() -> Path:
@@ -115,7 +119,7 @@ def _clear_stale_socket(path: Path) -> None:
 class Daemon:
     """contentd serving one store: create, `start`, then `stop` (or `wait` for a signal)."""
 
-    def __init__(self, store: LocalStore, options: ServerOptions) -> None:
+    def __init__(self, store: ServedStore, options: ServerOptions) -> None:
         if not options.addresses:
             raise InvalidArgument("no address to listen on")
         self._store = store

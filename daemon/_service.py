@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
 from google.protobuf import empty_pb2, message_factory, timestamp_pb2
@@ -16,9 +16,10 @@ from google.protobuf.message import Message
 from contentd.content import (
     ContentRecord,
     Info,
-    LocalStore,
-    LocalWriter,
+    RecordWalker,
     Status,
+    Store,
+    Writer,
     validate_labels,
     validate_update_paths,
 )
@@ -106,12 +107,16 @@ def status_message(status: Status) -> api.Status:
     )
 
 
+class ListedStore(Store, RecordWalker, Protocol):
+    """A store the Content service lists from: its stored records, with no Info built."""
+
+
 class ContentService(content_pb2_grpc.ContentServicer):
-    """The Content API over a LocalStore; each request picks its namespace from its metadata."""
+    """The Content API over a store; each request picks its namespace from its metadata."""
 
     def __init__(
         self,
-        store: LocalStore,
+        store: ListedStore,
         *,
         max_write_streams: int,
         write_idle_timeout: float | None,
@@ -126,7 +131,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         """Stop the service's background work (the idle Write stream watchdog)."""
         self._streams.close()
 
-    def _namespaced(self, context: grpc.ServicerContext) -> LocalStore:
+    def _namespaced(self, context: grpc.ServicerContext) -> ListedStore:
         namespace = ""
         for key, value in context.invocation_metadata() or ():
             if key == NAMESPACE_HEADER and isinstance(value, str):
@@ -233,7 +238,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
 
     def _write_stream(
         self,
-        store: LocalStore,
+        store: Store,
         state: StreamState,
         request: api.WriteContentRequest,
         request_iterator: Iterator[api.WriteContentRequest],
@@ -314,7 +319,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
             validate_labels(request.labels)
 
     @staticmethod
-    def _write(writer: LocalWriter, request: api.WriteContentRequest, offset: int) -> int:
+    def _write(writer: Writer, request: api.WriteContentRequest, offset: int) -> int:
         """Apply a WRITE or COMMIT message's data; returns the ingest's new offset."""
         if request.offset > 0 and request.offset != offset:
             raise OutOfRange(f"write @{request.offset} must occur at current offset {offset}")
@@ -329,7 +334,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         return offset
 
     @staticmethod
-    def _refuse_stored(store: LocalStore, writer: LocalWriter, expected: str) -> None:
+    def _refuse_stored(store: Store, writer: Writer, expected: str) -> None:
         """Fail the write, dropping its ingest, if `expected` is already committed."""
         try:
             store.info(expected)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from contentd.content import LocalStore, LocalWriter
+from contentd.content import Store, Writer
 from contentd.errdefs import NotFound, ResourceExhausted, Unavailable
 
 UPLOAD_REF_PREFIX: Final = "registry-upload/"
@@ -59,7 +59,7 @@ class OpenUpload:
 
     def __init__(self, ref: str) -> None:
         self.ref = ref
-        self.writer: LocalWriter | None = None
+        self.writer: Writer | None = None
         #: Committed or canceled: the session is over.
         self.finished = False
         self.lock = asyncio.Lock()
@@ -69,9 +69,7 @@ class OpenUpload:
 class UploadSessions:
     """The open writers of upload sessions, by ref, on one event loop."""
 
-    def __init__(
-        self, store: LocalStore, run: Runner, idle_timeout: float, max_open: int = 128
-    ) -> None:
+    def __init__(self, store: Store, run: Runner, idle_timeout: float, max_open: int = 128) -> None:
         self._store = store
         self._run = run
         self._idle_timeout = idle_timeout
@@ -152,7 +150,7 @@ class UploadSessions:
         finally:
             entry.lock.release()
 
-    def _reopen(self, ref: str, session: str) -> LocalWriter:
+    def _reopen(self, ref: str, session: str) -> Writer:
         try:
             self._store.status(ref)
         except NotFound:

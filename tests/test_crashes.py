@@ -46,7 +46,8 @@ from support.workload import (
 from contentd import errdefs
 from contentd.client import RemoteStore
 from contentd.content import digest_of, open_store
-from contentd.content._root import INGEST_MODE, ingest_key
+from contentd.content._files import INGEST_MODE
+from contentd.content._records import ingest_key
 
 NAMESPACE = "crash"
 WORKLOAD = Path(__file__).resolve().parent / "support" / "workload.py"

@@ -1,9 +1,12 @@
-"""One Store contract, three stores: LocalStore, contentd through RemoteStore, and containerd.
+"""One Store contract, every store: the store's rules over each backend kind, contentd through
+RemoteStore, and containerd.
 
-The same tests run against a store directory with no daemon, against a real
-`contentd serve` and against a real containerd 1.6 on a private root, so the
-Python interface means the same thing everywhere and contentd stays
-comparable with containerd. Each test gets namespaces of its own.
+The same tests run against the rules over every set of backends
+(`support.backends.KINDS`: today the local one, a directory with no daemon),
+against a real `contentd serve` and against a real containerd 1.6 on a
+private root, so the Python interface means the same thing everywhere and
+contentd stays comparable with containerd. Each test gets namespaces of its
+own.
 
 Differences that are deliberate (contentd doing better) are tested elsewhere:
 containerd keeps no `expected` digest in ingest statuses, clamps negative read
@@ -23,13 +26,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.backends import KINDS, open_backed_store
 from support.containerd import start_containerd
 from support.daemon import running_daemon
 from support.tools import require_tool
 
 from contentd import errdefs
 from contentd.client import RemoteStore, is_ref_locked, write_blob
-from contentd.content import Store, digest_of, open_store
+from contentd.content import Store, digest_of
 
 BLOB = bytes(range(256)) * 40
 DIGEST = digest_of(BLOB)
@@ -53,7 +57,7 @@ def containerd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         yield containerd.address
 
 
-@pytest.fixture(params=["local", "contentd", "containerd"])
+@pytest.fixture(params=[*KINDS, "contentd", "containerd"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -62,8 +66,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 def new_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Stores in fresh namespaces of the backend under test; all closed afterwards."""
     opened: list[Store] = []
-    if kind == "local":
-        root = open_store(tmp_path / "root")
+    if kind in KINDS:
+        root = open_backed_store(kind, tmp_path / "backends")
         opened.append(root)
 
         def factory() -> Store:

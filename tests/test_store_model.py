@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from contentd import errdefs
-from contentd.content import LocalStore, LocalWriter, digest_of, open_store
+from contentd.content import BackedWriter, LocalStore, digest_of, open_store
 
 NAMESPACES = ("alpha", "beta")
 REFS = ("r1", "r2", "r3")
@@ -36,7 +36,7 @@ class StoreModel(RuleBasedStateMachine):
         self.blobs: dict[str, dict[str, tuple[bytes, dict[str, str]]]] = {
             ns: {} for ns in NAMESPACES
         }
-        self.open: dict[tuple[str, str], LocalWriter] = {}
+        self.open: dict[tuple[str, str], BackedWriter] = {}
 
     def teardown(self) -> None:
         for writer in self.open.values():

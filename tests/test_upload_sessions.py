@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from contentd.content import LocalStore, LocalWriter, open_store
+from contentd.content import BackedWriter, LocalStore, open_store
 from contentd.daemon._uploads import UploadSessions, upload_ref
 
 REPOSITORY = "robust/app"
@@ -35,7 +35,7 @@ class HeldCloses:
     def __call__(self, function: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
         call = functools.partial(function, *args)
         owner = getattr(function, "__self__", None)
-        if isinstance(owner, LocalWriter) and function.__name__ == "close":
+        if isinstance(owner, BackedWriter) and function.__name__ == "close":
             call = functools.partial(self._held, call)
         return asyncio.get_running_loop().run_in_executor(self._pool, call)
 

@@ -21,14 +21,14 @@ CONFIG = b'{"architecture": "amd64"}'
 #: Dies (SIGKILL) at POINT of quarantining every bad blob of ROOT.
 QUARANTINE_ACTOR = """
 import os, signal, sys
-from contentd.content import _metadata, _verify, open_store
+from contentd.content import _sqlite, _verify, open_store
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 root, point = sys.argv[1:]
 if point == "after-move":  # the bytes are in quarantine, the records not yet dropped
-    _metadata.Transaction.forget_blob = die
+    _sqlite.Transaction.forget_blob = die
 elif point == "after-commit":  # the records are dropped, the entry not yet named
     _verify._finish = die
 with open_store(root) as store:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contentd import errdefs
-from contentd.content import _fs, _metadata, _root, _store, _writer, digest_of, open_store
+from contentd.content import _files, _fs, _rules, digest_of, open_store
 
 CRASH_POINTS = ("after-fsync", "after-mark", "after-rename", "after-metadata")
 
@@ -93,15 +93,15 @@ def race(root: str, namespace: str, ref: str, go: str, size: str) -> None:
 
 def _arm(point: str) -> None:
     if point == "after-fsync":
-        _writer.os.fdatasync = _after(os.fdatasync)  # type: ignore[attr-defined]
+        _files.os.fdatasync = _after(os.fdatasync)  # type: ignore[attr-defined]
     elif point == "after-mark":
-        _writer.os.rename = _before(os.rename)  # type: ignore[attr-defined]
+        _files.os.rename = _before(os.rename)  # type: ignore[attr-defined]
     elif point == "after-rename":
         # The directory fsync that makes the rename durable runs with the commit's batch.
-        _metadata.fsync_directory = _after(_fs.fsync_directory)  # type: ignore[attr-defined]
+        _files.fsync_directory = _after(_fs.fsync_directory)  # type: ignore[attr-defined]
     elif point == "after-metadata":
-        _root.StoreRoot.remove_ingest_files = _before(  # type: ignore[method-assign]
-            _root.StoreRoot.remove_ingest_files
+        _rules.BackedStore._end_ingest = _before(  # type: ignore[method-assign]
+            _rules.BackedStore._end_ingest
         )
     else:
         raise SystemExit(f"unknown crash point {point}")
@@ -127,7 +127,7 @@ def crash_put(root: str, namespace: str, ref: str, point: str) -> None:
 
 def crash_delete(root: str, namespace: str, digest: str) -> None:
     store = open_store(root, namespace)
-    _store.os.rename = _after(os.rename)  # type: ignore[attr-defined]
+    _files.os.rename = _after(os.rename)  # type: ignore[attr-defined]
     store.delete(digest)
     print("survived")
 
@@ -141,7 +141,7 @@ def slow_delete(root: str, namespace: str, digest: str) -> None:
         print("moved", flush=True)
         time.sleep(1)
 
-    _store.os.rename = moved  # type: ignore[attr-defined]
+    _files.os.rename = moved  # type: ignore[attr-defined]
     store.delete(digest)
     print("deleted", flush=True)
 

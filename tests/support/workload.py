@@ -37,7 +37,7 @@ from typing import Any
 from contentd import errdefs
 from contentd.client import write_blob
 from contentd.content import Info, Status, Store, digest_of, open_store
-from contentd.content._root import ingest_key
+from contentd.content._records import ingest_key
 
 #: Blobs each worker owns: even indexes are small (one put), odd ones streamed.
 SLOTS = 8

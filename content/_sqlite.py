@@ -1,21 +1,29 @@
-"""The store's metadata: namespaces, content records and ingest records in SQLite."""
+"""The metadata backend of a local store: its records in one SQLite database (WAL).
+
+Namespaces, content records, ingest records and the registry's repositories,
+manifests and tags live in ``ROOT/metadata.db``, so one transaction sees all
+of them. A ``registry.db`` left by an earlier version (where the registry kept
+its own database) is taken in on open.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 
-from ._fs import STORE_IO_ERROR, fsync_directory, translate_os_errors
+from ._fs import STORE_IO_ERROR, translate_os_errors
+from ._records import ContentRecord, IngestRecord, Referrer
 
 _T = TypeVar("_T")
 
@@ -24,7 +32,10 @@ STORE_BUSY: Final = "STORE_BUSY"
 #: How long an operation waits for another process's transaction, in seconds.
 BUSY_TIMEOUT: Final = 10.0
 
-_SCHEMA_VERSION: Final = 1
+#: 1: namespaces, content and ingests; 2: the registry's tables, and its
+#: registry.db (if any) taken in.
+_SCHEMA_VERSION: Final = 2
+_log = logging.getLogger("contentd.store")
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -58,35 +69,51 @@ CREATE TABLE IF NOT EXISTS ingests (
     PRIMARY KEY (namespace, ref)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingests_by_base ON ingests (base) WHERE base IS NOT NULL;
+-- The registry face: which repository of a namespace holds which blob, its
+-- manifests (with the media type each was pushed with), their referrers and
+-- tags. Rows only point at digests: a blob deleted behind the registry's back
+-- leaves them dangling, never wrong, and reads check the content first.
+CREATE TABLE IF NOT EXISTS repository_blobs (
+    namespace TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (namespace, repository, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (
+    namespace TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    PRIMARY KEY (namespace, repository, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS referrers (
+    namespace TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    artifact_type TEXT NOT NULL,
+    PRIMARY KEY (namespace, repository, subject, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    namespace TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (namespace, repository, tag)
+) WITHOUT ROWID;
+-- Tags list in lexical order, case-insensitive (as the distribution spec asks);
+-- tags are ASCII, so lower() is that order, the tag itself breaking ties.
+CREATE INDEX IF NOT EXISTS tags_lexical ON tags (namespace, repository, lower(tag), tag);
 """
-
-
-class ContentRecord(NamedTuple):
-    """One row of `content`.
-
-    A named tuple: List builds one per blob, and that costs half of what a
-    frozen dataclass's field-by-field `__init__` does.
-    """
-
-    digest: str
-    size: int
-    created_at: int
-    updated_at: int
-    labels: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class IngestRecord:
-    """One row of `ingests`."""
-
-    namespace: str
-    ref: str
-    key: str
-    total: int
-    expected: str
-    started_at: int
-    updated_at: int
-    base: str | None
+#: The registry's tables and their columns, as an earlier version kept them in
+#: ROOT/registry.db.
+_REGISTRY_TABLES: Final = {
+    "repository_blobs": "namespace, repository, digest",
+    "manifests": "namespace, repository, digest, media_type",
+    "referrers": "namespace, repository, subject, digest, descriptor, artifact_type",
+    "tags": "namespace, repository, tag, digest",
+}
 
 
 _CONTENT_COLUMNS: Final = "digest, size, created_at, updated_at, labels"
@@ -179,15 +206,19 @@ class Transaction:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
-        self.sync_dirs: set[Path] = set()
+        self.before_commit_actions: dict[Hashable, Callable[[], None]] = {}
 
     @property
     def connection(self) -> sqlite3.Connection:
         return self._db
 
-    def sync_before_commit(self, directory: Path) -> None:
-        """Have `directory` fsynced before this transaction commits (after a rename into it)."""
-        self.sync_dirs.add(directory)
+    def before_commit(self, key: Hashable, action: Callable[[], None]) -> None:
+        """Run `action` once (per `key`) just before this transaction commits.
+
+        A blob renamed into a directory is recorded durably only once the
+        directory is: several commits in one group fsync it once.
+        """
+        self.before_commit_actions.setdefault(key, action)
 
     # Namespaces
 
@@ -347,6 +378,140 @@ class Transaction:
     def delete_ingest(self, namespace: str, ref: str) -> None:
         self._db.execute("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (namespace, ref))
 
+    # Registry repositories, manifests and tags
+
+    def link_blob(self, namespace: str, repository: str, digest: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO repository_blobs VALUES (?, ?, ?)",
+            (namespace, repository, digest),
+        )
+
+    def unlink_blob(self, namespace: str, repository: str, digest: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM repository_blobs WHERE namespace = ? AND repository = ? AND digest = ?",
+            (namespace, repository, digest),
+        )
+        return cursor.rowcount > 0
+
+    def repository_has(self, namespace: str, repository: str, digest: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM repository_blobs WHERE namespace = ?1 AND repository = ?2 "
+            "AND digest = ?3 UNION ALL SELECT 1 FROM manifests WHERE namespace = ?1 "
+            "AND repository = ?2 AND digest = ?3 LIMIT 1",
+            (namespace, repository, digest),
+        ).fetchone()
+        return row is not None
+
+    def put_manifest(
+        self,
+        namespace: str,
+        repository: str,
+        digest: str,
+        media_type: str,
+        tag: str | None,
+        referrer: Referrer | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
+            (namespace, repository, digest, media_type),
+        )
+        if referrer is not None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    namespace,
+                    repository,
+                    referrer.subject,
+                    digest,
+                    json.dumps(referrer.descriptor, sort_keys=True),
+                    referrer.artifact_type,
+                ),
+            )
+        if tag is not None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                (namespace, repository, tag, digest),
+            )
+
+    def manifest_media_type(self, namespace: str, repository: str, digest: str) -> str | None:
+        row = self._db.execute(
+            "SELECT media_type FROM manifests WHERE namespace = ? AND repository = ? "
+            "AND digest = ?",
+            (namespace, repository, digest),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def resolve_tag(self, namespace: str, repository: str, tag: str) -> str | None:
+        row = self._db.execute(
+            "SELECT digest FROM tags WHERE namespace = ? AND repository = ? AND tag = ?",
+            (namespace, repository, tag),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def delete_manifest(self, namespace: str, repository: str, digest: str) -> bool:
+        where = (namespace, repository, digest)
+        cursor = self._db.execute(
+            "DELETE FROM manifests WHERE namespace = ? AND repository = ? AND digest = ?", where
+        )
+        self._db.execute(
+            "DELETE FROM referrers WHERE namespace = ? AND repository = ? AND digest = ?", where
+        )
+        self._db.execute(
+            "DELETE FROM tags WHERE namespace = ? AND repository = ? AND digest = ?", where
+        )
+        return cursor.rowcount > 0
+
+    def delete_tag(self, namespace: str, repository: str, tag: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM tags WHERE namespace = ? AND repository = ? AND tag = ?",
+            (namespace, repository, tag),
+        )
+        return cursor.rowcount > 0
+
+    def tags(
+        self, namespace: str, repository: str, after: str, limit: int
+    ) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT tag, digest FROM tags WHERE namespace = ?1 AND repository = ?2 "
+            # The first condition is the index's range; the second drops ties up to `after`.
+            "AND lower(tag) >= lower(?3) AND (lower(tag), tag) > (lower(?3), ?3) "
+            "ORDER BY lower(tag), tag LIMIT ?4",
+            (namespace, repository, after, limit),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def referrers(
+        self, namespace: str, repository: str, subject: str, artifact_type: str | None
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT descriptor FROM referrers WHERE namespace = ? AND repository = ? "
+            "AND subject = ?"
+        )
+        parameters = [namespace, repository, subject]
+        if artifact_type is not None:
+            sql += " AND artifact_type = ?"
+            parameters.append(artifact_type)
+        rows = self._db.execute(sql + " ORDER BY digest", parameters).fetchall()
+        return [cast("dict[str, Any]", json.loads(row[0])) for row in rows]
+
+    def repository_exists(self, namespace: str, repository: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM repository_blobs WHERE namespace = ?1 AND repository = ?2 "
+            "UNION ALL SELECT 1 FROM manifests WHERE namespace = ?1 AND repository = ?2 "
+            "LIMIT 1",
+            (namespace, repository),
+        ).fetchone()
+        return row is not None
+
+    def repositories(self, namespace: str, after: str, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT repository FROM repository_blobs WHERE namespace = ?1 AND repository > ?2 "
+            "UNION SELECT repository FROM manifests WHERE namespace = ?1 AND repository > ?2 "
+            "ORDER BY 1 LIMIT ?3",
+            (namespace, after, limit),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
 
 class _Pending(Generic[_T]):
     """One caller's part of a group commit."""
@@ -396,9 +561,57 @@ class Metadata:
             with connection:
                 connection.executescript(_SCHEMA)
                 if connection.execute("SELECT version FROM schema_version").fetchone() is None:
-                    connection.execute(
-                        "INSERT INTO schema_version (version) VALUES (?)", (_SCHEMA_VERSION,)
+                    connection.execute("INSERT INTO schema_version (version) VALUES (1)")
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a database an earlier version wrote up to this one's schema.
+
+        Version 2 takes in the registry's rows from ``registry.db`` beside
+        the database, where an earlier version kept them, and removes that
+        file: in the same transaction as the version mark, so a process
+        opening the store at the same time never copies the rows twice
+        (which would bring back rows deleted in between).
+        """
+        with self.read("reading the metadata schema version") as tx:
+            version = tx.connection.execute("SELECT version FROM schema_version").fetchone()[0]
+        if version >= _SCHEMA_VERSION:
+            return
+        old = self._path.with_name("registry.db")
+        with translate_errors("taking in the registry database", self._busy_timeout):
+            connection = self._connection()
+            attached = old.exists()
+            if attached:
+                connection.execute("ATTACH DATABASE ? AS earlier", (str(old),))
+            try:
+                with self.write("taking in the registry database") as tx:
+                    row = tx.connection.execute("SELECT version FROM schema_version").fetchone()
+                    if row[0] >= _SCHEMA_VERSION:
+                        return  # another process upgraded it meanwhile
+                    if attached:
+                        self._copy_registry(tx.connection)
+                    tx.connection.execute(
+                        "UPDATE schema_version SET version = ?", (_SCHEMA_VERSION,)
                     )
+            finally:
+                if attached:
+                    connection.execute("DETACH DATABASE earlier")
+        if attached:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{old}{suffix}")
+            _log.info("took the registry's records in from registry.db")
+
+    @staticmethod
+    def _copy_registry(connection: sqlite3.Connection) -> None:
+        tables = connection.execute("SELECT name FROM earlier.sqlite_master WHERE type = 'table'")
+        present = {row[0] for row in tables}
+        for table, columns in _REGISTRY_TABLES.items():
+            if table in present:
+                connection.execute(
+                    f"INSERT OR IGNORE INTO main.{table} ({columns})"
+                    f" SELECT {columns} FROM earlier.{table}"
+                )
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -451,8 +664,8 @@ class Metadata:
                     tx = Transaction(connection)
                     yield tx
                     # Renames the transaction records must be durable first.
-                    for directory in tx.sync_dirs:
-                        fsync_directory(directory)
+                    for action in tx.before_commit_actions.values():
+                        action()
                     connection.execute("COMMIT")
                 except BaseException:
                     if connection.in_transaction:
@@ -537,3 +750,11 @@ class Metadata:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
+
+
+if TYPE_CHECKING:
+    from ._backends import MetadataBackend, MetadataTransaction
+
+    # mypy checks here that SQLite's classes keep the metadata backend's contract.
+    _backend: type[MetadataBackend] = Metadata
+    _transaction: type[MetadataTransaction] = Transaction
