@@ -28,6 +28,7 @@ from contentd.content import (
     Store,
     open_store,
     verify_namespace,
+    write_blob,
 )
 from contentd.errdefs import (
     Aborted,
@@ -53,7 +54,6 @@ from contentd.errdefs import (
     public_error,
 )
 
-from ._ingest import write_blob
 from ._remote import RemoteStore
 from ._tls import TLSConfig
 

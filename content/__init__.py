@@ -15,6 +15,7 @@ classes.
 """
 
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
+from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._metadata import BUSY_TIMEOUT, STORE_BUSY, ContentRecord
 from ._reader import BlobReader, SeekableBlob
 from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
@@ -52,6 +53,7 @@ __all__ = [
     "QUARANTINE",
     "STORE_BUSY",
     "STORE_IO_ERROR",
+    "Backoff",
     "BlobCheck",
     "BlobReader",
     "BlobState",
@@ -68,11 +70,14 @@ __all__ = [
     "Writer",
     "datetime_from_ns",
     "digest_of",
+    "is_ref_locked",
     "open_store",
+    "open_writer",
     "validate_digest",
     "validate_labels",
     "validate_namespace",
     "validate_ref",
     "validate_update_paths",
     "verify_namespace",
+    "write_blob",
 ]

@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+import contentd.client
+import contentd.content
+
 # What a process that speaks gRPC loads: grpc (and the grpc_* packages it pulls
 # in), protobuf, and the google.rpc messages errdefs' gRPC mapping uses.
 _GRPC_PREFIXES = ("grpc.", "grpc_", "google.protobuf", "google.rpc")
@@ -42,3 +45,8 @@ def test_the_errdefs_grpc_mapping_is_still_reachable_from_the_package() -> None:
         "assert 'to_grpc_status' in dir(errdefs)"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_the_client_re_exports_the_stores_ingest_helpers() -> None:
+    for name in ("Backoff", "is_ref_locked", "open_writer", "write_blob"):
+        assert getattr(contentd.client, name) is getattr(contentd.content, name)
