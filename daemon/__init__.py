@@ -4,15 +4,16 @@
 gRPC health and reflection services beside it; `contentd serve` runs one.
 """
 
-from ._server import (
+from contentd.proto.wire import (
     CONTENT_SERVICE,
     MAX_MESSAGE_BYTES,
-    Daemon,
-    ServerOptions,
-    default_address,
-    default_root,
+    NAMESPACE_HEADER,
+    info_message,
+    status_message,
 )
-from ._service import NAMESPACE_HEADER, ContentService, info_message, status_message
+
+from ._server import Daemon, ServerOptions, default_address, default_root
+from ._service import ContentService
 
 __all__ = [
     "CONTENT_SERVICE",

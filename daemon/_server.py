@@ -21,15 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from contentd.content import LocalStore
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto import content_pb2
+from contentd.proto.wire import CONTENT_SERVICE, MAX_MESSAGE_BYTES
 
 from ._registry import HttpOptions, HttpServer
 from ._service import ContentService, add_content_service
 from ._tls import TLSFiles, is_loopback
 
-#: containerd's limit on gRPC messages, both ways.
-MAX_MESSAGE_BYTES = 16 << 20
-CONTENT_SERVICE = content_pb2.DESCRIPTOR.services_by_name["Content"].full_name
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660
 
