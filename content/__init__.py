@@ -18,7 +18,7 @@ from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._metadata import BUSY_TIMEOUT, STORE_BUSY, ContentRecord
 from ._reader import BlobReader, SeekableBlob
-from ._store import DEFAULT_NAMESPACE, LocalStore, open_store
+from ._store import DEFAULT_NAMESPACE, LocalStore, default_root, open_store
 from ._types import Closing, Info, ReaderAt, Status, Store, Writer, datetime_from_ns
 from ._validate import (
     ALGORITHMS,
@@ -69,6 +69,7 @@ __all__ = [
     "VerifyReport",
     "Writer",
     "datetime_from_ns",
+    "default_root",
     "digest_of",
     "is_ref_locked",
     "open_store",

@@ -43,6 +43,14 @@ DEFAULT_NAMESPACE = "default"
 _PAGE = 1000
 
 
+def default_root() -> Path:
+    """The embedded default store root: $XDG_DATA_HOME/contentd or ~/.local/share/contentd."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(data_home) / "contentd"
+
+
 def _info(record: ContentRecord) -> Info:
     return Info(
         digest=record.digest,

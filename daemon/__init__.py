@@ -4,15 +4,17 @@
 gRPC health and reflection services beside it; `contentd serve` runs one.
 """
 
+from contentd.content import default_root
 from contentd.proto.wire import (
     CONTENT_SERVICE,
     MAX_MESSAGE_BYTES,
     NAMESPACE_HEADER,
+    default_address,
     info_message,
     status_message,
 )
 
-from ._server import Daemon, ServerOptions, default_address, default_root
+from ._server import Daemon, ServerOptions
 from ._service import ContentService
 
 __all__ = [

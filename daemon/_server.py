@@ -33,19 +33,6 @@ SOCKET_MODE = 0o660
 _log = logging.getLogger("contentd.daemon")
 
 
-def default_root() -> Path:
-    """The embedded default store root: $XDG_DATA_HOME/contentd or ~/.local/share/contentd."""
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return Path(data_home) / "contentd"
-
-
-def default_address(root: Path) -> str:
-    """The default listening address: a unix socket in the store root."""
-    return f"unix://{root.resolve() / 'contentd.sock'}"
-
-
 @dataclass(frozen=True)
 class ServerOptions:
     """How the daemon serves; the CLI's `serve` flags map onto these."""

@@ -9,11 +9,12 @@ imports the other.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from google.protobuf import timestamp_pb2
 
-from contentd.content import ContentRecord, Info, Status, datetime_from_ns
+from contentd.content import ContentRecord, Info, Status, datetime_from_ns, default_root
 
 from . import content_pb2 as api
 
@@ -26,6 +27,19 @@ NAMESPACE_HEADER: Final = "containerd-namespace"
 MAX_MESSAGE_BYTES: Final = 16 << 20
 #: The Content service's full name, as calls, health checks and reflection name it.
 CONTENT_SERVICE: Final = api.DESCRIPTOR.services_by_name["Content"].full_name
+
+
+def default_address(root: Path | None = None) -> str:
+    """The daemon's default address: a unix socket in its store root.
+
+    Given `root`, the store a daemon serves, the path is resolved, so the
+    address it logs names its socket from anywhere. Without it, as a client
+    given no address asks, the socket is the one in `default_root()`, named
+    as the environment names it.
+    """
+    if root is None:
+        return f"unix://{default_root() / 'contentd.sock'}"
+    return f"unix://{root.resolve() / 'contentd.sock'}"
 
 
 # Store to wire (the daemon's answers)
