@@ -10,8 +10,9 @@
             data = reader.read()
 
 `Store` is the interface both `LocalStore` (a directory, this process) and the
-client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
-classes.
+client's `RemoteStore` (a daemon) implement. `write_blob` and `open_writer`
+write into either, waiting out other writers of a ref and resuming interrupted
+ingests. Errors are `contentd.errdefs` classes. None of this loads gRPC.
 """
 
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
