@@ -26,7 +26,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
-from contentd.client import RemoteStore, write_blob
+from contentd.client import RemoteStore
+from contentd.content import write_blob
 
 #: Bytes per WRITE message and per read() of a large blob.
 CHUNK: Final = 1 << 20

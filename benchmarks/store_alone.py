@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
-from contentd.client import write_blob
-from contentd.content import LocalStore
+from contentd.content import LocalStore, write_blob
 
 NAMESPACE = "bench-store-alone"
 #: How long the threads may take to be ready, and the harness to start them.

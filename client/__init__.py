@@ -8,15 +8,26 @@
             head = blob.read(512)
 
 `RemoteStore` talks to contentd or containerd (over TLS, given a `TLSConfig`);
-`open_store` (re-exported from `contentd.content`) opens a store directory with
-no daemon. `write_blob` and `open_writer` work on either: they wait out other
-writers of a ref, resume interrupted ingests and treat content that already
-exists as success.
+`open_store` opens a store directory with no daemon. `write_blob` and
+`open_writer` work on either: they wait out other writers of a ref, resume
+interrupted ingests and treat content that already exists as success. Both,
+and the store types, are re-exported from `contentd.content`.
 """
 
-from contentd.content import Info, LocalStore, ReaderAt, Status, Store, Writer, open_store
+from contentd.content import (
+    Backoff,
+    Info,
+    LocalStore,
+    ReaderAt,
+    Status,
+    Store,
+    Writer,
+    is_ref_locked,
+    open_store,
+    open_writer,
+    write_blob,
+)
 
-from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._remote import RemoteReader, RemoteStore, RemoteWriter
 from ._tls import TLSConfig
 

@@ -8,12 +8,11 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
 import grpc.experimental
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 
 from contentd.content import (
     DEFAULT_NAMESPACE,
@@ -24,7 +23,7 @@ from contentd.content import (
     Status,
     Store,
     Writer,
-    datetime_from_ns,
+    check_commit,
     validate_namespace,
 )
 from contentd.errdefs import (
@@ -38,20 +37,24 @@ from contentd.errdefs import (
 )
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
+from contentd.proto.wire import (
+    CONTENT_SERVICE,
+    MAX_MESSAGE_BYTES,
+    NAMESPACE_HEADER,
+    datetime_from_timestamp,
+    info_from_message,
+    status_from_message,
+)
 
 from ._tls import TLSConfig
 
-#: containerd's message size limit, both ways.
-MAX_MESSAGE_BYTES: Final = 16 << 20
 #: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
 WRITE_CHUNK: Final = 1 << 20
 #: WRITE requests a writer keeps in flight before it waits for an answer.
 WRITE_WINDOW: Final = 4
-#: The request metadata key containerd daemons read the namespace from.
-NAMESPACE_HEADER: Final = "containerd-namespace"
 
 #: The Content service's Write method, as it is named on the wire.
-WRITE_METHOD: Final = f"/{api.DESCRIPTOR.services_by_name['Content'].full_name}/Write"
+WRITE_METHOD: Final = f"/{CONTENT_SERVICE}/Write"
 
 _T = TypeVar("_T")
 
@@ -61,32 +64,6 @@ def channel_target(address: str) -> str:
     if address.startswith("/"):
         return f"unix://{address}"
     return address
-
-
-def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
-    """`stamp.ToDatetime(tzinfo=UTC)`, in less than half the time."""
-    return datetime_from_ns(stamp.seconds * 1_000_000_000 + stamp.nanos)
-
-
-def _info(message: api.Info) -> Info:
-    return Info(
-        digest=message.digest,
-        size=message.size,
-        created_at=_datetime(message.created_at),
-        updated_at=_datetime(message.updated_at),
-        labels=dict(message.labels),
-    )
-
-
-def _status(message: api.Status) -> Status:
-    return Status(
-        ref=message.ref,
-        offset=message.offset,
-        total=message.total,
-        expected=message.expected,
-        started_at=_datetime(message.started_at),
-        updated_at=_datetime(message.updated_at),
-    )
 
 
 @contextlib.contextmanager
@@ -243,7 +220,7 @@ class RemoteStore(Closing):
                 metadata=self._metadata,
                 timeout=self._channel.timeout,
             )
-        return _info(response.info)
+        return info_from_message(response.info)
 
     def update(
         self,
@@ -259,7 +236,7 @@ class RemoteStore(Closing):
             response = self._channel.stub.Update(
                 request, metadata=self._metadata, timeout=self._channel.timeout
             )
-        return _info(response.info)
+        return info_from_message(response.info)
 
     def walk(self, *filter_expressions: str) -> Iterator[Info]:
         call = self._channel.stub.List(
@@ -280,11 +257,11 @@ class RemoteStore(Closing):
         if first is None:
             return
         for info in first.info:
-            yield _info(info)
+            yield info_from_message(info)
         with _translated():
             for batch in call:
                 for info in batch.info:
-                    yield _info(info)
+                    yield info_from_message(info)
 
     def delete(self, digest: str) -> None:
         with _translated():
@@ -305,7 +282,7 @@ class RemoteStore(Closing):
             response = self._channel.stub.Status(
                 api.StatusRequest(ref=ref), metadata=self._metadata, timeout=self._channel.timeout
             )
-        return _status(response.status)
+        return status_from_message(response.status)
 
     def list_statuses(self, *filter_expressions: str) -> list[Status]:
         with _translated():
@@ -314,7 +291,7 @@ class RemoteStore(Closing):
                 metadata=self._metadata,
                 timeout=self._channel.timeout,
             )
-        return [_status(status) for status in response.statuses]
+        return [status_from_message(status) for status in response.statuses]
 
     def abort(self, ref: str) -> None:
         with _translated():
@@ -371,13 +348,8 @@ class RemoteStore(Closing):
         if not responses:
             raise Unknown(f"write stream for ref {ref} ended without an answer")
         answer = responses[0]
-        if size and answer.offset != size:
-            raise FailedPrecondition(f"unexpected commit size {answer.offset}, expected {size}")
-        if expected and answer.digest != expected:
-            raise FailedPrecondition(
-                f"unexpected commit digest {answer.digest}, expected {expected}"
-            )
-        return answer.digest
+        # The daemon checked; so does the client, as any store's commit is checked.
+        return check_commit(size, expected, answer.offset, lambda: answer.digest)
 
     # Lifetime
 
@@ -621,8 +593,8 @@ class RemoteWriter(Closing):
             offset=response.offset,
             total=response.total,
             expected=self._expected,
-            started_at=_datetime(response.started_at),
-            updated_at=_datetime(response.updated_at),
+            started_at=datetime_from_timestamp(response.started_at),
+            updated_at=datetime_from_timestamp(response.updated_at),
         )
 
     def truncate(self, size: int = 0) -> None:
@@ -648,14 +620,9 @@ class RemoteWriter(Closing):
             )
         finally:
             self._end()
-        if size and response.offset != size:
-            raise FailedPrecondition(f"unexpected commit size {response.offset}, expected {size}")
-        if expected and response.digest != expected:
-            raise FailedPrecondition(
-                f"unexpected commit digest {response.digest}, expected {expected}"
-            )
+        digest = check_commit(size, expected, response.offset, lambda: response.digest)
         self._offset = response.offset
-        return response.digest
+        return digest
 
     def close(self) -> None:
         """Half-close the stream and wait until the daemon has released the ref."""

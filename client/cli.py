@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from contentd.content import (
     Store,
     open_store,
     verify_namespace,
+    write_blob,
 )
 from contentd.errdefs import (
     Aborted,
@@ -52,8 +52,8 @@ from contentd.errdefs import (
     classify,
     public_error,
 )
+from contentd.proto.wire import default_address
 
-from ._ingest import write_blob
 from ._remote import RemoteStore
 from ._tls import TLSConfig
 
@@ -83,14 +83,6 @@ EXIT_CODES: Final[dict[type[ContentdError], int]] = {
 }
 
 _COPY_CHUNK: Final = 1 << 20
-
-
-def default_address() -> str:
-    """The daemon address used when neither --address nor --root is given."""
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return f"unix://{Path(data_home) / 'contentd' / 'contentd.sock'}"
 
 
 class _Verbs(click.Group):

@@ -10,8 +10,9 @@
             data = reader.read()
 
 `Store` is the interface both `LocalStore` (a directory, this process) and the
-client's `RemoteStore` (a daemon) implement. Errors are `contentd.errdefs`
-classes.
+client's `RemoteStore` (a daemon) implement. `write_blob` and `open_writer`
+write into either, waiting out other writers of a ref and resuming interrupted
+ingests. Errors are `contentd.errdefs` classes. None of this loads gRPC.
 
 Under `LocalStore` is a seam: the store's rules (`BackedStore`) are written
 once over three backends, blob bytes (`BlobBackend`), records
@@ -28,7 +29,8 @@ from ._backends import (
     RefLock,
 )
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
-from ._local import LocalStore, open_store
+from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
+from ._local import LocalStore, default_root, open_store
 from ._reader import BlobReader, SeekableBlob
 from ._records import ContentRecord, IngestRecord, Referrer
 from ._repositories import RepositoryIndex
@@ -81,6 +83,7 @@ __all__ = [
     "BackedStore",
     "BackedWriter",
     "Backends",
+    "Backoff",
     "BlobBackend",
     "BlobCheck",
     "BlobReader",
@@ -108,12 +111,16 @@ __all__ = [
     "Writer",
     "check_commit",
     "datetime_from_ns",
+    "default_root",
     "digest_of",
+    "is_ref_locked",
     "open_store",
+    "open_writer",
     "validate_digest",
     "validate_labels",
     "validate_namespace",
     "validate_ref",
     "validate_update_paths",
     "verify_namespace",
+    "write_blob",
 ]

@@ -20,6 +20,14 @@ from ._sqlite import BUSY_TIMEOUT, Metadata
 from ._verify import VerifyReport, repair_quarantine, verify_root
 
 
+def default_root() -> Path:
+    """The embedded default store root: $XDG_DATA_HOME/contentd or ~/.local/share/contentd."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(data_home) / "contentd"
+
+
 def open_store(
     root: str | os.PathLike[str],
     namespace: str = DEFAULT_NAMESPACE,

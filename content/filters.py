@@ -77,6 +77,7 @@ __all__ = [
     "MAX_PATTERNS",
     "Adaptor",
     "Filter",
+    "fields_adaptor",
     "info_adaptor",
     "parse",
     "parse_all",
@@ -377,6 +378,42 @@ def status_adaptor(ref: str, offset: int, total: int, expected: str) -> Adaptor:
         if name == "expected" and expected:
             return expected, True
         return _ABSENT
+
+    return field
+
+
+_NO_MAPS: Final[Mapping[str, Mapping[str, str]]] = {}
+
+
+def fields_adaptor(
+    fields: Mapping[str, str], maps: Mapping[str, Mapping[str, str]] = _NO_MAPS
+) -> Adaptor:
+    """An adaptor for any item, from its field values by name.
+
+    `fields` holds plain fields by dotted name (``name``, ``target.digest``):
+    a path names one when its components, joined with ``.``, do. A field
+    whose value is ``""`` is absent, as in containerd's image and lease
+    adaptors. `maps` holds the fields whose first component prefixes a key
+    (``labels``, ``annotations``): the key is the rest of the path joined with
+    ``.``, and a value there is present even when empty. A first component in
+    `maps` is never looked up in `fields`. Longer paths, such as ``name.x``,
+    are absent, where containerd ignores the rest. An image and a lease::
+
+        fields_adaptor(
+            {"name": name, "target.digest": digest, "target.mediatype": media_type},
+            {"labels": labels, "annotations": annotations},
+        )
+        fields_adaptor({"id": lease_id}, {"labels": labels})
+    """
+
+    def field(path: Sequence[str]) -> tuple[str, bool]:
+        if not path:
+            return _ABSENT
+        values = maps.get(path[0])
+        if values is not None:
+            return _label(values, path)
+        value = fields.get(".".join(path))
+        return (value, True) if value else _ABSENT
 
     return field
 

@@ -5,15 +5,18 @@ unix sockets and TCP addresses, with the gRPC health and reflection services bes
 `contentd serve` runs one.
 """
 
-from ._server import (
+from contentd.content import default_root
+from contentd.proto.wire import (
     CONTENT_SERVICE,
     MAX_MESSAGE_BYTES,
-    Daemon,
-    ServerOptions,
+    NAMESPACE_HEADER,
     default_address,
-    default_root,
+    info_message,
+    status_message,
 )
-from ._service import NAMESPACE_HEADER, ContentService, info_message, status_message
+
+from ._server import Daemon, ServerOptions
+from ._service import ContentService
 
 __all__ = [
     "CONTENT_SERVICE",

@@ -21,15 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto import content_pb2
+from contentd.proto.wire import CONTENT_SERVICE, MAX_MESSAGE_BYTES
 
 from ._registry import HttpOptions, HttpServer, RegistryStore
 from ._service import ContentService, ListedStore, add_content_service
 from ._tls import TLSFiles, is_loopback
 
-#: containerd's limit on gRPC messages, both ways.
-MAX_MESSAGE_BYTES = 16 << 20
-CONTENT_SERVICE = content_pb2.DESCRIPTOR.services_by_name["Content"].full_name
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660
 
@@ -38,19 +35,6 @@ _log = logging.getLogger("contentd.daemon")
 
 class ServedStore(ListedStore, RegistryStore, Protocol):
     """What the daemon serves: a Store that lists its stored records and keeps repositories."""
-
-
-def default_root() -> Path:
-    """The embedded default store root: $XDG_DATA_HOME/contentd or ~/.local/share/contentd."""
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return Path(data_home) / "contentd"
-
-
-def default_address(root: Path) -> str:
-    """The default listening address: a unix socket in the store root."""
-    return f"unix://{root.resolve() / 'contentd.sock'}"
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from datetime import datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import grpc
-from google.protobuf import empty_pb2, message_factory, timestamp_pb2
+from google.protobuf import empty_pb2, message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from contentd.content import (
-    ContentRecord,
-    Info,
     RecordWalker,
-    Status,
     Store,
     Writer,
     validate_labels,
@@ -33,15 +29,17 @@ from contentd.errdefs import (
 )
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
+from contentd.proto.wire import (
+    NAMESPACE_HEADER,
+    add_record,
+    info_message,
+    status_message,
+    timestamp_from_datetime,
+)
 
 from ._boundary import decoded, request_decoder, streaming, unary
 from ._streams import StreamRegistry, StreamState
 
-if TYPE_CHECKING:
-    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
-
-#: The request metadata key containerd's clients put the namespace in.
-NAMESPACE_HEADER = "containerd-namespace"
 #: Largest Read chunk, as in containerd.
 READ_CHUNK = 1 << 20
 #: List answers are batched up to about this many bytes (containerd batches by 100 items).
@@ -51,60 +49,6 @@ _LIST_BATCH_ITEMS = 1000
 _WRITE_ACTIONS = frozenset({api.STAT, api.WRITE, api.COMMIT})
 
 _log = logging.getLogger("contentd.daemon")
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _set_time(stamp: timestamp_pb2.Timestamp, ns: int) -> None:
-    # Microseconds, as the datetimes Info and Update answer with, so one blob
-    # shows the same times whichever call describes it.
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    stamp.seconds = seconds
-    stamp.nanos = nanos - nanos % 1000
-
-
-def add_record(infos: RepeatedCompositeFieldContainer[api.Info], record: ContentRecord) -> int:
-    """Append the wire form of a stored record to `infos`; returns its encoded size.
-
-    List sends thousands of these. Filling the message in place, field by
-    field, costs about a quarter of building an Info from keyword arguments
-    and copying it into the response (protobuf copies a map given to a
-    constructor through a Python-level update).
-    """
-    info = infos.add(digest=record.digest, size=record.size)
-    _set_time(info.created_at, record.created_at)
-    _set_time(info.updated_at, record.updated_at)
-    labels = info.labels
-    for key, value in record.labels.items():
-        labels[key] = value
-    return info.ByteSize()
-
-
-def info_message(info: Info) -> api.Info:
-    """The wire form of a committed blob's Info."""
-    return api.Info(
-        digest=info.digest,
-        size=info.size,
-        created_at=_timestamp(info.created_at),
-        updated_at=_timestamp(info.updated_at),
-        labels=dict(info.labels),
-    )
-
-
-def status_message(status: Status) -> api.Status:
-    """The wire form of an ingest's Status."""
-    return api.Status(
-        started_at=_timestamp(status.started_at),
-        updated_at=_timestamp(status.updated_at),
-        ref=status.ref,
-        offset=status.offset,
-        total=status.total,
-        expected=status.expected,
-    )
 
 
 class ListedStore(Store, RecordWalker, Protocol):
@@ -283,8 +227,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 response = api.WriteContentResponse(action=request.action, offset=writer.offset)
                 if request.action == api.STAT:
                     status = writer.status()
-                    response.started_at.CopyFrom(_timestamp(status.started_at))
-                    response.updated_at.CopyFrom(_timestamp(status.updated_at))
+                    response.started_at.CopyFrom(timestamp_from_datetime(status.started_at))
+                    response.updated_at.CopyFrom(timestamp_from_datetime(status.updated_at))
                     response.total = total
                 else:
                     response.offset = self._write(writer, request, writer.offset)

@@ -12,12 +12,19 @@ from types import FrameType
 
 import click
 
-from contentd.content import BUSY_TIMEOUT, DEFAULT_NAMESPACE, open_store, validate_namespace
+from contentd.content import (
+    BUSY_TIMEOUT,
+    DEFAULT_NAMESPACE,
+    default_root,
+    open_store,
+    validate_namespace,
+)
 from contentd.errdefs import ContentdError, InvalidArgument
+from contentd.proto.wire import default_address
 
 from ._memory import pin_allocator_thresholds
 from ._registry import HttpOptions
-from ._server import Daemon, ServerOptions, default_address, default_root
+from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
 
 _LEVELS = ("debug", "info", "warning", "error")

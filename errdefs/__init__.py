@@ -16,6 +16,8 @@ clients decode answers with `from_grpc` and `from_http`. Decoded errors are
 also instances of `RemoteError`, whose words a server does not pass on.
 """
 
+from typing import TYPE_CHECKING
+
 from ._classes import (
     ERROR_CLASSES,
     Aborted,
@@ -61,14 +63,6 @@ from ._classes import (
     rebase,
     wrap,
 )
-from ._grpc import (
-    ERROR_DOMAIN,
-    STATUS_DETAILS_KEY,
-    GrpcStatus,
-    from_grpc,
-    from_grpc_parts,
-    to_grpc_status,
-)
 from ._http import (
     CLASS_DESCRIPTORS,
     DESCRIPTORS,
@@ -82,6 +76,29 @@ from ._http import (
     to_http,
 )
 from ._public import INTERNAL_ERROR_REASON, public_error
+
+if TYPE_CHECKING:
+    from ._grpc import (
+        ERROR_DOMAIN,
+        STATUS_DETAILS_KEY,
+        GrpcStatus,
+        from_grpc,
+        from_grpc_parts,
+        to_grpc_status,
+    )
+
+# The gRPC mapping loads grpc and protobuf; the store raises these classes in
+# processes that speak no gRPC, so its names are imported on first use.
+_GRPC_NAMES = frozenset(
+    {
+        "ERROR_DOMAIN",
+        "STATUS_DETAILS_KEY",
+        "GrpcStatus",
+        "from_grpc",
+        "from_grpc_parts",
+        "to_grpc_status",
+    }
+)
 
 #: The reason of an Unavailable error for a ref another writer holds.
 REF_LOCKED = "REF_LOCKED"
@@ -156,3 +173,19 @@ __all__ = [
     "to_http",
     "wrap",
 ]
+
+
+if not TYPE_CHECKING:  # mypy would read every unknown name as this function's answer
+
+    def __getattr__(name: str) -> object:
+        if name in _GRPC_NAMES:
+            from . import _grpc  # noqa: PLC0415
+
+            value = getattr(_grpc, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_GRPC_NAMES})

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 _E = TypeVar("_E", bound="ContentdError")
+
+
+class _GrpcCode:
+    """A class's gRPC status code: named here, looked up in grpc when first read.
+
+    The store raises these classes, and a process that only uses the store
+    (a daemonless client) should not pay for loading grpc; only code that
+    speaks gRPC reads the code, and it has grpc loaded already.
+    """
+
+    __slots__ = ("_code", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._code: grpc.StatusCode | None = None
+
+    def __get__(self, instance: object, owner: type[object] | None = None) -> grpc.StatusCode:
+        code = self._code
+        if code is None:
+            # Here, not at the top: see the class.
+            import grpc  # noqa: PLC0415
+
+            code = self._code = grpc.StatusCode[self._name]
+        return code
 
 
 class ContentdError(Exception):
@@ -26,7 +51,7 @@ class ContentdError(Exception):
     #: The class's words, appended to the message: "not found".
     description: ClassVar[str] = "unknown"
     #: The gRPC status code this class maps to.
-    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    grpc_code = _GrpcCode("UNKNOWN")
     #: The HTTP status this class maps to.
     http_status: ClassVar[int] = 500
     #: The class's own error code in HTTP error bodies, when no registry
@@ -80,7 +105,7 @@ class Unknown(ContentdError):
     """The failure could not be classified; also what an unmapped remote code becomes."""
 
     description = "unknown"
-    grpc_code = grpc.StatusCode.UNKNOWN
+    grpc_code = _GrpcCode("UNKNOWN")
     http_status = 500
     http_code = "UNKNOWN"
 
@@ -89,7 +114,7 @@ class InvalidArgument(ContentdError):
     """A request is malformed: a bad digest, ref, namespace, offset, label, filter or field path."""
 
     description = "invalid argument"
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    grpc_code = _GrpcCode("INVALID_ARGUMENT")
     http_status = 400
     http_code = "INVALID_ARGUMENT"
 
@@ -98,7 +123,7 @@ class NotFound(ContentdError):
     """No committed blob with that digest, or no ingest with that ref, in the namespace."""
 
     description = "not found"
-    grpc_code = grpc.StatusCode.NOT_FOUND
+    grpc_code = _GrpcCode("NOT_FOUND")
     http_status = 404
     http_code = "NOT_FOUND"
 
@@ -107,7 +132,7 @@ class AlreadyExists(ContentdError):
     """The blob being written or committed is already stored in the namespace."""
 
     description = "already exists"
-    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    grpc_code = _GrpcCode("ALREADY_EXISTS")
     http_status = 409
     http_code = "ALREADY_EXISTS"
 
@@ -116,7 +141,7 @@ class PermissionDenied(ContentdError):
     """The caller may not do this (a read-only store, a denied credential)."""
 
     description = "permission denied"
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    grpc_code = _GrpcCode("PERMISSION_DENIED")
     http_status = 403
     http_code = "DENIED"
 
@@ -125,7 +150,7 @@ class ResourceExhausted(ContentdError):
     """The disk is full, or a limit on streams, ingests or message sizes was reached."""
 
     description = "resource exhausted"
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    grpc_code = _GrpcCode("RESOURCE_EXHAUSTED")
     http_status = 429
     http_code = "TOOMANYREQUESTS"
 
@@ -134,7 +159,7 @@ class FailedPrecondition(ContentdError):
     """A commit does not match its expected size or digest, or a namespace is missing."""
 
     description = "failed precondition"
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    grpc_code = _GrpcCode("FAILED_PRECONDITION")
     http_status = 412
     http_code = "FAILED_PRECONDITION"
 
@@ -143,7 +168,7 @@ class Conflict(ContentdError):
     """The change conflicts with the current state of the object."""
 
     description = "conflict"
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    grpc_code = _GrpcCode("FAILED_PRECONDITION")
     http_status = 409
     http_code = "CONFLICT"
 
@@ -152,7 +177,7 @@ class NotModified(ContentdError):
     """The object is unchanged since the caller last saw it."""
 
     description = "not modified"
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    grpc_code = _GrpcCode("FAILED_PRECONDITION")
     http_status = 304
     http_code = "NOT_MODIFIED"
 
@@ -161,7 +186,7 @@ class Aborted(ContentdError):
     """The operation was abandoned because of a concurrent change; retrying may succeed."""
 
     description = "aborted"
-    grpc_code = grpc.StatusCode.ABORTED
+    grpc_code = _GrpcCode("ABORTED")
     http_status = 409
     http_code = "ABORTED"
 
@@ -170,7 +195,7 @@ class OutOfRange(ContentdError):
     """A read starts past the end of a blob, or a write is not at the ingest's offset."""
 
     description = "out of range"
-    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+    grpc_code = _GrpcCode("OUT_OF_RANGE")
     http_status = 416
     http_code = "OUT_OF_RANGE"
 
@@ -179,7 +204,7 @@ class Unimplemented(ContentdError):
     """The operation is not supported (for example truncating an ingest to a non-zero size)."""
 
     description = "not implemented"
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    grpc_code = _GrpcCode("UNIMPLEMENTED")
     http_status = 501
     http_code = "UNIMPLEMENTED"
 
@@ -188,7 +213,7 @@ class Internal(ContentdError):
     """A bug or an unexpected failure; the caller sees only a generic message and an error id."""
 
     description = "internal"
-    grpc_code = grpc.StatusCode.INTERNAL
+    grpc_code = _GrpcCode("INTERNAL")
     http_status = 500
     http_code = "INTERNAL"
 
@@ -197,7 +222,7 @@ class Unavailable(ContentdError):
     """Locked ref (REF_LOCKED), busy store (STORE_BUSY) or failing disk (STORE_IO_ERROR); retry."""
 
     description = "unavailable"
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    grpc_code = _GrpcCode("UNAVAILABLE")
     http_status = 503
     http_code = "UNAVAILABLE"
 
@@ -206,7 +231,7 @@ class DataLoss(ContentdError):
     """Stored bytes are missing (BLOB_MISSING), unreadable (BLOB_UNREADABLE) or corrupt."""
 
     description = "data loss"
-    grpc_code = grpc.StatusCode.DATA_LOSS
+    grpc_code = _GrpcCode("DATA_LOSS")
     http_status = 500
     http_code = "DATA_LOSS"
 
@@ -215,7 +240,7 @@ class Unauthenticated(ContentdError):
     """The request carries no valid credentials."""
 
     description = "unauthenticated"
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    grpc_code = _GrpcCode("UNAUTHENTICATED")
     http_status = 401
     http_code = "UNAUTHORIZED"
 
@@ -224,7 +249,7 @@ class Canceled(ContentdError):
     """The caller canceled the operation."""
 
     description = "canceled"
-    grpc_code = grpc.StatusCode.CANCELLED
+    grpc_code = _GrpcCode("CANCELLED")
     http_status = 499
     http_code = "CANCELED"
 
@@ -233,7 +258,7 @@ class DeadlineExceeded(ContentdError):
     """The operation did not finish before its deadline."""
 
     description = "deadline exceeded"
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    grpc_code = _GrpcCode("DEADLINE_EXCEEDED")
     http_status = 504
     http_code = "DEADLINE_EXCEEDED"
 

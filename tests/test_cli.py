@@ -22,7 +22,8 @@ from support.tools import require_tool
 
 from contentd import errdefs
 from contentd.client.cli import EXIT_CODES, human_age, human_size
-from contentd.content import LocalStore, digest_of, open_store
+from contentd.content import LocalStore, default_root, digest_of, open_store
+from contentd.proto.wire import default_address
 
 REPO = Path(__file__).resolve().parent.parent
 # Every byte value, and more than one 1 MiB message.
@@ -291,6 +292,40 @@ def test_unreachable_daemon_is_unavailable(tmp_path: Path) -> None:
     )
     assert result.returncode == EXIT_CODES[errdefs.Unavailable]
     assert result.stderr.decode().startswith("contentd: no daemon answering at unix://")
+
+
+def test_the_default_root_is_under_xdg_data_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_root() == tmp_path / "data" / "contentd"
+
+
+def test_the_default_root_is_under_local_share_without_xdg_data_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_root() == tmp_path / ".local" / "share" / "contentd"
+
+
+def test_the_default_address_is_the_socket_in_the_default_root_as_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "link"))
+    assert default_address() == f"unix://{tmp_path / 'link' / 'contentd' / 'contentd.sock'}"
+
+
+def test_the_address_of_a_served_root_is_resolved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    expected = f"unix://{(tmp_path / 'real').resolve() / 'contentd.sock'}"
+    assert default_address(Path("link")) == expected
 
 
 def test_readme_documents_every_exit_status() -> None:

@@ -962,6 +962,23 @@ def test_serve_without_options_uses_the_embedded_default(tmp_path: Path) -> None
         assert (data_home / "contentd" / "metadata.db").exists()
 
 
+def test_the_client_finds_the_default_daemon_with_no_options(tmp_path: Path) -> None:
+    data_home = tmp_path / "data"
+    env = {"XDG_DATA_HOME": str(data_home)}
+    with serving(["serve"], env):
+        client_env = {**os.environ, **env}
+        client_env.pop("CONTENTD_ADDRESS", None)
+        client_env.pop("CONTENTD_ROOT", None)
+        listed = subprocess.run(
+            [*contentd_command(), "--json", "ls"],
+            env=client_env,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+
+
 def test_global_root_names_the_store_to_serve(tmp_path: Path) -> None:
     root = tmp_path / "given"
     with serving(

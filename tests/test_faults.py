@@ -30,7 +30,7 @@ from support.daemon import DaemonProcess, contentd_command, start_daemon
 from support.grpc_client import CALL_TIMEOUT, content_stub, namespaced
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
+from contentd.client import RemoteStore
 from contentd.content import (
     BLOB_UNREADABLE,
     STORE_BUSY,
@@ -38,6 +38,7 @@ from contentd.content import (
     Store,
     digest_of,
     open_store,
+    write_blob,
 )
 from contentd.proto import content_pb2 as api
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import assume, given
@@ -14,6 +14,7 @@ from contentd.content.filters import (
     MATCH_ALL,
     MAX_FILTER_LENGTH,
     Adaptor,
+    fields_adaptor,
     info_adaptor,
     parse,
     parse_all,
@@ -511,17 +512,7 @@ def test_a_value_as_long_as_a_label_can_be_parses() -> None:
 
 
 def entry(name: str, other: str = "", labels: Mapping[str, str] | None = None) -> Adaptor:
-    fields = {"name": name, "other": other}
-    labels = labels or {}
-
-    def field(path: Sequence[str]) -> tuple[str, bool]:
-        if path[0] == "labels":
-            key = ".".join(path[1:])
-            return (labels[key], True) if key in labels else ("", False)
-        value = fields.get(path[0], "")
-        return value, bool(value)
-
-    return field
+    return fields_adaptor({"name": name, "other": other}, {"labels": labels or {}})
 
 
 CORPUS = [
@@ -760,6 +751,102 @@ def test_status_adaptor_reports_other_paths_as_absent(path: list[str]) -> None:
 
 def test_status_filters_select_by_ref_pattern() -> None:
     assert parse("ref~=^layer-,total==2048").match(status())
+
+
+IMAGE_DIGEST = "sha256:" + "cd" * 32
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def image(
+    name: str = "docker.io/library/alpine:3.20",
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> Adaptor:
+    """An image as containerd's image filters see it."""
+    return fields_adaptor(
+        {"name": name, "target.digest": IMAGE_DIGEST, "target.mediatype": MANIFEST},
+        {"labels": labels or {}, "annotations": annotations or {}},
+    )
+
+
+def lease(lease_id: str = "build-7", labels: Mapping[str, str] | None = None) -> Adaptor:
+    """A lease as containerd's lease filters see it."""
+    return fields_adaptor({"id": lease_id}, {"labels": labels or {}})
+
+
+def test_fields_adaptor_reports_plain_fields_by_their_dotted_names() -> None:
+    adaptor = image()
+    assert adaptor(["name"]) == ("docker.io/library/alpine:3.20", True)
+    assert adaptor(["target", "digest"]) == (IMAGE_DIGEST, True)
+    assert adaptor(["target", "mediatype"]) == (MANIFEST, True)
+
+
+def test_fields_adaptor_finds_a_map_key_by_the_rest_of_the_path_joined_with_dots() -> None:
+    adaptor = image(annotations={"org.opencontainers.image.ref.name": "3.20"})
+    assert adaptor(["annotations", "org", "opencontainers", "image", "ref", "name"]) == (
+        "3.20",
+        True,
+    )
+
+
+def test_fields_adaptor_reports_empty_fields_as_absent_and_empty_map_values_as_present() -> None:
+    adaptor = lease("", labels={"empty": ""})
+    assert adaptor(["id"]) == ("", False)
+    assert adaptor(["labels", "empty"]) == ("", True)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [[], ["target"], ["target", "size"], ["name", "x"], ["labels", "a"], ["Name"], ["digest"]],
+)
+def test_fields_adaptor_reports_other_paths_as_absent(path: list[str]) -> None:
+    assert image()(path) == ("", False)
+
+
+def test_fields_adaptor_does_not_look_up_a_map_prefix_among_the_fields() -> None:
+    adaptor = fields_adaptor({"labels.a": "plain"}, {"labels": {}})
+    assert adaptor(["labels", "a"]) == ("", False)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("name==docker.io/library/alpine:3.20", True),
+        ("name~=^docker.io/library/", True),
+        (f"target.digest=={IMAGE_DIGEST}", True),
+        (f'"target.digest"=={IMAGE_DIGEST}', True),
+        ("target.mediatype~=manifest,labels.team==ci", True),
+        ('annotations."org.opencontainers.image.ref.name"==3.20', True),
+        ("annotations.org.opencontainers.image.ref.name!=3.20", False),
+        ("labels.team==ops", False),
+        ("target.size", False),
+    ],
+)
+def test_image_filters_select_by_name_target_labels_and_annotations(
+    expression: str, expected: bool
+) -> None:
+    item = image(labels={"team": "ci"}, annotations={"org.opencontainers.image.ref.name": "3.20"})
+    assert parse(expression).match(item) is expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("id==build-7", [0]),
+        ("id~=^build-", [0, 1]),
+        ("id", [0, 1]),
+        ('labels."containerd.io/gc.expire"', [1]),
+        ('labels."containerd.io/gc.expire"~=^2026-', [1]),
+        ("id!=build-7", [1, 2]),
+    ],
+)
+def test_lease_filters_select_by_id_and_labels(expression: str, expected: list[int]) -> None:
+    leases = [
+        lease("build-7"),
+        lease("build-8", labels={"containerd.io/gc.expire": "2026-01-01T00:00:00Z"}),
+        lease(""),
+    ]
+    assert [i for i, item in enumerate(leases) if parse(expression).match(item)] == expected
 
 
 def test_overlong_filter_is_invalid_before_parsing() -> None:

@@ -15,8 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contentd import errdefs
-from contentd.client import Backoff, is_ref_locked, open_writer, write_blob
-from contentd.content import LocalStore, digest_of, open_store
+from contentd.content import (
+    Backoff,
+    LocalStore,
+    digest_of,
+    is_ref_locked,
+    open_store,
+    open_writer,
+    write_blob,
+)
 
 DATA = os.urandom(3 * (1 << 20) + 123)
 DIGEST = digest_of(DATA)

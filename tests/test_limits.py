@@ -46,8 +46,8 @@ from support.grpc_client import (
 )
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
-from contentd.content import digest_of
+from contentd.client import RemoteStore
+from contentd.content import digest_of, write_blob
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 

@@ -32,8 +32,8 @@ from support.daemon import DaemonProcess, start_daemon
 from support.workload import check_layout, read_verified
 
 from contentd import errdefs
-from contentd.client import Backoff, RemoteStore, write_blob
-from contentd.content import digest_of
+from contentd.client import RemoteStore
+from contentd.content import Backoff, digest_of, write_blob
 
 CLIENTS = 32
 #: A minute in CI; CONTENTD_LOAD_SECONDS makes it a soak (README: Crashes and load).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,16 @@ from grpc_tools import protoc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contentd.client._remote import _datetime as remote_datetime
+from contentd.content import ContentRecord, Info, Status, datetime_from_ns
 from contentd.proto import content_pb2, content_pb2_grpc
+from contentd.proto.wire import (
+    add_record,
+    datetime_from_timestamp,
+    info_from_message,
+    info_message,
+    status_from_message,
+    status_message,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = "containerd/services/content/v1/content.proto"
@@ -108,8 +116,56 @@ def test_proto_is_wire_identical_to_containerds(tmp_path: Path) -> None:
     seconds=st.integers(-62_135_596_800, 253_402_300_799),  # 0001-01-01 to 9999-12-31
     nanos=st.integers(0, 999_999_999),
 )
-def test_the_client_reads_timestamps_as_protobuf_does(seconds: int, nanos: int) -> None:
+def test_timestamps_are_read_as_protobuf_reads_them(seconds: int, nanos: int) -> None:
     stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
-    read = remote_datetime(stamp)
+    read = datetime_from_timestamp(stamp)
     assert read == stamp.ToDatetime(tzinfo=UTC)
     assert read.tzinfo is UTC
+
+
+# Times the store hands out: UTC, to the microsecond, from 1970 (nanoseconds since the epoch).
+nanoseconds = st.integers(0, 253_402_300_799 * 1_000_000_000)
+moments = nanoseconds.map(datetime_from_ns)
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+labels = st.dictionaries(texts, texts, max_size=4)
+
+
+@given(
+    digest=texts,
+    size=st.integers(0, 1 << 62),
+    created=moments,
+    updated=moments,
+    labels=labels,
+)
+def test_an_info_crosses_the_wire_unchanged(
+    digest: str, size: int, created: datetime, updated: datetime, labels: dict[str, str]
+) -> None:
+    info = Info(digest, size, created, updated, labels)
+    assert info_from_message(info_message(info)) == info
+
+
+@given(
+    ref=texts,
+    offset=st.integers(0, 1 << 62),
+    total=st.integers(0, 1 << 62),
+    expected=texts,
+    started=moments,
+    updated=moments,
+)
+def test_a_status_crosses_the_wire_unchanged(
+    ref: str, offset: int, total: int, expected: str, started: datetime, updated: datetime
+) -> None:
+    status = Status(ref, offset, total, expected, started, updated)
+    assert status_from_message(status_message(status)) == status
+
+
+@given(created=nanoseconds, updated=nanoseconds, labels=labels)
+def test_a_listed_record_reads_as_the_info_of_that_blob(
+    created: int, updated: int, labels: dict[str, str]
+) -> None:
+    record = ContentRecord("sha256:" + "ab" * 32, 7, created, updated, labels)
+    listed = content_pb2.ListContentResponse()
+    size = add_record(listed.info, record)
+    info = Info(record.digest, 7, datetime_from_ns(created), datetime_from_ns(updated), labels)
+    assert listed.info[0] == info_message(info)
+    assert size == listed.info[0].ByteSize()

@@ -42,8 +42,8 @@ from support.grpc_client import (
 from support.tools import require_tool
 
 from contentd import errdefs
-from contentd.client import RemoteStore, TLSConfig, write_blob
-from contentd.content import digest_of, open_store
+from contentd.client import RemoteStore, TLSConfig
+from contentd.content import digest_of, open_store, write_blob
 from contentd.daemon._tls import is_loopback
 from contentd.errdefs._grpc import STATUS_DETAILS_KEY
 from contentd.proto import content_pb2 as api

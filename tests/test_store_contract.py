@@ -32,8 +32,8 @@ from support.daemon import running_daemon
 from support.tools import require_tool
 
 from contentd import errdefs
-from contentd.client import RemoteStore, is_ref_locked, write_blob
-from contentd.content import Store, digest_of
+from contentd.client import RemoteStore
+from contentd.content import Store, digest_of, is_ref_locked, write_blob
 
 BLOB = bytes(range(256)) * 40
 DIGEST = digest_of(BLOB)

@@ -13,8 +13,8 @@ import pytest
 from support.daemon import DaemonProcess, contentd_command, running_daemon
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
-from contentd.content import BlobState, LocalStore, digest_of, open_store
+from contentd.client import RemoteStore
+from contentd.content import BlobState, LocalStore, digest_of, open_store, write_blob
 
 LAYER = bytes(range(256)) * 4000
 CONFIG = b'{"architecture": "amd64"}'

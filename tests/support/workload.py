@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from contentd import errdefs
-from contentd.client import write_blob
-from contentd.content import Info, Status, Store, digest_of, open_store
+from contentd.content import Info, Status, Store, digest_of, open_store, write_blob
 from contentd.content._records import ingest_key
 
 #: Blobs each worker owns: even indexes are small (one put), odd ones streamed.

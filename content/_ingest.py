@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
-from contentd.content import Store, Writer, digest_of
 from contentd.errdefs import (
     REF_LOCKED,
     TOO_MANY_INGESTS,
@@ -26,6 +25,9 @@ from contentd.errdefs import (
     find,
 )
 from contentd.errdefs import Unavailable as _Unavailable
+
+from ._types import Store, Writer
+from ._validate import digest_of
 
 #: Bytes read from the source and sent per write.
 COPY_CHUNK: Final = 1 << 20

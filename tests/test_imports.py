@@ -1,0 +1,52 @@
+"""What importing a package loads: the store and the error classes speak no gRPC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import contentd.client
+import contentd.content
+
+# What a process that speaks gRPC loads: grpc (and the grpc_* packages it pulls
+# in), protobuf, and the google.rpc messages errdefs' gRPC mapping uses.
+_GRPC_PREFIXES = ("grpc.", "grpc_", "google.protobuf", "google.rpc")
+
+
+def _loaded_by(module: str) -> list[str]:
+    """The modules a fresh interpreter holds after importing `module`."""
+    script = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded: list[str] = json.loads(run.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize("module", ["contentd.content", "contentd.errdefs"])
+def test_importing_loads_no_grpc_or_protobuf(module: str) -> None:
+    grpc_modules = [
+        name for name in _loaded_by(module) if name == "grpc" or name.startswith(_GRPC_PREFIXES)
+    ]
+    assert grpc_modules == []
+
+
+def test_the_errdefs_grpc_mapping_is_still_reachable_from_the_package() -> None:
+    script = (
+        "import grpc; from contentd import errdefs; "
+        "from contentd.errdefs import STATUS_DETAILS_KEY, from_grpc, to_grpc_status; "
+        "assert errdefs.NotFound.grpc_code is grpc.StatusCode.NOT_FOUND; "
+        "assert errdefs.NotFound('x').grpc_code is grpc.StatusCode.NOT_FOUND; "
+        "assert to_grpc_status(errdefs.NotFound('x')).code is grpc.StatusCode.NOT_FOUND; "
+        "assert STATUS_DETAILS_KEY == 'grpc-status-details-bin'; "
+        "assert 'to_grpc_status' in dir(errdefs)"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_the_client_re_exports_the_stores_ingest_helpers() -> None:
+    for name in ("Backoff", "is_ref_locked", "open_writer", "write_blob"):
+        assert getattr(contentd.client, name) is getattr(contentd.content, name)
