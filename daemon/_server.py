@@ -23,9 +23,9 @@ from contentd.content import LocalStore
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto import content_pb2
 
-from ._registry import HttpOptions, HttpServer
 from ._service import ContentService, add_content_service
 from ._tls import TLSFiles, is_loopback
+from .registry import HttpOptions, HttpServer
 
 #: containerd's limit on gRPC messages, both ways.
 MAX_MESSAGE_BYTES = 16 << 20

@@ -16,9 +16,9 @@ from contentd.content import BUSY_TIMEOUT, DEFAULT_NAMESPACE, open_store, valida
 from contentd.errdefs import ContentdError, InvalidArgument
 
 from ._memory import pin_allocator_thresholds
-from ._registry import HttpOptions
 from ._server import Daemon, ServerOptions, default_address, default_root
 from ._tls import TLSFiles
+from .registry import HttpOptions
 
 _LEVELS = ("debug", "info", "warning", "error")
 _PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)

@@ -1,7 +1,7 @@
 """The HTTP face: the OCI distribution API (registry v2) over the daemon's store.
 
 Blobs are the store's blobs in one namespace, upload sessions are its ingests
-(see `_uploads`), and repositories, manifests and tags are recorded in the
+(see `uploads`), and repositories, manifests and tags are recorded in the
 `RegistryIndex`. Requests are served by aiohttp on an event loop of its own
 thread; every blocking store call runs on a small thread pool, and blob GETs
 go out with sendfile, so no blob is ever held in memory whole.
@@ -31,6 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from contentd.content import BlobReader, LocalStore, LocalWriter, validate_digest
+from contentd.daemon._tls import TLSFiles
 from contentd.errdefs import (
     AlreadyExists,
     ContentdError,
@@ -43,11 +44,10 @@ from contentd.errdefs import (
     to_http,
 )
 
-from ._htpasswd import Htpasswd
-from ._manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
-from ._registry_index import Referrer, RegistryIndex
-from ._tls import TLSFiles
-from ._uploads import UploadSessions, new_session_id, upload_ref
+from .auth import Htpasswd
+from .index import Referrer, RegistryIndex
+from .manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
+from .uploads import UploadSessions, new_session_id, upload_ref
 
 _log = logging.getLogger("contentd.daemon")
 
