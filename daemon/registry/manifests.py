@@ -1,19 +1,32 @@
-"""Image manifests and indexes as the registry accepts them: parsed, checked, their references.
+"""Manifests: their handlers, and image manifests and indexes as the registry accepts them.
 
 The registry stores a manifest's bytes exactly as pushed (its digest is of
-those bytes); this module only decides whether they are a manifest it
+those bytes); `parse_manifest` only decides whether they are a manifest it
 serves, of which media type, and which other content they name, so a push
 can be refused before anything it depends on is missing.
+
+`ManifestHandler` serves ``/v2/<name>/manifests/<reference>``, by tag or
+digest: GET, HEAD, PUT and DELETE.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from aiohttp import web
+
 from contentd.content import validate_digest
-from contentd.errdefs import InvalidArgument
+from contentd.errdefs import AlreadyExists, ContentdError, InvalidArgument, NotFound
+
+from .context import ResourceHandler
+from .errors import digest_invalid, manifest_unknown, registry_error
+from .index import Referrer
+from .routes import is_tag, parse_digest
+from .uploads import new_session_id, upload_ref
 
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
@@ -30,6 +43,8 @@ MANIFEST_TYPES: Final = IMAGE_MANIFESTS | INDEXES
 MAX_MANIFEST_BYTES: Final = 4 << 20
 
 MANIFEST_INVALID: Final = "MANIFEST_INVALID"
+#: The reason of a manifest refused for its size: 413, as the spec answers it.
+MANIFEST_TOO_LARGE: Final = "MANIFEST_TOO_LARGE"
 
 
 @dataclass(frozen=True)
@@ -47,8 +62,8 @@ class Manifest:
     annotations: dict[str, str] | None = None
 
 
-def _invalid(message: str) -> InvalidArgument:
-    return InvalidArgument(f"manifest invalid: {message}", reason=MANIFEST_INVALID)
+def _invalid(message: str) -> ContentdError:
+    return registry_error(InvalidArgument, f"manifest invalid: {message}", MANIFEST_INVALID)
 
 
 def _descriptor(value: Any, where: str) -> dict[str, Any]:
@@ -143,3 +158,136 @@ def parse_manifest(body: bytes, content_type: str) -> Manifest:
         artifact_type or config["mediaType"],
         annotations,
     )
+
+
+def _tag_invalid(reference: str) -> ContentdError:
+    return registry_error(InvalidArgument, f"tag {reference[:80]!r}", MANIFEST_INVALID)
+
+
+class ManifestHandler(ResourceHandler):
+    """A repository's manifests: bytes in the store, media types and tags in the index."""
+
+    async def _resolve(self, name: str, reference: str) -> tuple[str, str]:
+        """The digest and media type `reference` (a tag or digest) names in `name`."""
+        if ":" in reference:
+            digest = parse_digest(reference)
+        elif is_tag(reference):
+            found = await self._run(self._index.resolve_tag, self._namespace, name, reference)
+            if found is None:
+                raise manifest_unknown(reference)
+            digest = found
+        else:
+            # No manifest can have such a tag: unknown, as the spec's pulls expect.
+            raise manifest_unknown(reference[:80])
+        media_type = await self._run(self._index.manifest_media_type, self._namespace, name, digest)
+        if media_type is None:
+            raise manifest_unknown(reference)
+        return digest, media_type
+
+    async def get(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """GET or HEAD a manifest by tag or digest, with the media type it was pushed with."""
+        digest, media_type = await self._resolve(name, reference)
+        try:
+            body = await self._run(self._read_blob, digest)
+        except NotFound:
+            raise manifest_unknown(reference) from None
+        headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
+        return web.Response(body=body, headers=headers, content_type=media_type)
+
+    def _read_blob(self, digest: str) -> bytes:
+        with self._store.reader_at(digest) as reader:
+            return reader.read()
+
+    async def put(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """PUT a manifest under a tag or its digest, once everything it names is in `name`."""
+        length = request.content_length
+        if length is not None and length > MAX_MANIFEST_BYTES:
+            # 413: the spec's answer to a manifest over the registry's limit.
+            raise registry_error(
+                InvalidArgument,
+                f"manifest of {length} bytes: more than the {MAX_MANIFEST_BYTES} allowed",
+                MANIFEST_TOO_LARGE,
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise registry_error(
+                InvalidArgument,
+                f"manifest of more than the {MAX_MANIFEST_BYTES} bytes allowed",
+                MANIFEST_TOO_LARGE,
+            ) from None
+        tag: str | None = None
+        if ":" in reference:
+            digest = parse_digest(reference)
+            algorithm = digest.split(":", 1)[0]
+            actual = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+            if actual != digest:
+                raise digest_invalid(f"manifest is {actual}, not {digest}")
+        elif is_tag(reference):
+            tag = reference
+            digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+        else:
+            raise _tag_invalid(reference)
+        manifest = parse_manifest(body, request.headers.get("Content-Type", ""))
+        for needed in manifest.blobs:
+            if not await self._present(name, needed):
+                raise registry_error(
+                    NotFound,
+                    f"manifest names blob {needed}",
+                    "MANIFEST_BLOB_UNKNOWN",
+                    digest=needed,
+                )
+        for needed in manifest.manifests:
+            known = await self._run(self._index.manifest_media_type, self._namespace, name, needed)
+            if known is None or not await self._present(name, needed):
+                raise registry_error(
+                    NotFound,
+                    f"index names manifest {needed}",
+                    "MANIFEST_BLOB_UNKNOWN",
+                    digest=needed,
+                )
+        with contextlib.suppress(AlreadyExists):
+            await self._run(
+                self._store.put, upload_ref(name, new_session_id()), body, expected=digest
+            )
+        referrer = None
+        if manifest.subject is not None:
+            descriptor: dict[str, Any] = {
+                "mediaType": manifest.media_type,
+                "digest": digest,
+                "size": len(body),
+            }
+            if manifest.artifact_type:
+                descriptor["artifactType"] = manifest.artifact_type
+            if manifest.annotations:
+                descriptor["annotations"] = manifest.annotations
+            referrer = Referrer(manifest.subject, descriptor, manifest.artifact_type)
+        await self._run(
+            self._index.put_manifest,
+            self._namespace,
+            name,
+            digest,
+            manifest.media_type,
+            tag,
+            referrer,
+        )
+        headers = {
+            "Location": f"/v2/{name}/manifests/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        if manifest.subject is not None:
+            headers["OCI-Subject"] = manifest.subject
+        return web.Response(status=201, headers=headers)
+
+    async def delete(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """DELETE a manifest by digest (its tags go with it), or only a tag."""
+        if ":" in reference:
+            digest = parse_digest(reference)
+            found = await self._run(self._index.delete_manifest, self._namespace, name, digest)
+        elif is_tag(reference):
+            found = await self._run(self._index.delete_tag, self._namespace, name, reference)
+        else:
+            raise _tag_invalid(reference)
+        if not found:
+            raise manifest_unknown(reference)
+        return web.Response(status=202)

@@ -1,4 +1,4 @@
-"""Blob upload sessions: each a store ingest, its writer kept open between requests.
+"""Blob uploads: their handlers, and their sessions, each a store ingest kept open between requests.
 
 A session is the ingest ``registry-upload/<repository>/<id>``: its bytes and
 offset are the store's, so an upload resumes (and survives a restart) from
@@ -7,6 +7,10 @@ rebuild its hash, so between the requests of one upload the writer stays
 open (and its ref locked) until the upload completes, is canceled, or sits
 idle for `idle_timeout` seconds. An upload nobody touches for much longer (a
 day, by default) is abandoned: `purge_abandoned` aborts it and frees its bytes.
+
+`UploadHandler` serves ``/v2/<name>/blobs/uploads/``: starting an upload (or
+storing a blob in one request, or mounting it from another repository),
+its chunks, its status, completing and canceling it.
 """
 
 from __future__ import annotations
@@ -14,19 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from contentd.content import LocalStore, LocalWriter
-from contentd.errdefs import NotFound, ResourceExhausted, Unavailable
+from aiohttp import web
+
+from contentd.content import LocalStore, LocalWriter, validate_digest
+from contentd.errdefs import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from .context import IO_CHUNK, RegistryContext, ResourceHandler
+from .errors import answered_with, digest_invalid, registry_error, upload_unknown
+from .routes import is_name, parse_digest
 
 UPLOAD_REF_PREFIX: Final = "registry-upload/"
-BLOB_UPLOAD_UNKNOWN: Final = "BLOB_UPLOAD_UNKNOWN"
 #: Refused: every upload writer the daemon keeps open is in use.
 TOO_MANY_UPLOADS: Final = "TOO_MANY_UPLOADS"
+#: Bodies of monolithic pushes up to this size are stored in one step.
+SMALL_BODY: Final = 1 << 20
 
 #: Runs a blocking store call off the event loop.
 Runner = Callable[..., "asyncio.Future[Any]"]
@@ -48,10 +68,6 @@ def valid_session_id(session: str) -> bool:
         return str(uuid.UUID(session)) == session
     except ValueError:
         return False
-
-
-def unknown_upload(session: str) -> NotFound:
-    return NotFound(f"upload {session}", reason=BLOB_UPLOAD_UNKNOWN)
 
 
 class OpenUpload:
@@ -123,7 +139,7 @@ class UploadSessions:
         idle) is reopened from its ingest.
         """
         if not valid_session_id(session):
-            raise unknown_upload(session)
+            raise upload_unknown(session)
         ref = upload_ref(repository, session)
         while True:
             entry = self._open.get(ref)
@@ -134,7 +150,7 @@ class UploadSessions:
                 break
             entry.lock.release()  # closed while idle, or ended, while this request waited
             if entry.finished:
-                raise unknown_upload(session)
+                raise upload_unknown(session)
         try:
             if entry.writer is None:
                 try:
@@ -156,13 +172,13 @@ class UploadSessions:
         try:
             self._store.status(ref)
         except NotFound:
-            raise unknown_upload(session) from None
+            raise upload_unknown(session) from None
         return self._store.writer(ref)
 
     async def offset(self, repository: str, session: str) -> int:
         """How many bytes the session holds, without taking it from a request using it."""
         if not valid_session_id(session):
-            raise unknown_upload(session)
+            raise upload_unknown(session)
         ref = upload_ref(repository, session)
         entry = self._open.get(ref)
         writer = entry.writer if entry is not None else None
@@ -171,7 +187,7 @@ class UploadSessions:
         try:
             status = await self._run(self._store.status, ref)
         except NotFound:
-            raise unknown_upload(session) from None
+            raise upload_unknown(session) from None
         return int(status.offset)
 
     async def cancel(self, repository: str, session: str) -> None:
@@ -184,7 +200,7 @@ class UploadSessions:
             try:
                 await self._run(self._store.abort, entry.ref)
             except NotFound:
-                raise unknown_upload(session) from None
+                raise upload_unknown(session) from None
 
     async def finish(self, entry: OpenUpload) -> None:
         """Forget `entry`'s writer (committed, or failed to) and discard what is left of it."""
@@ -263,3 +279,178 @@ class UploadSessions:
         finally:
             if self._open.get(ref) is entry:
                 del self._open[ref]
+
+
+def _parse_content_range(text: str) -> tuple[int, int]:
+    """A PATCH's ``Content-Range: <start>-<end>`` (inclusive), ``bytes`` prefix allowed."""
+    match = re.fullmatch(r"\s*(?:bytes[ =])?(\d+)-(\d+)\s*", text)
+    if match is None or int(match[2]) < int(match[1]):
+        raise registry_error(OutOfRange, f"Content-Range {text[:60]!r}", "RANGE_INVALID")
+    return int(match[1]), int(match[2])
+
+
+def _upload_headers(name: str, session: str, offset: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{session}",
+        "Range": f"0-{max(offset - 1, 0)}",
+        "Docker-Upload-UUID": session,
+    }
+
+
+def _created(name: str, digest: str) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
+    )
+
+
+def _check_chunk(request: web.Request, session: str, offset: int, name: str) -> None:
+    """A chunk must start where the upload stands and be as long as it says."""
+    text = request.headers.get("Content-Range")
+    if text is None:
+        return
+    start, end = _parse_content_range(text)
+    if start != offset:
+        raise answered_with(
+            registry_error(
+                OutOfRange,
+                f"upload {session}: chunk starts at {start}, the upload holds {offset} bytes",
+                "RANGE_INVALID",
+            ),
+            headers=_upload_headers(name, session, offset),
+        )
+    length = request.content_length
+    if length is not None and length != end - start + 1:
+        raise registry_error(
+            InvalidArgument,
+            f"upload {session}: Content-Range {start}-{end} but {length} bytes",
+            "SIZE_INVALID",
+        )
+
+
+class UploadHandler(ResourceHandler):
+    """A repository's blob uploads, each request on its session's open writer."""
+
+    def __init__(self, context: RegistryContext, sessions: UploadSessions) -> None:
+        super().__init__(context)
+        self._uploads = sessions
+
+    async def start(self, request: web.Request, name: str, _: str) -> web.StreamResponse:
+        """POST: mount the blob, store it whole, or start an upload session for it."""
+        query = request.query
+        mount, source = query.get("mount"), query.get("from")
+        # A mount that cannot be done, whatever the reason, starts an upload instead
+        # (the spec's SHOULD; the client then pushes the blob).
+        if mount and source and is_name(source):
+            with contextlib.suppress(InvalidArgument):
+                digest = validate_digest(mount)
+                if await self._mount(name, source, digest):
+                    return _created(name, digest)
+        if "digest" in query:
+            digest = parse_digest(query["digest"])
+            await self._store_whole(request, digest)
+            await self._run(self._index.link_blob, self._namespace, name, digest)
+            return _created(name, digest)
+        session, offset = await self._uploads.start(name)
+        return web.Response(status=202, headers=_upload_headers(name, session, offset))
+
+    async def _mount(self, name: str, source: str, digest: str) -> bool:
+        """Link `digest` from repository `source` into `name`, if `source` has it."""
+        if not await self._present(source, digest):
+            return False
+        await self._run(self._index.link_blob, self._namespace, name, digest)
+        return True
+
+    async def _store_whole(self, request: web.Request, digest: str) -> None:
+        """A monolithic push: the body is the whole blob."""
+        ref = upload_ref("monolithic", new_session_id())
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY:
+            data = await request.read()
+            try:
+                await self._run(self._store.put, ref, data, expected=digest)
+            except AlreadyExists:
+                pass
+            except FailedPrecondition as exc:
+                raise digest_invalid(str(exc)) from None
+            return
+        writer = await self._run(self._store.writer, ref)
+        try:
+            await self._receive(request, writer)
+            await self._commit(writer, digest)
+        finally:
+            await self._run(writer.close)
+            with contextlib.suppress(NotFound):
+                await self._run(self._store.abort, ref)
+
+    async def _receive(self, request: web.Request, writer: LocalWriter) -> int:
+        """Append the request body to `writer`; returns how many bytes it had.
+
+        The event loop keeps reading the socket while a thread hashes and
+        writes the previous megabyte.
+        """
+        received = 0
+        buffer = bytearray()
+        pending: asyncio.Future[int] | None = None
+        try:
+            async for chunk in request.content.iter_any():
+                buffer += chunk
+                received += len(chunk)
+                if len(buffer) >= IO_CHUNK:
+                    if pending is not None:
+                        await pending
+                    pending, buffer = self._run(writer.write, buffer), bytearray()
+        finally:
+            # Whatever arrived is kept, even from a client that went away: the
+            # upload's offset tells it where to resume.
+            if pending is not None:
+                await pending
+            if buffer:
+                await self._run(writer.write, buffer)
+        return received
+
+    async def _commit(self, writer: LocalWriter, digest: str) -> None:
+        try:
+            await self._run(writer.commit, 0, digest)
+        except AlreadyExists:
+            pass
+        except FailedPrecondition as exc:
+            raise digest_invalid(str(exc)) from None
+
+    async def patch(self, request: web.Request, name: str, session: str) -> web.StreamResponse:
+        """PATCH: append a chunk to the upload."""
+        async with self._uploads.use(name, session) as entry:
+            writer = entry.writer
+            assert writer is not None
+            _check_chunk(request, session, writer.offset, name)
+            await self._receive(request, writer)
+            offset = writer.offset
+        return web.Response(status=202, headers=_upload_headers(name, session, offset))
+
+    async def complete(self, request: web.Request, name: str, session: str) -> web.StreamResponse:
+        """PUT ?digest=: append the last chunk, if any, and commit the blob under that digest."""
+        text = request.query.get("digest")
+        if not text:
+            raise digest_invalid(f"upload {session}: completing needs ?digest=")
+        digest = parse_digest(text)
+        async with self._uploads.use(name, session) as entry:
+            writer = entry.writer
+            assert writer is not None
+            _check_chunk(request, session, writer.offset, name)
+            await self._receive(request, writer)
+            try:
+                await self._commit(writer, digest)
+            finally:
+                await self._uploads.finish(entry)
+        await self._run(self._index.link_blob, self._namespace, name, digest)
+        return _created(name, digest)
+
+    async def status(self, request: web.Request, name: str, session: str) -> web.StreamResponse:
+        """GET: how many bytes the upload holds."""
+        offset = await self._uploads.offset(name, session)
+        return web.Response(status=204, headers=_upload_headers(name, session, offset))
+
+    async def cancel(self, request: web.Request, name: str, session: str) -> web.StreamResponse:
+        """DELETE: end the upload and discard its bytes."""
+        await self._uploads.cancel(name, session)
+        return web.Response(status=204, headers={"Docker-Upload-UUID": session})
