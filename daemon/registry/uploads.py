@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -328,6 +328,20 @@ def _check_chunk(request: web.Request, session: str, offset: int, name: str) -> 
         )
 
 
+async def _stored_as_pushed(storing: Awaitable[object]) -> None:
+    """Wait for pushed bytes to be stored under the digest they were pushed with.
+
+    Bytes the store already holds under that digest are success; bytes of
+    another digest are DIGEST_INVALID.
+    """
+    try:
+        await storing
+    except AlreadyExists:
+        pass
+    except FailedPrecondition as exc:
+        raise digest_invalid(str(exc)) from None
+
+
 class UploadHandler(ResourceHandler):
     """A repository's blob uploads, each request on its session's open writer."""
 
@@ -367,35 +381,28 @@ class UploadHandler(ResourceHandler):
         length = request.content_length
         if length is not None and length <= SMALL_BODY:
             data = await request.read()
-            try:
-                await self._run(self._store.put, ref, data, expected=digest)
-            except AlreadyExists:
-                pass
-            except FailedPrecondition as exc:
-                raise digest_invalid(str(exc)) from None
+            await _stored_as_pushed(self._run(self._store.put, ref, data, expected=digest))
             return
         writer = await self._run(self._store.writer, ref)
         try:
             await self._receive(request, writer)
-            await self._commit(writer, digest)
+            await _stored_as_pushed(self._run(writer.commit, 0, digest))
         finally:
             await self._run(writer.close)
             with contextlib.suppress(NotFound):
                 await self._run(self._store.abort, ref)
 
-    async def _receive(self, request: web.Request, writer: LocalWriter) -> int:
-        """Append the request body to `writer`; returns how many bytes it had.
+    async def _receive(self, request: web.Request, writer: LocalWriter) -> None:
+        """Append the request body to `writer`.
 
         The event loop keeps reading the socket while a thread hashes and
         writes the previous megabyte.
         """
-        received = 0
         buffer = bytearray()
         pending: asyncio.Future[int] | None = None
         try:
             async for chunk in request.content.iter_any():
                 buffer += chunk
-                received += len(chunk)
                 if len(buffer) >= IO_CHUNK:
                     if pending is not None:
                         await pending
@@ -407,23 +414,21 @@ class UploadHandler(ResourceHandler):
                 await pending
             if buffer:
                 await self._run(writer.write, buffer)
-        return received
 
-    async def _commit(self, writer: LocalWriter, digest: str) -> None:
-        try:
-            await self._run(writer.commit, 0, digest)
-        except AlreadyExists:
-            pass
-        except FailedPrecondition as exc:
-            raise digest_invalid(str(exc)) from None
+    async def _append(
+        self, request: web.Request, name: str, session: str, entry: OpenUpload
+    ) -> LocalWriter:
+        """Append the request's chunk to the upload, once it is checked against what it holds."""
+        writer = entry.writer
+        assert writer is not None
+        _check_chunk(request, session, writer.offset, name)
+        await self._receive(request, writer)
+        return writer
 
     async def patch(self, request: web.Request, name: str, session: str) -> web.StreamResponse:
         """PATCH: append a chunk to the upload."""
         async with self._uploads.use(name, session) as entry:
-            writer = entry.writer
-            assert writer is not None
-            _check_chunk(request, session, writer.offset, name)
-            await self._receive(request, writer)
+            writer = await self._append(request, name, session, entry)
             offset = writer.offset
         return web.Response(status=202, headers=_upload_headers(name, session, offset))
 
@@ -434,12 +439,9 @@ class UploadHandler(ResourceHandler):
             raise digest_invalid(f"upload {session}: completing needs ?digest=")
         digest = parse_digest(text)
         async with self._uploads.use(name, session) as entry:
-            writer = entry.writer
-            assert writer is not None
-            _check_chunk(request, session, writer.offset, name)
-            await self._receive(request, writer)
+            writer = await self._append(request, name, session, entry)
             try:
-                await self._commit(writer, digest)
+                await _stored_as_pushed(self._run(writer.commit, 0, digest))
             finally:
                 await self._uploads.finish(entry)
         await self._run(self._index.link_blob, self._namespace, name, digest)
