@@ -193,10 +193,8 @@ class UploadSessions:
     async def cancel(self, repository: str, session: str) -> None:
         """End the session and discard its bytes."""
         async with self.use(repository, session) as entry:
-            writer, entry.writer = entry.writer, None
             entry.finished = True
-            if writer is not None:
-                await self._run(writer.close)
+            await self._close_writer(entry)
             try:
                 await self._run(self._store.abort, entry.ref)
             except NotFound:
@@ -204,10 +202,8 @@ class UploadSessions:
 
     async def finish(self, entry: OpenUpload) -> None:
         """Forget `entry`'s writer (committed, or failed to) and discard what is left of it."""
-        writer, entry.writer = entry.writer, None
         entry.finished = True
-        if writer is not None:
-            await self._run(writer.close)
+        await self._close_writer(entry)
         with contextlib.suppress(NotFound, Unavailable):
             await self._run(self._store.abort, entry.ref)
 
@@ -244,10 +240,8 @@ class UploadSessions:
             async with entry.lock:
                 if self._open.get(ref) is not entry or entry.last_used > time.monotonic() - ttl:
                     continue
-                writer, entry.writer = entry.writer, None
                 try:
-                    if writer is not None:
-                        await self._run(writer.close)
+                    await self._close_writer(entry)
                     await self._run(self._store.abort, ref)
                 except (NotFound, Unavailable):
                     continue  # gone meanwhile, or another process's writer holds it
@@ -272,13 +266,17 @@ class UploadSessions:
         then reopens the ref, rather than finding no entry and failing on a
         ref still locked (REF_LOCKED) by the writer being closed.
         """
-        writer, entry.writer = entry.writer, None
         try:
-            if writer is not None:
-                await self._run(writer.close)
+            await self._close_writer(entry)
         finally:
             if self._open.get(ref) is entry:
                 del self._open[ref]
+
+    async def _close_writer(self, entry: OpenUpload) -> None:
+        """Close `entry`'s writer, if it has one open; from now on it has none."""
+        writer, entry.writer = entry.writer, None
+        if writer is not None:
+            await self._run(writer.close)
 
 
 def _parse_content_range(text: str) -> tuple[int, int]:
