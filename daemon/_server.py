@@ -23,9 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto.wire import CONTENT_SERVICE, MAX_MESSAGE_BYTES
 
-from ._registry import HttpOptions, HttpServer, RegistryStore
 from ._service import ContentService, ListedStore, add_content_service
 from ._tls import TLSFiles, is_loopback
+from .registry import HttpOptions, HttpServer, RegistryStore
 
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660

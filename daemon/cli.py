@@ -23,9 +23,9 @@ from contentd.errdefs import ContentdError, InvalidArgument
 from contentd.proto.wire import default_address
 
 from ._memory import pin_allocator_thresholds
-from ._registry import HttpOptions
 from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
+from .registry import HttpOptions
 
 _LEVELS = ("debug", "info", "warning", "error")
 _PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)

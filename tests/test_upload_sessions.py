@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from contentd.content import BackedWriter, LocalStore, open_store
-from contentd.daemon._uploads import UploadSessions, upload_ref
+from contentd.daemon.registry import UploadSessions, upload_ref
 
 REPOSITORY = "robust/app"
 

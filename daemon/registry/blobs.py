@@ -1,0 +1,135 @@
+"""Blobs: GET and HEAD of ``/v2/<name>/blobs/<digest>`` (Range, If-Range, sendfile), and DELETE."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import IO, Final, cast
+
+from aiohttp import web
+
+from contentd.content import ReaderAt
+from contentd.errdefs import NotFound, OutOfRange
+
+from .context import IO_CHUNK, REGISTRY_HEADERS, ResourceHandler
+from .errors import answered_with, blob_unknown, registry_error
+from .routes import parse_digest
+
+_UNSATISFIABLE: Final = (-1, -1)
+_BYTE_RANGE: Final = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The ``[start, stop)`` a Range header asks of `size` bytes (RFC 9110, 14.1.2).
+
+    None serves the whole blob: no header, or one this server does not take
+    (several ranges, another unit, nonsense), which RFC 9110 lets it ignore.
+    `_UNSATISFIABLE` when the range lies past the end, or asks for 0 bytes.
+    """
+    match = _BYTE_RANGE.fullmatch(header) if header else None
+    if match is None or not (match[1] or match[2]):
+        return None
+    if not match[1]:  # "-N": the last N bytes
+        suffix = int(match[2])
+        return (max(0, size - suffix), size) if suffix and size else _UNSATISFIABLE
+    first = int(match[1])
+    if match[2] and int(match[2]) < first:
+        return None
+    if first >= size:
+        return _UNSATISFIABLE
+    last = int(match[2]) if match[2] else size - 1
+    return first, min(last + 1, size)
+
+
+def _if_range_holds(header: str | None, digest: str) -> bool:
+    """Whether a Range may be served under `If-Range` (RFC 9110 13.1.5).
+
+    The blob's strong ETag (its quoted digest, or the bare digest) holds; a
+    weak ETag, another one, or a date never does: this server sends no
+    Last-Modified, so a date can match nothing it said.
+    """
+    if header is None:
+        return True
+    validator = header.strip()
+    return validator in (f'"{digest}"', digest)
+
+
+class BlobHandler(ResourceHandler):
+    """A repository's blobs, read from the store and sent with sendfile."""
+
+    async def get(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
+        """GET or HEAD a blob."""
+        digest = parse_digest(arg)
+        if not await self._run(self._index.has_blob, self._namespace, name, digest):
+            raise blob_unknown(digest)
+        try:
+            reader = await self._run(self._store.reader_at, digest)
+        except NotFound:
+            raise blob_unknown(digest) from None
+        try:
+            return await self._send(request, reader, digest)
+        finally:
+            reader.close()
+
+    async def _send(
+        self, request: web.Request, reader: ReaderAt, digest: str
+    ) -> web.StreamResponse:
+        size = reader.size
+        start, count, status = 0, size, 200
+        headers = {
+            "Docker-Content-Digest": digest,
+            "ETag": f'"{digest}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "Cache-Control": "max-age=31536000",
+            **REGISTRY_HEADERS,
+        }
+        wanted = None
+        # A HEAD describes the whole blob, as without Range; a Range whose
+        # If-Range names other content asks for the whole blob (RFC 9110 13.1.5).
+        if request.method != "HEAD" and _if_range_holds(request.headers.get("If-Range"), digest):
+            wanted = _byte_range(request.headers.get("Range"), size)
+        if wanted is _UNSATISFIABLE:
+            raise answered_with(
+                registry_error(
+                    OutOfRange,
+                    f"range of {digest} beyond its {size} bytes",
+                    "RANGE_NOT_SATISFIABLE",
+                ),
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        if wanted is not None:
+            first, stop = wanted
+            start, count, status = first, stop - first, 206
+            headers["Content-Range"] = f"bytes {first}-{stop - 1}/{size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = count
+        await response.prepare(request)
+        if request.method == "HEAD" or count == 0:
+            await response.write_eof()
+            return response
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        try:
+            # sendfile needs only the file's descriptor (and seek), which the reader has.
+            await asyncio.get_running_loop().sendfile(
+                transport, cast("IO[bytes]", reader), start, count
+            )
+        except NotImplementedError:  # TLS: the bytes must pass through the loop
+            offset, end = start, start + count
+            while offset < end:
+                chunk = await self._run(reader.read_at, min(IO_CHUNK, end - offset), offset)
+                if not chunk:
+                    break
+                await response.write(chunk)
+                offset += len(chunk)
+        await response.write_eof()
+        return response
+
+    async def delete(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
+        """DELETE a blob: take it out of the repository (the store keeps its bytes)."""
+        digest = parse_digest(arg)
+        if not await self._run(self._index.unlink_blob, self._namespace, name, digest):
+            raise blob_unknown(digest)
+        return web.Response(status=202, headers={"Docker-Content-Digest": digest})
