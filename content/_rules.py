@@ -128,7 +128,8 @@ class BackedStore(Closing):
     """A content store as one namespace sees it, over blob, metadata and lock backends.
 
     Any number of stores, in any number of processes, may share backends at
-    once. Opening one repairs what a dead process left half done.
+    once. Whoever opens the backends calls `repair` once, to finish or undo
+    what a dead process left half done (`LocalStore` does as it opens).
     `with_namespace` gives views sharing this one's backends; closing any
     of them closes them all.
     """
