@@ -29,17 +29,29 @@ from ._backends import (
     RefLock,
 )
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
+from ._gc import REF_CONTENT, ROOT_LABEL, CollectionReport
+from ._images import Image, Images
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
+from ._leases import EXPIRE_LABEL, FLAT_LABEL, Lease, LeaseResource, Leases, new_lease_id
 from ._local import LocalStore, default_root, open_store
+from ._namespaces import Namespace, Namespaces
 from ._reader import BlobReader, SeekableBlob
-from ._records import ContentRecord, IngestRecord, Referrer
+from ._records import ContentRecord, Descriptor, ImageRecord, IngestRecord, LeaseRecord, Referrer
 from ._repositories import RepositoryIndex
-from ._rules import DEFAULT_NAMESPACE, BackedStore, BackedWriter, Backends, check_commit
+from ._rules import (
+    DEFAULT_NAMESPACE,
+    BackedStore,
+    BackedWriter,
+    Backends,
+    Changes,
+    check_commit,
+)
 from ._sqlite import BUSY_TIMEOUT, STORE_BUSY
 from ._types import (
     Closing,
     FileReader,
     Info,
+    MetadataStore,
     ReaderAt,
     RecordWalker,
     RepositoryHolder,
@@ -72,12 +84,16 @@ __all__ = [
     "BUSY_TIMEOUT",
     "CANONICAL_ALGORITHM",
     "DEFAULT_NAMESPACE",
+    "EXPIRE_LABEL",
+    "FLAT_LABEL",
     "MAX_LABELS",
     "MAX_LABELS_BYTES",
     "MAX_LABEL_BYTES",
     "MAX_REF_BYTES",
     "MAX_UPDATE_PATHS",
     "QUARANTINE",
+    "REF_CONTENT",
+    "ROOT_LABEL",
     "STORE_BUSY",
     "STORE_IO_ERROR",
     "BackedStore",
@@ -88,16 +104,29 @@ __all__ = [
     "BlobCheck",
     "BlobReader",
     "BlobState",
+    "Changes",
     "Closing",
+    "CollectionReport",
     "ContentRecord",
+    "Descriptor",
     "FileReader",
+    "Image",
+    "ImageRecord",
+    "Images",
     "Info",
     "IngestData",
     "IngestRecord",
+    "Lease",
+    "LeaseRecord",
+    "LeaseResource",
+    "Leases",
     "LocalStore",
     "LockBackend",
     "MetadataBackend",
+    "MetadataStore",
     "MetadataTransaction",
+    "Namespace",
+    "Namespaces",
     "ReaderAt",
     "RecordWalker",
     "RefLock",
@@ -114,6 +143,7 @@ __all__ = [
     "default_root",
     "digest_of",
     "is_ref_locked",
+    "new_lease_id",
     "open_store",
     "open_writer",
     "validate_digest",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
-from ._records import ContentRecord, IngestRecord, Referrer
+from ._records import ContentRecord, ImageRecord, IngestRecord, LeaseRecord, Referrer
 from ._types import ReaderAt
 
 _T = TypeVar("_T")
@@ -122,6 +122,10 @@ class BlobBackend(Protocol):
 
     def drop(self, token: str) -> None:
         """Free bytes set aside by a committed delete."""
+        ...
+
+    def digests(self) -> Iterator[str]:
+        """Every published blob's digest, recorded or not (for collection and verification)."""
         ...
 
     def set_aside_entries(self) -> list[tuple[str, str]]:
@@ -247,6 +251,72 @@ class MetadataTransaction(Protocol):
 
     def delete_ingest(self, namespace: str, ref: str) -> None: ...
 
+    def set_ingest_expiry(self, namespace: str, ref: str, expires_at: int | None) -> None:
+        """When the ingest expires (ns since the epoch), or None: never by itself."""
+        ...
+
+    # Namespaces and their labels
+
+    def namespaces(self) -> list[tuple[str, dict[str, str]]]:
+        """Every namespace with its labels, by name."""
+        ...
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels; None if it does not exist."""
+        ...
+
+    def set_namespace_labels(self, namespace: str, labels: Mapping[str, str], now: int) -> None:
+        """Replace the namespace's labels, creating it if need be."""
+        ...
+
+    def namespace_holds(self, namespace: str) -> list[str]:
+        """What keeps `namespace` from being deleted: "images", "blobs", where it has any."""
+        ...
+
+    def delete_namespace(self, namespace: str) -> bool:
+        """Remove the namespace with its leases, ingests and registry records; whether it was."""
+        ...
+
+    # Leases
+
+    def lease(self, namespace: str, lease: str) -> LeaseRecord | None: ...
+
+    def leases(self, namespace: str) -> list[LeaseRecord]:
+        """The namespace's leases, by id."""
+        ...
+
+    def insert_lease(self, namespace: str, record: LeaseRecord) -> None: ...
+
+    def delete_lease(self, namespace: str, lease: str) -> bool:
+        """Remove the lease and its list of resources; whether it existed."""
+        ...
+
+    def add_lease_resource(self, namespace: str, lease: str, kind: str, resource: str) -> None:
+        """List `resource` of type `kind` on the lease (once, however often added)."""
+        ...
+
+    def delete_lease_resource(
+        self, namespace: str, lease: str, kind: str, resource: str
+    ) -> bool: ...
+
+    def lease_resources(self, namespace: str, lease: str) -> list[tuple[str, str]]:
+        """(type, id) pairs the lease holds: content, then ingests, then snapshots, sorted."""
+        ...
+
+    # Images
+
+    def image(self, namespace: str, name: str) -> ImageRecord | None: ...
+
+    def images(self, namespace: str) -> list[ImageRecord]:
+        """The namespace's images, by name."""
+        ...
+
+    def put_image(self, namespace: str, record: ImageRecord) -> None:
+        """Insert or replace the image `record.name`."""
+        ...
+
+    def delete_image(self, namespace: str, name: str) -> bool: ...
+
     # Registry repositories, manifests and tags
 
     def link_blob(self, namespace: str, repository: str, digest: str) -> None: ...
@@ -288,6 +358,10 @@ class MetadataTransaction(Protocol):
     def repository_exists(self, namespace: str, repository: str) -> bool: ...
 
     def repositories(self, namespace: str, after: str, limit: int) -> list[str]: ...
+
+    def repository_digests(self, namespace: str) -> set[str]:
+        """Every blob and manifest any repository of the namespace holds (collection roots)."""
+        ...
 
 
 class MetadataBackend(Protocol):

@@ -215,6 +215,10 @@ class FileBlobs:
             entries.append((entry.name, digest))
         return entries
 
+    def digests(self) -> Iterator[str]:
+        for digest, _ in self.stored_digests():
+            yield digest
+
     def stored_digests(self) -> Iterator[tuple[str, Path]]:
         """Every file in blobs/ named as a digest, with its path (for verification)."""
         for algorithm in ALGORITHMS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -38,6 +38,39 @@ class IngestRecord:
     started_at: int
     updated_at: int
     base: str | None
+    #: When an ingest written without a lease may be collected (ns); None: never
+    #: by itself (a lease holds it, or it predates collection).
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A lease as its namespace records it: what it holds is listed apart (`lease_resources`)."""
+
+    id: str
+    created_at: int
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """What an image points at: containerd's types.Descriptor as images store it."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """An image (a name for a target descriptor) as its namespace records it."""
+
+    name: str
+    labels: dict[str, str]
+    target: Descriptor
+    created_at: int
+    updated_at: int
 
 
 @dataclass(frozen=True)

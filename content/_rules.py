@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 from contentd.errdefs import (
@@ -54,6 +54,10 @@ from ._backends import (
     RefLock,
 )
 from ._fs import BLOB_MISSING
+from ._gc import CollectionReport, claim_ingest, collect, end_ingest
+from ._images import Images
+from ._leases import CONTENT, INGEST_EXPIRY_NS, INGESTS, Leases, require_lease
+from ._namespaces import Namespaces
 from ._records import ContentRecord, IngestRecord, ingest_key
 from ._repositories import RepositoryIndex
 from ._types import Closing, Info, ReaderAt, Status, datetime_from_ns
@@ -103,6 +107,28 @@ def _info(record: ContentRecord) -> Info:
     )
 
 
+class Changes:
+    """Tells whoever listens (a collection scheduler) of changes to a store's records.
+
+    Each listener is called with whether the change may have freed
+    something (a delete: content, a lease or what it held, an image) or
+    only added (a commit), after the change committed, in this process.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def subscribe(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    def note(self, *, deletion: bool) -> None:
+        for listener in self._listeners:
+            listener(deletion)
+
+    def note_deletion(self) -> None:
+        self.note(deletion=True)
+
+
 @dataclass(frozen=True)
 class Backends:
     """The three backends one store runs on, shared by its namespace views."""
@@ -110,6 +136,7 @@ class Backends:
     blobs: BlobBackend
     metadata: MetadataBackend
     locks: LockBackend
+    changes: Changes = field(default_factory=Changes)
 
     def close(self) -> None:
         self.metadata.close()
@@ -141,6 +168,9 @@ class BackedStore(Closing):
         self._metadata = backends.metadata
         self._locks = backends.locks
         self._repositories = RepositoryIndex(backends.metadata)
+        self._changes = backends.changes
+        #: The lease this view's writes are made under (`with_lease`), if any.
+        self._lease: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -148,10 +178,52 @@ class BackedStore(Closing):
         return self._namespace
 
     def with_namespace(self, namespace: str) -> Self:
+        """The same store as `namespace` sees it (writes under no lease)."""
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
         view._namespace = validate_namespace(namespace)
+        view._lease = None
         return view
+
+    def with_lease(self, lease: str | None) -> Self:
+        """The same store, its writes made under `lease` (None: under none).
+
+        As containerd's `containerd-lease` header does: a writer lists its
+        ingest on the lease, and its commit swaps the ingest for the blob
+        (even one the namespace had already); a lease that does not exist
+        makes writes NotFound. Aborting an ingest or deleting a blob takes it
+        off the lease too. Writes under no lease make ingests that expire a
+        day after their writer last opened them.
+        """
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._lease = lease
+        return view
+
+    @property
+    def lease(self) -> str | None:
+        """The lease this view writes under, if any."""
+        return self._lease
+
+    @property
+    def leases(self) -> Leases:
+        """The namespace's leases."""
+        return Leases(self._metadata, self._namespace, self._changes.note_deletion)
+
+    @property
+    def images(self) -> Images:
+        """The namespace's images."""
+        return Images(self._metadata, self._namespace, self._changes.note_deletion)
+
+    @property
+    def namespaces(self) -> Namespaces:
+        """Every namespace of the store."""
+        return Namespaces(self._metadata)
+
+    @property
+    def changes(self) -> Changes:
+        """Where a collection scheduler hears of the store's changes."""
+        return self._changes
 
     @property
     def repositories(self) -> RepositoryIndex:
@@ -230,6 +302,8 @@ class BackedStore(Closing):
             with self._metadata.write(f"deleting content {digest}") as tx:
                 if not tx.delete_content(self._namespace, digest):
                     raise NotFound(f"content {digest}")
+                if self._lease is not None:
+                    tx.delete_lease_resource(self._namespace, self._lease, CONTENT, digest)
                 if not tx.blob_referenced(digest):
                     # Set the bytes aside inside the transaction: if it never
                     # commits, the next open puts them back.
@@ -243,6 +317,7 @@ class BackedStore(Closing):
             raise
         if token is not None:
             self._blobs.drop(token)
+        self._changes.note_deletion()
 
     def reader_at(self, digest: str) -> ReaderAt:
         validate_digest(digest)
@@ -336,8 +411,7 @@ class BackedStore(Closing):
 
     def _end_ingest(self, key: str, lock: RefLock) -> None:
         """Remove a finished ingest's bytes and its lock; the lock goes last, while held."""
-        self._blobs.remove_ingest(key)
-        lock.release(remove=True)
+        end_ingest(self._backends, key, lock)
 
     def abort(self, ref: str) -> None:
         validate_ref(ref)
@@ -346,6 +420,8 @@ class BackedStore(Closing):
             with self._metadata.write(f"aborting ingest {ref}") as tx:
                 found = tx.ingest(self._namespace, ref) is not None
                 tx.delete_ingest(self._namespace, ref)
+                if self._lease is not None:
+                    tx.delete_lease_resource(self._namespace, self._lease, INGESTS, ref)
         finally:
             self._end_ingest(key, lock)
         if not found:
@@ -364,9 +440,7 @@ class BackedStore(Closing):
         algorithm = split_digest(expected)[0] if expected else CANONICAL_ALGORITHM
         labels = drop_empty(labels or {})
         if expected:
-            with self._metadata.read(f"opening writer for ref {ref}") as tx:
-                if tx.content(self._namespace, expected) is not None:
-                    raise AlreadyExists(f"content {expected}")
+            self._refuse_stored(expected, f"opening writer for ref {ref}")
         key, lock = self._lock(ref)
         try:
             record, base_size = self._open_ingest(ref, key, total, expected, lock)
@@ -374,6 +448,24 @@ class BackedStore(Closing):
         except BaseException:
             self._release_unused(ref, key, lock)
             raise
+
+    def _refuse_stored(self, digest: str, doing: str) -> None:
+        """AlreadyExists if the namespace holds `digest`; under a lease, listed on it first.
+
+        The lease keeps what a pull found already there until the image
+        that names it exists (containerd does the same).
+        """
+        if self._lease is None:
+            with self._metadata.read(doing) as tx:
+                stored = tx.content(self._namespace, digest) is not None
+        else:
+            with self._metadata.write(doing) as tx:
+                stored = tx.content(self._namespace, digest) is not None
+                if stored:
+                    require_lease(tx, self._namespace, self._lease, "unable to lease content: ")
+                    tx.add_lease_resource(self._namespace, self._lease, CONTENT, digest)
+        if stored:
+            raise AlreadyExists(f"content {digest}")
 
     def put(
         self,
@@ -409,9 +501,7 @@ class BackedStore(Closing):
         # The bytes are in hand: verify them before anything else, so that
         # bytes stored under their own digest never pass for another one.
         digest = check_commit(size, expected, len(view), hashed)
-        with self._metadata.read(f"storing {digest}") as tx:
-            if tx.content(self._namespace, digest) is not None:
-                raise AlreadyExists(f"content {digest}")
+        self._refuse_stored(digest, f"storing {digest}")
         key, lock = self._lock(ref)
         outcome = _Recording()
         try:
@@ -454,7 +544,13 @@ class BackedStore(Closing):
         now = time.time_ns()
         # Not durable: an ingest record lost to a power cut only loses the
         # ingest's progress (the next open removes its bytes), never a blob.
+        # A writer under no lease renews its ingest's day; one under a lease
+        # lists the ingest on it instead (and must name a lease that exists).
+        expires_at = None if self._lease is not None else now + INGEST_EXPIRY_NS
         with self._metadata.write(f"opening writer for ref {ref}", durable=False) as tx:
+            if self._lease is not None:
+                require_lease(tx, self._namespace, self._lease)
+                tx.add_lease_resource(self._namespace, self._lease, INGESTS, ref)
             tx.ensure_namespace(self._namespace, now)
             if expected and tx.content(self._namespace, expected) is not None:
                 raise AlreadyExists(f"content {expected}")
@@ -467,7 +563,9 @@ class BackedStore(Closing):
                 if stored is not None and total in (0, stored.size):
                     base, base_size, total = expected, stored.size, stored.size
             if previous is None:
-                record = IngestRecord(self._namespace, ref, key, total, expected, now, now, base)
+                record = IngestRecord(
+                    self._namespace, ref, key, total, expected, now, now, base, expires_at
+                )
                 tx.delete_ingest(self._namespace, ref)
                 tx.insert_ingest(record)
             else:
@@ -484,7 +582,10 @@ class BackedStore(Closing):
                     previous.started_at,
                     previous.updated_at,
                     base,
+                    expires_at if expires_at is not None else previous.expires_at,
                 )
+                if expires_at is not None:
+                    tx.set_ingest_expiry(self._namespace, ref, expires_at)
                 tx.update_ingest(
                     self._namespace,
                     ref,
@@ -535,8 +636,15 @@ class BackedStore(Closing):
         had the blob already and whether the bytes were published.
         """
         namespace = self._namespace
+        lease = self._lease
 
         def record(tx: MetadataTransaction) -> None:
+            if lease is not None:
+                # Checked before anything is published: a commit whose lease is
+                # gone leaves its ingest as it was.
+                require_lease(tx, namespace, lease)
+                tx.delete_lease_resource(namespace, lease, INGESTS, ref)
+                tx.add_lease_resource(namespace, lease, CONTENT, digest)
             tx.delete_ingest(namespace, ref)
             if tx.content(namespace, digest) is not None:
                 outcome.existed = True
@@ -553,6 +661,7 @@ class BackedStore(Closing):
                 outcome.published = True
 
         self._metadata.commit(f"committing {digest}", record)
+        self._changes.note(deletion=False)
 
     def _note_commit(self, lock: RefLock, ref: str, digest: str, labels: dict[str, str]) -> None:
         """Note, before the bytes are published, what a commit stores: a crash leaves enough to
@@ -641,17 +750,11 @@ class BackedStore(Closing):
         bytes with no ingest record are removed; a live writer's ingest is
         left alone, and so is one that a writer can resume.
         """
-        # Writers make the lock first and remove it last, so an ingest
-        # without one is gone, or bytes some crash left alone: only then may
-        # repair create it. Creating it otherwise, just after its writer
-        # finished, would refuse the next writer of that ref.
-        lock = self._locks.try_lock(key, create=False)
+        if not self._locks.exists(key) and self._blobs.ingest_size(key) is None:
+            return False  # nothing is left to repair
+        lock = claim_ingest(self._backends, key)
         if lock is None:
-            if self._locks.exists(key) or self._blobs.ingest_size(key) is None:
-                return False  # a live writer holds it, or nothing is left to repair
-            lock = self._locks.try_lock(key)
-            if lock is None:
-                return False
+            return False  # a live writer holds it
         if self._finish_commit(key, lock):
             self._end_ingest(key, lock)
             return True
@@ -663,6 +766,19 @@ class BackedStore(Closing):
         self._end_ingest(key, lock)
         _log.info("removed ingest bytes with no ingest record (%s)", key)
         return True
+
+    # Garbage collection
+
+    def collect(self, *, dry_run: bool = False) -> CollectionReport:
+        """Collect garbage in every namespace now (see `_gc`); what was removed.
+
+        What dead processes left half done is repaired first, so a commit a
+        crash cut short is finished, not collected. With `dry_run` nothing
+        is removed: the report says what would be.
+        """
+        if not dry_run:
+            self.repair()
+        return collect(self._backends, dry_run=dry_run)
 
     # Lifetime
 

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 
 from ._fs import STORE_IO_ERROR, translate_os_errors
-from ._records import ContentRecord, IngestRecord, Referrer
+from ._leases import INGEST_EXPIRY_NS
+from ._records import (
+    ContentRecord,
+    Descriptor,
+    ImageRecord,
+    IngestRecord,
+    LeaseRecord,
+    Referrer,
+)
 
 _T = TypeVar("_T")
 
@@ -33,8 +41,13 @@ STORE_BUSY: Final = "STORE_BUSY"
 BUSY_TIMEOUT: Final = 10.0
 
 #: 1: namespaces, content and ingests; 2: the registry's tables, and its
-#: registry.db (if any) taken in.
-_SCHEMA_VERSION: Final = 2
+#: registry.db (if any) taken in; 3: leases, images, namespace labels and
+#: ingest expiry (garbage collection).
+_SCHEMA_VERSION: Final = 3
+#: The lease an upgrade to version 3 makes in each namespace, holding every blob
+#: stored before there was a collector: nothing an earlier version kept is
+#: collected until this lease is deleted.
+STORED_BEFORE_GC_LEASE: Final = "contentd.stored-before-gc"
 _log = logging.getLogger("contentd.store")
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -105,7 +118,41 @@ CREATE TABLE IF NOT EXISTS tags (
 -- Tags list in lexical order, case-insensitive (as the distribution spec asks);
 -- tags are ASCII, so lower() is that order, the tag itself breaking ties.
 CREATE INDEX IF NOT EXISTS tags_lexical ON tags (namespace, repository, lower(tag), tag);
+-- Leases (containerd's): what each holds is listed in lease_resources, by type
+-- ("content", "ingests", "snapshots/<snapshotter>") and id.
+CREATE TABLE IF NOT EXISTS leases (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    PRIMARY KEY (namespace, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lease_resources (
+    namespace TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, type, id)
+) WITHOUT ROWID;
+-- Images (containerd's): a name for a target descriptor.
+CREATE TABLE IF NOT EXISTS images (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    annotations TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
 """
+#: What version 3 adds to tables an earlier version made.
+_VERSION_3_COLUMNS: Final = (
+    "ALTER TABLE ingests ADD COLUMN expires_at INTEGER",
+    "ALTER TABLE namespaces ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+)
 #: The registry's tables and their columns, as an earlier version kept them in
 #: ROOT/registry.db.
 _REGISTRY_TABLES: Final = {
@@ -117,7 +164,12 @@ _REGISTRY_TABLES: Final = {
 
 
 _CONTENT_COLUMNS: Final = "digest, size, created_at, updated_at, labels"
-_INGEST_COLUMNS: Final = "namespace, ref, key, total, expected, started_at, updated_at, base"
+_INGEST_COLUMNS: Final = (
+    "namespace, ref, key, total, expected, started_at, updated_at, base, expires_at"
+)
+_IMAGE_COLUMNS: Final = (
+    "name, labels, media_type, digest, size, annotations, created_at, updated_at"
+)
 
 
 # Labels are stored as json.dumps wrote them: one object, no surrounding
@@ -157,8 +209,24 @@ def _labels_condition(alternatives: Sequence[Mapping[str, str]]) -> tuple[str, l
     return " AND ((" + ") OR (".join(clauses) + "))", arguments
 
 
-def _ingest(row: tuple[str, str, str, int, str, int, int, str | None]) -> IngestRecord:
+def _ingest(row: tuple[str, str, str, int, str, int, int, str | None, int | None]) -> IngestRecord:
     return IngestRecord(*row)
+
+
+def _image(row: tuple[str, str, str, str, int, str, int, int]) -> ImageRecord:
+    name, labels, media_type, digest, size, annotations, created_at, updated_at = row
+    target = Descriptor(media_type, digest, size, _decode_labels(annotations)[0])
+    return ImageRecord(name, _decode_labels(labels)[0], target, created_at, updated_at)
+
+
+def _json(labels: Mapping[str, str]) -> str:
+    return json.dumps(dict(labels), ensure_ascii=False)
+
+
+# ListResources answers content first, then ingests, then snapshots by snapshotter.
+_RESOURCE_ORDER: Final = (
+    "CASE type WHEN 'content' THEN 0 WHEN 'ingests' THEN 1 ELSE 2 END, type, id"
+)
 
 
 def validate_busy_timeout(seconds: float) -> float:
@@ -345,7 +413,7 @@ class Transaction:
 
     def insert_ingest(self, record: IngestRecord) -> None:
         self._db.execute(
-            f"INSERT INTO ingests ({_INGEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO ingests ({_INGEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.namespace,
                 record.ref,
@@ -355,6 +423,7 @@ class Transaction:
                 record.started_at,
                 record.updated_at,
                 record.base,
+                record.expires_at,
             ),
         )
 
@@ -377,6 +446,141 @@ class Transaction:
 
     def delete_ingest(self, namespace: str, ref: str) -> None:
         self._db.execute("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (namespace, ref))
+
+    def set_ingest_expiry(self, namespace: str, ref: str, expires_at: int | None) -> None:
+        self._db.execute(
+            "UPDATE ingests SET expires_at = ? WHERE namespace = ? AND ref = ?",
+            (expires_at, namespace, ref),
+        )
+
+    # Namespaces and their labels
+
+    def namespaces(self) -> list[tuple[str, dict[str, str]]]:
+        rows = self._db.execute("SELECT name, labels FROM namespaces ORDER BY name").fetchall()
+        return [(row[0], _decode_labels(row[1])[0]) for row in rows]
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        row = self._db.execute(
+            "SELECT labels FROM namespaces WHERE name = ?", (namespace,)
+        ).fetchone()
+        return None if row is None else cast("dict[str, str]", _decode_labels(row[0])[0])
+
+    def set_namespace_labels(self, namespace: str, labels: Mapping[str, str], now: int) -> None:
+        self.ensure_namespace(namespace, now)
+        self._db.execute(
+            "UPDATE namespaces SET labels = ? WHERE name = ?", (_json(labels), namespace)
+        )
+
+    def namespace_holds(self, namespace: str) -> list[str]:
+        """What keeps `namespace` from being deleted: "images" and "blobs", where it has any."""
+        held = []
+        for kind, table in (("images", "images"), ("blobs", "content")):
+            row = self._db.execute(
+                f"SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (namespace,)
+            ).fetchone()
+            if row is not None:
+                held.append(kind)
+        return held
+
+    def delete_namespace(self, namespace: str) -> bool:
+        """Remove `namespace` with its leases, ingests and registry records; whether it existed."""
+        for table in ("leases", "lease_resources", "ingests", *_REGISTRY_TABLES):
+            self._db.execute(f"DELETE FROM {table} WHERE namespace = ?", (namespace,))
+        cursor = self._db.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))
+        return cursor.rowcount > 0
+
+    # Leases
+
+    def lease(self, namespace: str, lease: str) -> LeaseRecord | None:
+        row = self._db.execute(
+            "SELECT id, created_at, labels FROM leases WHERE namespace = ? AND id = ?",
+            (namespace, lease),
+        ).fetchone()
+        return None if row is None else LeaseRecord(row[0], row[1], _decode_labels(row[2])[0])
+
+    def leases(self, namespace: str) -> list[LeaseRecord]:
+        rows = self._db.execute(
+            "SELECT id, created_at, labels FROM leases WHERE namespace = ? ORDER BY id",
+            (namespace,),
+        ).fetchall()
+        return [LeaseRecord(row[0], row[1], _decode_labels(row[2])[0]) for row in rows]
+
+    def insert_lease(self, namespace: str, record: LeaseRecord) -> None:
+        self._db.execute(
+            "INSERT INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)",
+            (namespace, record.id, record.created_at, _json(record.labels)),
+        )
+
+    def delete_lease(self, namespace: str, lease: str) -> bool:
+        self._db.execute(
+            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ?", (namespace, lease)
+        )
+        cursor = self._db.execute(
+            "DELETE FROM leases WHERE namespace = ? AND id = ?", (namespace, lease)
+        )
+        return cursor.rowcount > 0
+
+    def add_lease_resource(self, namespace: str, lease: str, kind: str, resource: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)",
+            (namespace, lease, kind, resource),
+        )
+
+    def delete_lease_resource(self, namespace: str, lease: str, kind: str, resource: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
+            (namespace, lease, kind, resource),
+        )
+        return cursor.rowcount > 0
+
+    def lease_resources(self, namespace: str, lease: str) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT type, id FROM lease_resources WHERE namespace = ? AND lease = ?"
+            f" ORDER BY {_RESOURCE_ORDER}",
+            (namespace, lease),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    # Images
+
+    def image(self, namespace: str, name: str) -> ImageRecord | None:
+        row = self._db.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE namespace = ? AND name = ?",
+            (namespace, name),
+        ).fetchone()
+        return None if row is None else _image(row)
+
+    def images(self, namespace: str) -> list[ImageRecord]:
+        rows = self._db.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE namespace = ? ORDER BY name",
+            (namespace,),
+        ).fetchall()
+        return [_image(row) for row in rows]
+
+    def put_image(self, namespace: str, record: ImageRecord) -> None:
+        """Insert or replace the image `record.name`."""
+        target = record.target
+        self._db.execute(
+            f"INSERT OR REPLACE INTO images (namespace, {_IMAGE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                namespace,
+                record.name,
+                _json(record.labels),
+                target.media_type,
+                target.digest,
+                target.size,
+                _json(target.annotations),
+                record.created_at,
+                record.updated_at,
+            ),
+        )
+
+    def delete_image(self, namespace: str, name: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM images WHERE namespace = ? AND name = ?", (namespace, name)
+        )
+        return cursor.rowcount > 0
 
     # Registry repositories, manifests and tags
 
@@ -503,6 +707,14 @@ class Transaction:
         ).fetchone()
         return row is not None
 
+    def repository_digests(self, namespace: str) -> set[str]:
+        rows = self._db.execute(
+            "SELECT digest FROM repository_blobs WHERE namespace = ?1"
+            " UNION SELECT digest FROM manifests WHERE namespace = ?1",
+            (namespace,),
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
     def repositories(self, namespace: str, after: str, limit: int) -> list[str]:
         rows = self._db.execute(
             "SELECT repository FROM repository_blobs WHERE namespace = ?1 AND repository > ?2 "
@@ -565,18 +777,31 @@ class Metadata:
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Bring a database an earlier version wrote up to this one's schema.
+        """Bring a database an earlier version wrote up to this one's schema, a step at a time.
 
-        Version 2 takes in the registry's rows from ``registry.db`` beside
-        the database, where an earlier version kept them, and removes that
-        file: in the same transaction as the version mark, so a process
-        opening the store at the same time never copies the rows twice
-        (which would bring back rows deleted in between).
+        Each step runs in one write transaction that checks the version
+        first and marks the new one last, so processes opening the store at
+        the same time upgrade it once.
         """
         with self.read("reading the metadata schema version") as tx:
-            version = tx.connection.execute("SELECT version FROM schema_version").fetchone()[0]
+            version = self._version(tx)
         if version >= _SCHEMA_VERSION:
             return
+        if version < 2:
+            self._take_in_registry_db()
+        if version < 3:
+            self._start_collecting()
+
+    def _version(self, tx: Transaction) -> int:
+        return int(tx.connection.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def _take_in_registry_db(self) -> None:
+        """Version 2: the registry's rows, from the ``registry.db`` an earlier version kept.
+
+        The file is removed once its rows are in; in the same transaction as
+        the version mark, so no process copies them twice (which would bring
+        back rows deleted in between).
+        """
         old = self._path.with_name("registry.db")
         with translate_errors("taking in the registry database", self._busy_timeout):
             connection = self._connection()
@@ -585,14 +810,11 @@ class Metadata:
                 connection.execute("ATTACH DATABASE ? AS earlier", (str(old),))
             try:
                 with self.write("taking in the registry database") as tx:
-                    row = tx.connection.execute("SELECT version FROM schema_version").fetchone()
-                    if row[0] >= _SCHEMA_VERSION:
+                    if self._version(tx) >= 2:
                         return  # another process upgraded it meanwhile
                     if attached:
                         self._copy_registry(tx.connection)
-                    tx.connection.execute(
-                        "UPDATE schema_version SET version = ?", (_SCHEMA_VERSION,)
-                    )
+                    tx.connection.execute("UPDATE schema_version SET version = 2")
             finally:
                 if attached:
                     connection.execute("DETACH DATABASE earlier")
@@ -601,6 +823,45 @@ class Metadata:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{old}{suffix}")
             _log.info("took the registry's records in from registry.db")
+
+    def _start_collecting(self) -> None:
+        """Version 3: leases, images, namespace labels and ingest expiry, for garbage collection.
+
+        What was stored before there was a collector was never meant to be
+        collected: in each namespace that holds content, a lease
+        (`STORED_BEFORE_GC_LEASE`) keeps every blob, until someone deletes it;
+        ingests in progress get the day an ingest opened without a lease gets.
+        """
+        now = time.time_ns()
+        with self.write("adding leases and images to the metadata") as tx:
+            if self._version(tx) >= 3:
+                return
+            connection = tx.connection
+            for statement in _VERSION_3_COLUMNS:
+                connection.execute(statement)
+            connection.execute("UPDATE ingests SET expires_at = ?", (now + INGEST_EXPIRY_NS,))
+            labels = _json({"contentd.io/kept": "content stored before garbage collection"})
+            connection.execute(
+                "INSERT INTO leases (namespace, id, created_at, labels)"
+                " SELECT DISTINCT namespace, ?, ?, ? FROM content",
+                (STORED_BEFORE_GC_LEASE, now, labels),
+            )
+            connection.execute(
+                "INSERT INTO lease_resources (namespace, lease, type, id)"
+                " SELECT namespace, ?, 'content', digest FROM content",
+                (STORED_BEFORE_GC_LEASE,),
+            )
+            connection.execute("UPDATE schema_version SET version = 3")
+            kept = connection.execute(
+                "SELECT COUNT(*) FROM lease_resources WHERE lease = ?", (STORED_BEFORE_GC_LEASE,)
+            ).fetchone()[0]
+        if kept:
+            _log.info(
+                "garbage collection: %d blobs stored before it are kept by the lease %s"
+                " in their namespaces; delete it to let them be collected",
+                kept,
+                STORED_BEFORE_GC_LEASE,
+            )
 
     @staticmethod
     def _copy_registry(connection: sqlite3.Connection) -> None:

@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Protocol, Self
 from ._records import ContentRecord
 
 if TYPE_CHECKING:
+    from ._gc import CollectionReport
+    from ._images import Images
+    from ._leases import Leases
+    from ._namespaces import Namespaces
     from ._repositories import RepositoryIndex
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -259,3 +263,29 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class MetadataStore(Store, Protocol):
+    """A store that keeps containerd's metadata beyond content, and collects garbage by it.
+
+    Leases, images and namespaces, as containerd's services have them; writes
+    made under a lease (`with_lease`); and `collect`, which removes what
+    nothing keeps.
+    """
+
+    def with_lease(self, lease: str | None) -> Self:
+        """The same store, its writes made under `lease` (None: under none)."""
+        ...
+
+    @property
+    def leases(self) -> Leases: ...
+
+    @property
+    def images(self) -> Images: ...
+
+    @property
+    def namespaces(self) -> Namespaces: ...
+
+    def collect(self, *, dry_run: bool = False) -> CollectionReport:
+        """Collect garbage in every namespace now; what was (or would be) removed."""
+        ...

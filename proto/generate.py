@@ -15,14 +15,18 @@ from pathlib import Path
 from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("containerd/services/content/v1/content.proto",)
+SOURCES = (
+    "containerd/types/descriptor.proto",
+    "containerd/services/content/v1/content.proto",
+    "containerd/services/leases/v1/leases.proto",
+    "containerd/services/images/v1/images.proto",
+    "containerd/services/namespaces/v1/namespace.proto",
+)
 
 # grpc_tools writes `from containerd.services.content.v1 import content_pb2`;
-# the modules live inside the contentd namespace instead, so the service module
-# imports its message module relatively.
-_ABSOLUTE_IMPORT = re.compile(
-    r"^from containerd\.services\.content\.v1 import (\w+) as", flags=re.MULTILINE
-)
+# the modules live inside the contentd namespace instead, side by side, so
+# they import each other relatively.
+_ABSOLUTE_IMPORT = re.compile(r"^from containerd(?:\.\w+)+ import (\w+) as", flags=re.MULTILINE)
 
 
 def generate(into: Path) -> list[Path]:

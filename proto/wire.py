@@ -14,19 +14,37 @@ from typing import TYPE_CHECKING, Final
 
 from google.protobuf import timestamp_pb2
 
-from contentd.content import ContentRecord, Info, Status, datetime_from_ns, default_root
+from contentd.content import (
+    ContentRecord,
+    Descriptor,
+    Image,
+    Info,
+    Lease,
+    LeaseResource,
+    Namespace,
+    Status,
+    datetime_from_ns,
+    default_root,
+)
 
 from . import content_pb2 as api
+from . import descriptor_pb2, images_pb2, leases_pb2, namespace_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 #: The request metadata key containerd's clients put the namespace in and its daemons read.
 NAMESPACE_HEADER: Final = "containerd-namespace"
+#: The request metadata key naming the lease a Content write is made under.
+LEASE_HEADER: Final = "containerd-lease"
 #: containerd's limit on gRPC messages, both ways.
 MAX_MESSAGE_BYTES: Final = 16 << 20
 #: The Content service's full name, as calls, health checks and reflection name it.
 CONTENT_SERVICE: Final = api.DESCRIPTOR.services_by_name["Content"].full_name
+#: The other services' full names.
+LEASES_SERVICE: Final = leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name
+IMAGES_SERVICE: Final = images_pb2.DESCRIPTOR.services_by_name["Images"].full_name
+NAMESPACES_SERVICE: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"].full_name
 
 
 def default_address(root: Path | None = None) -> str:
@@ -100,6 +118,50 @@ def status_message(status: Status) -> api.Status:
     )
 
 
+def lease_message(lease: Lease) -> leases_pb2.Lease:
+    """The wire form of a lease."""
+    return leases_pb2.Lease(
+        id=lease.id,
+        created_at=timestamp_from_datetime(lease.created_at),
+        labels=dict(lease.labels),
+    )
+
+
+def resource_message(resource: LeaseResource) -> leases_pb2.Resource:
+    """The wire form of what a lease holds."""
+    return leases_pb2.Resource(id=resource.id, type=resource.type)
+
+
+def descriptor_message(descriptor: Descriptor) -> descriptor_pb2.Descriptor:
+    """The wire form of a descriptor."""
+    return descriptor_pb2.Descriptor(
+        media_type=descriptor.media_type,
+        digest=descriptor.digest,
+        size=descriptor.size,
+        annotations=dict(descriptor.annotations),
+    )
+
+
+def image_message(image: Image) -> images_pb2.Image:
+    """The wire form of an image; times it has not (yet) been given are sent as zero."""
+    message = images_pb2.Image(
+        name=image.name, labels=dict(image.labels), target=descriptor_message(image.target)
+    )
+    # Always present, as containerd's non-nullable times are.
+    message.created_at.SetInParent()
+    message.updated_at.SetInParent()
+    if image.created_at is not None:
+        message.created_at.CopyFrom(timestamp_from_datetime(image.created_at))
+    if image.updated_at is not None:
+        message.updated_at.CopyFrom(timestamp_from_datetime(image.updated_at))
+    return message
+
+
+def namespace_message(namespace: Namespace) -> namespace_pb2.Namespace:
+    """The wire form of a namespace."""
+    return namespace_pb2.Namespace(name=namespace.name, labels=dict(namespace.labels))
+
+
 # Wire to store (the client's reading of them)
 
 
@@ -129,3 +191,34 @@ def status_from_message(message: api.Status) -> Status:
         started_at=datetime_from_timestamp(message.started_at),
         updated_at=datetime_from_timestamp(message.updated_at),
     )
+
+
+def lease_from_message(message: leases_pb2.Lease) -> Lease:
+    """The lease a wire Lease describes."""
+    return Lease(message.id, datetime_from_timestamp(message.created_at), dict(message.labels))
+
+
+def resource_from_message(message: leases_pb2.Resource) -> LeaseResource:
+    """What a lease holds, as a wire Resource says."""
+    return LeaseResource(message.id, message.type)
+
+
+def descriptor_from_message(message: descriptor_pb2.Descriptor) -> Descriptor:
+    """The descriptor a wire Descriptor describes."""
+    return Descriptor(message.media_type, message.digest, message.size, dict(message.annotations))
+
+
+def image_from_message(message: images_pb2.Image, *, with_times: bool = True) -> Image:
+    """The image a wire Image describes; without its times where a request's mean nothing."""
+    return Image(
+        message.name,
+        descriptor_from_message(message.target),
+        dict(message.labels),
+        datetime_from_timestamp(message.created_at) if with_times else None,
+        datetime_from_timestamp(message.updated_at) if with_times else None,
+    )
+
+
+def namespace_from_message(message: namespace_pb2.Namespace) -> Namespace:
+    """The namespace a wire Namespace describes."""
+    return Namespace(message.name, dict(message.labels))

@@ -26,10 +26,22 @@ from contentd.proto.wire import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-PROTO = "containerd/services/content/v1/content.proto"
-CONTAINERD_PROTO = Path(
-    "/usr/share/gocode/src/github.com/containerd/containerd/api/services/content/v1/content.proto"
-)
+CONTAINERD_SOURCES = Path("/usr/share/gocode/src/github.com/containerd/containerd")
+#: Our .proto files, by the path of containerd's that each must match on the wire.
+PROTOS = {
+    "containerd/types/descriptor.proto": "api/types/descriptor.proto",
+    "containerd/services/content/v1/content.proto": "api/services/content/v1/content.proto",
+    "containerd/services/leases/v1/leases.proto": "api/services/leases/v1/leases.proto",
+    "containerd/services/images/v1/images.proto": "api/services/images/v1/images.proto",
+    "containerd/services/namespaces/v1/namespace.proto": (
+        "api/services/namespaces/v1/namespace.proto"
+    ),
+}
+GENERATED = {
+    f"{name}{suffix}"
+    for name in ("content", "descriptor", "leases", "images", "namespace")
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+}
 
 
 def _load_generator() -> object:
@@ -44,7 +56,7 @@ def _load_generator() -> object:
 def test_committed_modules_match_the_generator(tmp_path: Path) -> None:
     generator = _load_generator()
     written = generator.generate(tmp_path)  # type: ignore[attr-defined]
-    assert {p.name for p in written} == {"content_pb2.py", "content_pb2.pyi", "content_pb2_grpc.py"}
+    assert {p.name for p in written} == GENERATED
     for fresh in written:
         committed = REPO / "proto" / fresh.name
         assert committed.read_text() == fresh.read_text(), (
@@ -92,23 +104,28 @@ def _wire_shape(file: descriptor_pb2.FileDescriptorProto) -> dict[str, object]:
     return {"package": file.package, "messages": messages, "enums": enums, "services": services}
 
 
-@pytest.mark.skipif(
-    not CONTAINERD_PROTO.exists() and not os.environ.get("CONTENTD_REQUIRE_CONFORMANCE"),
-    reason="containerd's sources are missing (Debian: golang-github-containerd-containerd-dev)",
-)
-def test_proto_is_wire_identical_to_containerds(tmp_path: Path) -> None:
-    # containerd's file needs gogoproto, which only shapes Go code: drop its
-    # import and options, then compare what reaches the wire.
-    text = CONTAINERD_PROTO.read_text()
+def _without_gogoproto(text: str) -> str:
+    """containerd's .proto without gogoproto, which only shapes Go code, and with imports
+    of its own files where ours keep them."""
     text = re.sub(r'import weak "gogoproto/gogo.proto";', "", text)
     text = re.sub(r"\s*\[\(gogoproto\.[^\]]*\]", "", text)
     text = re.sub(r"\s*option \(gogoproto\.[^;]*;", "", text)
-    theirs = tmp_path / "theirs"
-    (theirs / Path(PROTO).parent).mkdir(parents=True)
-    (theirs / PROTO).write_text(text)
+    return text.replace('"github.com/containerd/containerd/api/types/', '"containerd/types/')
 
-    ours = _wire_shape(_descriptor(REPO / "proto", PROTO, tmp_path))
-    reference = _wire_shape(_descriptor(theirs, PROTO, tmp_path))
+
+@pytest.mark.skipif(
+    not CONTAINERD_SOURCES.exists() and not os.environ.get("CONTENTD_REQUIRE_CONFORMANCE"),
+    reason="containerd's sources are missing (Debian: golang-github-containerd-containerd-dev)",
+)
+@pytest.mark.parametrize("proto", sorted(PROTOS))
+def test_proto_is_wire_identical_to_containerds(proto: str, tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    for ours_path, their_path in PROTOS.items():
+        (theirs / Path(ours_path).parent).mkdir(parents=True, exist_ok=True)
+        text = (CONTAINERD_SOURCES / their_path).read_text()
+        (theirs / ours_path).write_text(_without_gogoproto(text))
+    ours = _wire_shape(_descriptor(REPO / "proto", proto, tmp_path))
+    reference = _wire_shape(_descriptor(theirs, proto, tmp_path))
     assert ours == reference
 
 
