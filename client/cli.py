@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, Final, NoReturn
@@ -19,12 +20,16 @@ from rich.table import Table
 
 from contentd.content import (
     DEFAULT_NAMESPACE,
+    EXPIRE_LABEL,
     BlobCheck,
+    CollectionReport,
+    Image,
     Info,
+    Lease,
     LocalStore,
+    MetadataStore,
     ReaderAt,
     Status,
-    Store,
     open_store,
     verify_namespace,
     write_blob,
@@ -129,9 +134,9 @@ class _Settings:
         self.namespace = namespace
         self.json = as_json
         self.timeout = timeout
-        self._store: Store | None = None
+        self._store: MetadataStore | None = None
 
-    def store(self) -> Store:
+    def store(self) -> MetadataStore:
         if self._store is None:
             if self.root is not None:
                 self._store = open_store(self.root, self.namespace)
@@ -500,16 +505,24 @@ def _quote(value: str) -> str:
 def remove(settings: _Settings, digests: tuple[str, ...]) -> None:
     """Remove blobs from the namespace."""
     store = settings.store()
+    _each(settings, digests, store.delete)
+
+
+def _each(settings: _Settings, names: Iterable[str], act: Callable[[str], object]) -> None:
+    """Act on each name, printing it when done and any failure on stderr.
+
+    Exits with the first failure's status once every name had its turn.
+    """
     failure: ContentdError | None = None
-    for digest in digests:
+    for name in names:
         try:
-            store.delete(digest)
+            act(name)
         except ContentdError as exc:
             click.echo(f"contentd: {public_error(exc, passthrough_remote=True)}", err=True)
             failure = failure or exc
         else:
             if not settings.json:
-                click.echo(digest)
+                click.echo(name)
     if failure is not None:
         sys.exit(EXIT_CODES.get(classify(failure) or Unknown, 1))
 
@@ -594,3 +607,193 @@ def verify(settings: _Settings, quarantine: bool) -> None:
         raise DataLoss(
             f"{len(report.problems)} of {report.checked} blobs corrupt, unreadable or missing"
         )
+
+
+# Garbage collection, leases and images
+
+
+def _report_json(report: CollectionReport) -> dict[str, Any]:
+    return {
+        "content": report.content,
+        "leases": report.leases,
+        "ingests": report.ingests,
+        "blobs": report.blobs,
+        "bytes": report.bytes,
+        "seconds": round(report.seconds, 3),
+        "dry_run": report.dry_run,
+    }
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Say what a collection would remove; remove nothing.")
+@pass_settings
+def gc(settings: _Settings, dry_run: bool) -> None:
+    """Collect garbage now, in every namespace; report what went.
+
+    What no lease, image, root label, reference, repository or recent ingest
+    keeps goes: content records, expired leases, ingests, then the bytes no
+    namespace records. Works through the daemon or directly on --root (safe
+    while a daemon serves it).
+    """
+    report = settings.store().collect(dry_run=dry_run)
+    if settings.json:
+        click.echo(json.dumps(_report_json(report)))
+        return
+    removed, freed = ("would remove", "would free") if dry_run else ("removed", "freed")
+    click.echo(
+        f"{removed} {report.content} content records, {report.leases} leases and "
+        f"{report.ingests} ingests; {freed} {report.blobs} blobs "
+        f"({human_size(report.bytes)}) in {report.seconds:.2f}s"
+    )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A duration as ctr takes one (``24h``, ``1h30m``, ``90s``); None for ``0`` (forever)."""
+    if text.strip() == "0":
+        return None
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text.strip():
+        raise InvalidArgument(f"duration {text!r}: expected e.g. 24h, 1h30m, 90s or 0")
+    return timedelta(seconds=sum(float(number) * _SECONDS[unit] for number, unit in parts))
+
+
+def _lease_json(lease: Lease) -> dict[str, Any]:
+    return {"id": lease.id, "created_at": _iso(lease.created_at), "labels": dict(lease.labels)}
+
+
+@main.group()
+def leases() -> None:
+    """Leases: what they hold is kept from garbage collection while they live."""
+
+
+@leases.command(name="ls")
+@click.argument("filters", nargs=-1)
+@click.option("-q", "--quiet", is_flag=True, help="Print ids only.")
+@pass_settings
+def list_leases(settings: _Settings, filters: tuple[str, ...], quiet: bool) -> None:
+    """List leases, optionally matching any of FILTERS (id==x, labels.k==v)."""
+    found = settings.store().leases.list(*filters)
+    if settings.json:
+        click.echo(json.dumps([_lease_json(lease) for lease in found]))
+    elif quiet:
+        for lease in found:
+            click.echo(lease.id)
+    else:
+        rows = ([x.id, _iso(x.created_at), _labels_text(x.labels.items())] for x in found)
+        _table(["ID", "CREATED", "LABELS"], rows)
+
+
+@leases.command(name="create")
+@click.argument("labels", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--id", "lease_id", default="", help="The lease's id [default: one is made].")
+@click.option(
+    "-x",
+    "--expires",
+    default="24h",
+    show_default=True,
+    help="How long the lease lives (0: until deleted), as 24h, 1h30m or 90s.",
+)
+@pass_settings
+def create_lease(settings: _Settings, labels: tuple[str, ...], lease_id: str, expires: str) -> None:
+    """Create a lease; prints its id."""
+    parsed = _parse_labels(labels)
+    lifetime = parse_duration(expires)
+    if lifetime is not None:
+        parsed[EXPIRE_LABEL] = _iso((datetime.now(UTC) + lifetime).replace(microsecond=0))
+    lease = settings.store().leases.create(lease_id, parsed)
+    click.echo(json.dumps(_lease_json(lease)) if settings.json else lease.id)
+
+
+@leases.command(name="rm")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--sync", is_flag=True, help="Return once a collection has run after the delete.")
+@pass_settings
+def remove_leases(settings: _Settings, ids: tuple[str, ...], sync: bool) -> None:
+    """Delete leases (what they held becomes collectable unless something else keeps it)."""
+    store = settings.store()
+    _each(settings, ids, lambda lease_id: store.leases.delete(lease_id, sync=sync))
+
+
+def _image_json(image: Image) -> dict[str, Any]:
+    target = image.target
+    return {
+        "name": image.name,
+        "target": {
+            "media_type": target.media_type,
+            "digest": target.digest,
+            "size": target.size,
+            "annotations": dict(target.annotations),
+        },
+        "labels": dict(image.labels),
+        "created_at": _iso(image.created_at) if image.created_at else None,
+        "updated_at": _iso(image.updated_at) if image.updated_at else None,
+    }
+
+
+@main.group()
+def images() -> None:
+    """Images: names for target manifests, kept (with what they reference) from collection."""
+
+
+@images.command(name="ls")
+@click.argument("filters", nargs=-1)
+@click.option("-q", "--quiet", is_flag=True, help="Print names only.")
+@pass_settings
+def list_images(settings: _Settings, filters: tuple[str, ...], quiet: bool) -> None:
+    """List images, optionally matching any of FILTERS (name==x, target.digest==d, labels.k)."""
+    found = settings.store().images.list(*filters)
+    if settings.json:
+        click.echo(json.dumps([_image_json(image) for image in found]))
+    elif quiet:
+        for image in found:
+            click.echo(image.name)
+    else:
+        _table(
+            ["NAME", "TYPE", "DIGEST", "SIZE", "LABELS"],
+            (
+                [
+                    image.name,
+                    image.target.media_type,
+                    image.target.digest,
+                    human_size(image.target.size),
+                    _labels_text(image.labels.items()),
+                ]
+                for image in found
+            ),
+        )
+
+
+@images.command(name="tag")
+@click.argument("source")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Replace an image TARGET names already.")
+@pass_settings
+def tag_image(settings: _Settings, source: str, targets: tuple[str, ...], force: bool) -> None:
+    """Name SOURCE's target (and labels) under each of TARGETS too."""
+    store = settings.store()
+    image = store.images.get(source)
+
+    def tag(name: str) -> None:
+        named = Image(name, image.target, image.labels)
+        try:
+            store.images.create(named)
+        except AlreadyExists:
+            if not force:
+                raise
+            store.images.update(named)
+
+    _each(settings, targets, tag)
+
+
+@images.command(name="rm")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--sync", is_flag=True, help="Return once a collection has run after the delete.")
+@pass_settings
+def remove_images(settings: _Settings, names: tuple[str, ...], sync: bool) -> None:
+    """Delete images (what they kept becomes collectable unless something else keeps it)."""
+    store = settings.store()
+    _each(settings, names, lambda name: store.images.delete(name, sync=sync))

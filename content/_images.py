@@ -144,15 +144,21 @@ class StoreImages:
     """The images of one namespace.
 
     `on_deletion` is told of every change that may free content (an image
-    removed, or pointed elsewhere), for a collection scheduler.
+    removed, or pointed elsewhere), for a collection scheduler; `collect`
+    runs a collection, for deletes with `sync`.
     """
 
     def __init__(
-        self, metadata: MetadataBackend, namespace: str, on_deletion: Callable[[], None]
+        self,
+        metadata: MetadataBackend,
+        namespace: str,
+        on_deletion: Callable[[], None],
+        collect: Callable[[], object],
     ) -> None:
         self._metadata = metadata
         self._namespace = namespace
         self._on_deletion = on_deletion
+        self._collect = collect
 
     def get(self, name: str) -> Image:
         with self._metadata.read(f"reading image {name}") as tx:
@@ -205,8 +211,11 @@ class StoreImages:
             self._on_deletion()  # what the image kept may be free now
         return _image(record)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, sync: bool = False) -> None:
+        """Remove the image; with `sync`, a collection runs before this returns."""
         with self._metadata.write(f"deleting image {name}") as tx:
             if not tx.delete_image(self._namespace, name):
                 raise NotFound(f'image "{name}"')
         self._on_deletion()
+        if sync:
+            self._collect()

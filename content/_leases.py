@@ -130,15 +130,21 @@ class StoreLeases:
     """The leases of one namespace: create, list, delete, and what each holds.
 
     `on_deletion` is told of every change that may free something (a lease
-    or a resource removed), for a collection scheduler.
+    or a resource removed), for a collection scheduler; `collect` runs a
+    collection, for deletes with `sync`.
     """
 
     def __init__(
-        self, metadata: MetadataBackend, namespace: str, on_deletion: Callable[[], None]
+        self,
+        metadata: MetadataBackend,
+        namespace: str,
+        on_deletion: Callable[[], None],
+        collect: Callable[[], object],
     ) -> None:
         self._metadata = metadata
         self._namespace = namespace
         self._on_deletion = on_deletion
+        self._collect = collect
 
     def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         """A new lease; with no id, one in containerd's form. AlreadyExists if the id is taken."""
@@ -155,12 +161,17 @@ class StoreLeases:
             tx.insert_lease(self._namespace, record)
         return _lease(record)
 
-    def delete(self, lease_id: str) -> None:
-        """Remove the lease (not what it held, which a collection may then take)."""
+    def delete(self, lease_id: str, *, sync: bool = False) -> None:
+        """Remove the lease (not what it held, which a collection may then take).
+
+        With `sync`, a collection runs before this returns.
+        """
         with self._metadata.write(f"deleting lease {lease_id}") as tx:
             if not tx.delete_lease(self._namespace, lease_id):
                 raise NotFound(f'lease "{lease_id}"')
         self._on_deletion()
+        if sync:
+            self._collect()
 
     def get(self, lease_id: str) -> Lease:
         with self._metadata.read(f"reading lease {lease_id}") as tx:

@@ -241,12 +241,16 @@ class BackedStore(Closing):
     @property
     def leases(self) -> StoreLeases:
         """The namespace's leases."""
-        return StoreLeases(self._metadata, self._namespace, self._changes.note_deletion)
+        return StoreLeases(
+            self._metadata, self._namespace, self._changes.note_deletion, self.collect
+        )
 
     @property
     def images(self) -> StoreImages:
         """The namespace's images."""
-        return StoreImages(self._metadata, self._namespace, self._changes.note_deletion)
+        return StoreImages(
+            self._metadata, self._namespace, self._changes.note_deletion, self.collect
+        )
 
     @property
     def namespaces(self) -> StoreNamespaces:

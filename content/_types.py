@@ -274,8 +274,11 @@ class Leases(Protocol):
         """A new lease; with no id, one the store chooses. AlreadyExists if the id is taken."""
         ...
 
-    def delete(self, lease_id: str) -> None:
-        """Remove the lease (not what it held, which a collection may then take)."""
+    def delete(self, lease_id: str, *, sync: bool = False) -> None:
+        """Remove the lease (not what it held, which a collection may then take).
+
+        With `sync`, return once a collection that started after it has run.
+        """
         ...
 
     def get(self, lease_id: str) -> Lease: ...
@@ -308,7 +311,9 @@ class Images(Protocol):
         """Change an image through field paths (none: replace labels and target)."""
         ...
 
-    def delete(self, name: str) -> None: ...
+    def delete(self, name: str, *, sync: bool = False) -> None:
+        """Remove the image; with `sync`, return once a collection that started after it ran."""
+        ...
 
 
 class Namespaces(Protocol):

@@ -10,6 +10,7 @@ from contentd.proto.wire import collection_message
 
 from ._boundary import unary
 from ._collection import Collections
+from ._requests import time_left
 
 
 class GCService:
@@ -26,5 +27,5 @@ class GCService:
         if request.dry_run:
             report = self._store.collect(dry_run=True)
         else:
-            report = self._collections.wait(context.time_remaining())
+            report = self._collections.wait(time_left(context))
         return collection_message(report)

@@ -11,7 +11,7 @@ from contentd.proto.wire import image_from_message, image_message
 
 from ._boundary import unary
 from ._collection import Collections
-from ._requests import request_namespace
+from ._requests import request_namespace, time_left
 
 
 class ImagesService:
@@ -59,5 +59,5 @@ class ImagesService:
     ) -> empty_pb2.Empty:
         self._images(context).delete(request.name)
         if request.sync:
-            self._collections.wait(context.time_remaining())
+            self._collections.wait(time_left(context))
         return empty_pb2.Empty()

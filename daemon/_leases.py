@@ -11,7 +11,7 @@ from contentd.proto.wire import lease_message, resource_from_message, resource_m
 
 from ._boundary import unary
 from ._collection import Collections
-from ._requests import request_namespace
+from ._requests import request_namespace, time_left
 
 
 class LeasesService:
@@ -35,7 +35,7 @@ class LeasesService:
     def Delete(self, request: api.DeleteRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
         self._leases(context).leases.delete(request.id)
         if request.sync:
-            self._collections.wait(context.time_remaining())
+            self._collections.wait(time_left(context))
         return empty_pb2.Empty()
 
     @unary

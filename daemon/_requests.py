@@ -32,3 +32,14 @@ def request_headers(context: grpc.ServicerContext) -> tuple[str, str | None]:
 def request_namespace(context: grpc.ServicerContext) -> str:
     """The request's namespace (see `request_headers`)."""
     return request_headers(context)[0]
+
+
+#: Past this many seconds, a call's remaining time means it has no deadline (gRPC
+#: answers a huge number then, which no wait takes).
+_NO_DEADLINE = 10 * 365 * 24 * 3600.0
+
+
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds before the call's deadline; None when it has none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else max(0.0, remaining)
