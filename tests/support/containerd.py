@@ -1,9 +1,10 @@
-"""A private containerd that serves the Content API, for tests and benchmarks.
+"""A private containerd that serves the Content API and the metadata beside it, for tests and
+benchmarks.
 
-`start_containerd(workdir)` writes a config that loads only the plugins behind the Content
-and Leases services, starts `containerd` on sockets of its own, and returns once the daemon
-answers gRPC health checks. Everything it writes stays under `workdir` (the sockets move to a
-short directory under /tmp when `workdir` is too deep for a unix socket path).
+`start_containerd(workdir)` writes a config that loads only the plugins behind the Content,
+Leases, Images and Namespaces services, starts `containerd` on sockets of its own, and returns
+once the daemon answers gRPC health checks. Everything it writes stays under `workdir` (the
+sockets move to a short directory under /tmp when `workdir` is too deep for a unix socket path).
 
 No pytest here, so benchmarks can use it too; tests skip through `support.tools`.
 """
@@ -34,9 +35,10 @@ MAX_SOCKET_PATH = 100
 # The content service needs a content store, the metadata store over it (which refuses to
 # start without at least one snapshotter: "native" is plain directories), the event exchange
 # it publishes to, and the garbage collector the leases service holds. The leases service
-# lets a client keep its content from that collector; health answers readiness probes.
-# Listed as required, so a containerd missing any of them fails to start instead of serving
-# without it.
+# lets a client keep its content from that collector; the images and namespaces services
+# complete the metadata containerd's clients use beside content (and that the collector
+# reads); health answers readiness probes. Listed as required, so a containerd missing any
+# of them fails to start instead of serving without it.
 REQUIRED_PLUGINS = (
     "io.containerd.content.v1.content",
     "io.containerd.snapshotter.v1.native",
@@ -45,15 +47,19 @@ REQUIRED_PLUGINS = (
     "io.containerd.gc.v1.scheduler",
     "io.containerd.service.v1.content-service",
     "io.containerd.service.v1.leases-service",
+    "io.containerd.service.v1.images-service",
+    "io.containerd.service.v1.namespaces-service",
     "io.containerd.grpc.v1.content",
     "io.containerd.grpc.v1.leases",
+    "io.containerd.grpc.v1.images",
+    "io.containerd.grpc.v1.namespaces",
     "io.containerd.grpc.v1.healthcheck",
 )
 
 # Every other plugin containerd 1.6 registers. containerd has no allow-list, only this
 # deny-list; names a build lacks (Debian's has no tracing) are ignored. CRI, runtimes,
 # cgroup monitors and the other snapshotters need root features or touch the host
-# (/opt, cgroups, mounts); the rest serve APIs the content tests never call.
+# (/opt, cgroups, mounts); the rest serve APIs the tests never call.
 DISABLED_PLUGINS = (
     "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",
@@ -72,16 +78,12 @@ DISABLED_PLUGINS = (
     "io.containerd.service.v1.introspection-service",
     "io.containerd.service.v1.containers-service",
     "io.containerd.service.v1.diff-service",
-    "io.containerd.service.v1.images-service",
-    "io.containerd.service.v1.namespaces-service",
     "io.containerd.service.v1.snapshots-service",
     "io.containerd.service.v1.tasks-service",
     "io.containerd.grpc.v1.introspection",
     "io.containerd.grpc.v1.containers",
     "io.containerd.grpc.v1.diff",
     "io.containerd.grpc.v1.events",
-    "io.containerd.grpc.v1.images",
-    "io.containerd.grpc.v1.namespaces",
     "io.containerd.grpc.v1.snapshots",
     "io.containerd.grpc.v1.tasks",
     "io.containerd.grpc.v1.version",
