@@ -3,8 +3,10 @@
 // belongs to the package and its one test binary; run one suite at a time with -test.run.
 //
 // The content suite (this file) is containerd's content store testsuite, run through
-// containerd's content proxy: it talks to the server only as containerd's clients do.
-// Configure it through the environment:
+// containerd's content proxy. The metadata suite (metadata_suite_test.go) ports containerd's
+// tests of leases, images, namespaces and garbage collection, run through containerd's
+// client. Both talk to the server only as containerd's clients do. Configure them through
+// the environment:
 //
 //	CONTENTD_ADDRESS        server socket, "unix:///path" or a bare path (required)
 //	CONTENTD_SUITE_LEASES=1 content suite: hold a lease per test namespace (needs the Leases API)
