@@ -21,15 +21,17 @@ from support.go_suite import (
 
 
 def run_content_suite(binary: Path, server: SuiteServer) -> SuiteRun:
-    """Run the content suite against `server`, holding leases where the server has them."""
+    """Run the content suite against `server`, holding leases where the server collects."""
     return run_suite(
-        binary, CONTENT_SUITE, server.address, {CONTENT_LEASES_ENV: "1" if server.leases else "0"}
+        binary, CONTENT_SUITE, server.address, {CONTENT_LEASES_ENV: "1" if server.collects else "0"}
     )
 
 
 @pytest.mark.conformance
-def test_content_suite_passes_every_subtest(suite_binary: Path, suite_server: SuiteServer) -> None:
-    run = run_content_suite(suite_binary, suite_server)
+def test_content_suite_passes_every_subtest(
+    suite_binary: Path, content_server: SuiteServer
+) -> None:
+    run = run_content_suite(suite_binary, content_server)
 
     assert run.results == CONTENT_SUITE.expected_results(), run.output
     assert run.returncode == 0, run.output

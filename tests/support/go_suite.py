@@ -284,12 +284,12 @@ def parse_results(output: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class SuiteServer:
-    """A server the suites run against: where it listens, and whether it serves the Leases
-    API the content suite needs to keep a garbage-collecting store from losing content
-    mid-test."""
+    """A server the suites run against: where it listens, and whether it collects garbage on
+    a schedule of its own (the content suite must then hold leases, or the server may
+    collect its content mid-test)."""
 
     address: str
-    leases: bool
+    collects: bool
 
 
 @dataclass(frozen=True)
