@@ -1,17 +1,21 @@
-// Package conformance runs containerd's own content store test suite against any server
-// that speaks containerd's Content gRPC API: containerd itself, or contentd.
+// Package conformance runs containerd's own tests against any server that speaks
+// containerd's gRPC APIs: containerd itself, or contentd. Every *_suite_test.go file here
+// belongs to the package and its one test binary; run one suite at a time with -test.run.
 //
-// The suite talks to the server only through containerd's content proxy, exactly as
-// containerd's clients do. Configure it through the environment:
+// The content suite (this file) is containerd's content store testsuite, run through
+// containerd's content proxy. The metadata suite (metadata_suite_test.go) ports containerd's
+// tests of leases, images, namespaces and garbage collection, run through containerd's
+// client. Both talk to the server only as containerd's clients do. Configure them through
+// the environment:
 //
 //	CONTENTD_ADDRESS        server socket, "unix:///path" or a bare path (required)
-//	CONTENTD_SUITE_LEASES=1 hold a lease per test namespace (needs the Leases API)
+//	CONTENTD_SUITE_LEASES=1 content suite: hold a lease per test namespace (needs the Leases API)
 //
-// A real containerd garbage-collects content that nothing references, so it needs the
-// leases; contentd serves only the Content API and must run without them.
+// A real containerd garbage-collects content that nothing references, so the content suite
+// needs the leases against it; a server with only the Content API must run it without.
 //
-// The suite's blobs are pseudo-random from fixed seeds, so their digests repeat from run
-// to run: point it at a fresh store each time, or the shared content policy will find
+// The content suite's blobs are pseudo-random from fixed seeds, so their digests repeat from
+// run to run: point it at a fresh store each time, or the shared content policy will find
 // blobs from an earlier run and resumed writes will not start where the suite expects.
 package conformance
 
@@ -72,17 +76,23 @@ func storeInit(t *testing.T) testsuite.StoreInitFn {
 	}
 }
 
-func dial(t *testing.T) *grpc.ClientConn {
+// serverAddress is the server's socket path, as containerd's dialer takes it.
+func serverAddress(t *testing.T) string {
 	t.Helper()
 	address := os.Getenv(addressEnv)
 	if address == "" {
 		t.Fatalf("%s is not set: point it at the server's socket", addressEnv)
 	}
-	path := strings.TrimPrefix(address, "unix://")
+	return strings.TrimPrefix(address, "unix://")
+}
+
+func dial(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	address := serverAddress(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, dialer.DialAddress(path),
+	conn, err := grpc.DialContext(ctx, dialer.DialAddress(address),
 		grpc.WithInsecure(),
 		grpc.WithBlock(),
 		grpc.WithContextDialer(dialer.ContextDialer),

@@ -1,9 +1,10 @@
-"""A private containerd that serves the Content API, for tests and benchmarks.
+"""A private containerd that serves the Content API and the metadata beside it, for tests and
+benchmarks.
 
-`start_containerd(workdir)` writes a config that loads only the plugins behind the Content
-and Leases services, starts `containerd` on sockets of its own, and returns once the daemon
-answers gRPC health checks. Everything it writes stays under `workdir` (the sockets move to a
-short directory under /tmp when `workdir` is too deep for a unix socket path).
+`start_containerd(workdir)` writes a config that loads only the plugins behind the Content,
+Leases, Images and Namespaces services, starts `containerd` on sockets of its own, and returns
+once the daemon answers gRPC health checks. Everything it writes stays under `workdir` (the
+sockets move to a short directory under /tmp when `workdir` is too deep for a unix socket path).
 
 No pytest here, so benchmarks can use it too; tests skip through `support.tools`.
 """
@@ -35,10 +36,9 @@ MAX_SOCKET_PATH = 100
 # start without at least one snapshotter: "native" is plain directories), the event exchange
 # it publishes to, and the garbage collector the leases service holds. The leases service
 # lets a client keep its content from that collector; the images and namespaces services
-# are the rest of the metadata contentd serves beside content; health answers readiness
-# probes.
-# Listed as required, so a containerd missing any of them fails to start instead of serving
-# without it.
+# complete the metadata containerd's clients use beside content (and that the collector
+# reads); health answers readiness probes. Listed as required, so a containerd missing any
+# of them fails to start instead of serving without it.
 REQUIRED_PLUGINS = (
     "io.containerd.content.v1.content",
     "io.containerd.snapshotter.v1.native",
@@ -59,7 +59,7 @@ REQUIRED_PLUGINS = (
 # Every other plugin containerd 1.6 registers. containerd has no allow-list, only this
 # deny-list; names a build lacks (Debian's has no tracing) are ignored. CRI, runtimes,
 # cgroup monitors and the other snapshotters need root features or touch the host
-# (/opt, cgroups, mounts); the rest serve APIs the content tests never call.
+# (/opt, cgroups, mounts); the rest serve APIs the tests never call.
 DISABLED_PLUGINS = (
     "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",

@@ -1,9 +1,11 @@
-"""Build and run containerd's content testsuite against a server address.
+"""Build and run the Go conformance suites against a server address.
 
-The suite is `tests/conformance/content_suite_test.go`, built in GOPATH mode against the
-Debian package golang-github-containerd-containerd-dev (containerd's sources and all their
-dependencies under /usr/share/gocode), so it needs no network and no go.mod. `build_suite`
-compiles it once into a test binary; `run_suite` runs that binary against any server.
+The suites are the `*_suite_test.go` files in tests/conformance, one Go package: containerd's
+content testsuite (content_suite_test.go) and the ports of containerd's metadata tests
+(metadata_suite_test.go). They build in GOPATH mode against the Debian package
+golang-github-containerd-containerd-dev (containerd's sources and all their dependencies
+under /usr/share/gocode), so they need no network and no go.mod. `build_suite` compiles the
+package once into a test binary; `run_suite` runs one suite of it against any server.
 """
 
 from __future__ import annotations
@@ -13,32 +15,193 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 GOCODE = Path("/usr/share/gocode")
 CONTAINERD_SOURCES = GOCODE / "src" / "github.com" / "containerd" / "containerd"
 TESTSUITE_SOURCES = CONTAINERD_SOURCES / "content" / "testsuite"
-SUITE_SOURCE = Path(__file__).resolve().parent.parent / "conformance" / "content_suite_test.go"
-# GOPATH mode builds only packages under GOPATH/src; the suite is copied there.
+SUITE_DIR = Path(__file__).resolve().parent.parent / "conformance"
+# GOPATH mode builds only packages under GOPATH/src; the suites are copied there.
 IMPORT_PATH = "contentd.test/conformance"
+# Where the server listens, for every suite.
+ADDRESS_ENV = "CONTENTD_ADDRESS"
+# The content suite holds a lease per test namespace when this is "1" (needs the Leases API).
+CONTENT_LEASES_ENV = "CONTENTD_SUITE_LEASES"
+
+
+@dataclass(frozen=True)
+class GoSuite:
+    """One suite of the test binary: its top-level tests, each with the subtests it must
+    report (by their names under it).
+
+    A run passes only if it reports exactly these tests and subtests, every one passed, so a
+    test that silently disappears fails the run.
+    """
+
+    tests: Mapping[str, tuple[str, ...]]
+
+    @property
+    def run_pattern(self) -> str:
+        """The `-test.run` expression that selects this suite's top-level tests only."""
+        return "^(" + "|".join(self.tests) + ")$"
+
+    def expected_results(self) -> dict[str, str]:
+        """Every test and subtest by its full name (`TestLeasesList/ID`), each PASS."""
+        names = []
+        for test, subtests in self.tests.items():
+            names.append(test)
+            names.extend(f"{test}/{subtest}" for subtest in subtests)
+        return dict.fromkeys(names, "PASS")
+
 
 # containerd 1.6's ContentSuite and ContentCrossNSSharedSuite, as `go test -v` names them.
-EXPECTED_SUBTESTS = (
-    "TestContentSuite/Writer",
-    "TestContentSuite/UpdateStatus",
-    "TestContentSuite/CommitExists",
-    "TestContentSuite/Resume",
-    "TestContentSuite/ResumeTruncate",
-    "TestContentSuite/ResumeDiscard",
-    "TestContentSuite/ResumeCopy",
-    "TestContentSuite/ResumeCopySeeker",
-    "TestContentSuite/ResumeCopyReaderAt",
-    "TestContentSuite/SmallBlob",
-    "TestContentSuite/Labels",
-    "TestContentSuite/CommitErrorState",
-    "TestContentCrossNSSharedSuite/CrossNamespaceAppend",
-    "TestContentCrossNSSharedSuite/CrossNamespaceShare",
+CONTENT_SUITE = GoSuite(
+    {
+        "TestContentSuite": (
+            "Writer",
+            "UpdateStatus",
+            "CommitExists",
+            "Resume",
+            "ResumeTruncate",
+            "ResumeDiscard",
+            "ResumeCopy",
+            "ResumeCopySeeker",
+            "ResumeCopyReaderAt",
+            "SmallBlob",
+            "Labels",
+            "CommitErrorState",
+        ),
+        "TestContentCrossNSSharedSuite": ("CrossNamespaceAppend", "CrossNamespaceShare"),
+    }
+)
+
+# The ports of containerd 1.6's metadata tests (metadata/leases_test.go, content_test.go,
+# images_test.go, namespaces_test.go, db_test.go), with the cases added to their tables.
+METADATA_SUITE = GoSuite(
+    {
+        "TestLeases": (),
+        "TestLeasesGeneratedID": (),
+        "TestLeasesList": (
+            "All",
+            "ID",
+            "IDx2",
+            "Label1",
+            "Label1value1",
+            "Label1value2",
+            "Label2",
+            "Label3",
+            "BadFilter",
+        ),
+        "TestLeaseResource": (
+            "Content",
+            "Ingest",
+            "IngestAgain",
+            "Lease",
+            "Container",
+            "Image",
+            "SnapshotsWithoutSnapshotter",
+            "Snapshot",
+            "SnapshotsNestedType",
+            "MissingLease",
+            "ContentNotADigest",
+            "ContentSubtype",
+            "BadTypeOnMissingLease",
+            "ListResources",
+            "DeleteResource",
+            "ListResourcesOfMissingLease",
+        ),
+        "TestContentLeased": (
+            "WriterUnderMissingLease",
+            "WriterOnExistingContentUnderMissingLease",
+            "DeleteUnderLease",
+            "DeleteUnderMissingLease",
+        ),
+        "TestIngestLeased": ("AbortUnderMissingLease",),
+        "TestImagesList": (
+            "FullSet",
+            "FullSetFiltered",
+            "Even",
+            "Odd",
+            "ByName",
+            "ByNameLabelEven",
+            "ByMediaType",
+            "ByAnnotation",
+            "ByTargetDigest",
+            "BadFilter",
+        ),
+        "TestImagesCreateUpdateDelete": (
+            "Touch",
+            "NoTarget",
+            "ReplaceLabels",
+            "ReplaceLabelsFieldPath",
+            "ReplaceLabelsAnnotationsFieldPath",
+            "ReplaceLabel",
+            "ReplaceAnnotation",
+            "ReplaceTarget",
+            "EmptySize",
+            "EmptySizeOnCreate",
+            "EmptyMediaType",
+            "EmptyMediaTypeOnCreate",
+            "TryUpdateNameFail",
+            "RemoveLabel",
+            "UpdateNameFieldPath",
+            "UpdateTargetDigestFieldPath",
+            "CreateBadDigest",
+        ),
+        "TestImagesErrors": (
+            "CreateExisting",
+            "CreateWithoutName",
+            "GetMissing",
+            "UpdateMissing",
+            "UpdateWithoutName",
+            "UpdateMissingWithBadFieldPath",
+            "DeleteMissing",
+        ),
+        "TestNamespaces": (
+            "GetUnknown",
+            "ConnectWithDefaultNamespace",
+            "CreateListLabels",
+            "CreateExisting",
+            "CreateInvalidName",
+            "SetLabel",
+            "SetLabelCreatesNamespace",
+            "WriteCreatesNamespace",
+            "DeleteEmpty",
+            "DeleteUnknown",
+            "DeleteWithImage",
+            "DeleteWithContent",
+            "DeleteWithLeaseAndIngest",
+        ),
+        "TestMetadataCollector": (
+            "content/unreferenced",
+            "content/image-target",
+            "content/image-label-ref",
+            "content/gc-root",
+            "content/gc-root-child",
+            "content/leased",
+            "content/leased-child",
+            "content/leased-grandchild",
+            "content/slash-ref",
+            "content/prefix-only-ref",
+            "content/flat-leased",
+            "content/flat-child",
+            "content/expired-leased",
+            "content/unexpired-leased",
+            "lease/lease-1",
+            "lease/lease-2",
+            "lease/expired",
+            "lease/unexpired",
+        ),
+        "TestSynchronousDelete": (
+            "Lease",
+            "Image",
+            "ImageSharingItsTarget",
+            "ImageWhoseTargetIsLeased",
+        ),
+        "TestCollectionKeepsBytesRecordedInAnotherNamespace": (),
+    }
 )
 
 BUILD_TIMEOUT = 240.0
@@ -80,12 +243,18 @@ def build_environment(gopath: Path) -> dict[str, str]:
     }
 
 
+def suite_sources() -> list[Path]:
+    """The Go files of the suites' package."""
+    return sorted(SUITE_DIR.glob("*_suite_test.go"))
+
+
 def build_suite(workdir: Path, go: str = "go") -> Path:
-    """Compile the suite into a test binary under `workdir`; its path."""
+    """Compile the suites into one test binary under `workdir`; its path."""
     package = workdir / "gopath" / "src" / IMPORT_PATH
     package.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(SUITE_SOURCE, package / SUITE_SOURCE.name)
-    binary = workdir / "content-suite.test"
+    for source in suite_sources():
+        shutil.copy2(source, package / source.name)
+    binary = workdir / "conformance-suites.test"
     result = subprocess.run(
         [go, "test", "-c", "-o", str(binary), "."],
         check=False,
@@ -103,42 +272,54 @@ def build_suite(workdir: Path, go: str = "go") -> Path:
 
 
 def parse_results(output: str) -> dict[str, str]:
-    """Each subtest's outcome (PASS, FAIL or SKIP) from `go test -v` output, by its full
-    name (`TestContentSuite/Writer`). Top-level tests are left out."""
+    """Each test's and subtest's outcome (PASS, FAIL or SKIP) from `go test -v` output, by
+    its full name (`TestContentSuite`, `TestContentSuite/Writer`)."""
     results = {}
     for line in output.splitlines():
         match = _RESULT_LINE.match(line)
-        if match and "/" in match[2]:
+        if match:
             results[match[2]] = match[1]
     return results
 
 
 @dataclass(frozen=True)
+class SuiteServer:
+    """A server the suites run against: where it listens, and whether it collects garbage on
+    a schedule of its own (the content suite must then hold leases, or the server may
+    collect its content mid-test)."""
+
+    address: str
+    collects: bool
+
+
+@dataclass(frozen=True)
 class SuiteRun:
-    """One run of the suite: the binary's exit status and its verbose output."""
+    """One run of a suite: the binary's exit status and its verbose output."""
 
     returncode: int
     output: str
 
     @property
     def results(self) -> dict[str, str]:
-        """Each subtest's outcome, by full name."""
+        """Each test's and subtest's outcome, by full name."""
         return parse_results(self.output)
 
 
-def run_suite(binary: Path, address: str, *, leases: bool) -> SuiteRun:
-    """Run the suite binary against the server at `address`. With `leases`, every test
-    namespace holds a lease through the server's Leases API (a real containerd collects
-    unleased content mid-test); a server with only the Content API must run without."""
-    env = {
-        **os.environ,
-        "CONTENTD_ADDRESS": address,
-        "CONTENTD_SUITE_LEASES": "1" if leases else "0",
-    }
+def run_suite(
+    binary: Path, suite: GoSuite, address: str, env: Mapping[str, str] | None = None
+) -> SuiteRun:
+    """Run `suite`'s tests of the binary against the server at `address`, with `env` added
+    to the environment (the content suite reads CONTENT_LEASES_ENV)."""
     result = subprocess.run(
-        [str(binary), "-test.v", "-test.count=1", f"-test.timeout={RUN_TIMEOUT - 10:g}s"],
+        [
+            str(binary),
+            "-test.v",
+            "-test.count=1",
+            f"-test.run={suite.run_pattern}",
+            f"-test.timeout={RUN_TIMEOUT - 10:g}s",
+        ],
         check=False,
-        env=env,
+        env={**os.environ, **(env or {}), ADDRESS_ENV: address},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
