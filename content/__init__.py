@@ -32,7 +32,16 @@ from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._gc import REF_CONTENT, ROOT_LABEL, CollectionReport
 from ._images import Image, Images
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
-from ._leases import EXPIRE_LABEL, FLAT_LABEL, Lease, LeaseResource, Leases, new_lease_id
+from ._leases import (
+    CONTENT,
+    EXPIRE_LABEL,
+    FLAT_LABEL,
+    INGESTS,
+    Lease,
+    LeaseResource,
+    Leases,
+    new_lease_id,
+)
 from ._local import LocalStore, default_root, open_store
 from ._namespaces import Namespace, Namespaces
 from ._reader import BlobReader, SeekableBlob
@@ -83,9 +92,11 @@ __all__ = [
     "BLOB_UNREADABLE",
     "BUSY_TIMEOUT",
     "CANONICAL_ALGORITHM",
+    "CONTENT",
     "DEFAULT_NAMESPACE",
     "EXPIRE_LABEL",
     "FLAT_LABEL",
+    "INGESTS",
     "MAX_LABELS",
     "MAX_LABELS_BYTES",
     "MAX_LABEL_BYTES",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._leases import Leases
     from ._namespaces import Namespaces
     from ._repositories import RepositoryIndex
+    from ._rules import Changes
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -278,6 +279,11 @@ class MetadataStore(Store, Protocol):
         ...
 
     @property
+    def lease(self) -> str | None:
+        """The lease this view writes under, if any."""
+        ...
+
+    @property
     def leases(self) -> Leases: ...
 
     @property
@@ -288,4 +294,9 @@ class MetadataStore(Store, Protocol):
 
     def collect(self, *, dry_run: bool = False) -> CollectionReport:
         """Collect garbage in every namespace now; what was (or would be) removed."""
+        ...
+
+    @property
+    def changes(self) -> Changes:
+        """Where a collection scheduler hears of the store's changes."""
         ...

@@ -1,4 +1,5 @@
-"""The daemon: a gRPC server with the Content, health and reflection services over one store."""
+"""The daemon: a gRPC server with containerd's Content, Leases, Images and Namespaces services,
+health and reflection, over one store, and its garbage collection scheduler."""
 
 from __future__ import annotations
 
@@ -14,19 +15,37 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto.wire import CONTENT_SERVICE, MAX_MESSAGE_BYTES
+from contentd.proto import content_pb2, images_pb2, leases_pb2, namespace_pb2
+from contentd.proto.wire import (
+    CONTENT_SERVICE,
+    IMAGES_SERVICE,
+    LEASES_SERVICE,
+    MAX_MESSAGE_BYTES,
+    NAMESPACES_SERVICE,
+)
 
-from ._service import ContentService, ListedStore, add_content_service
+from ._boundary import add_service
+from ._collection import CollectionPolicy, Collections
+from ._images import ImagesService
+from ._leases import LeasesService
+from ._namespaces import NamespacesService
+from ._service import ContentService, ListedStore
 from ._tls import TLSFiles, is_loopback
 from .registry import HttpOptions, HttpServer, RegistryStore
 
+CONTENT_DESCRIPTOR: Final = content_pb2.DESCRIPTOR.services_by_name["Content"]
+LEASES_DESCRIPTOR: Final = leases_pb2.DESCRIPTOR.services_by_name["Leases"]
+IMAGES_DESCRIPTOR: Final = images_pb2.DESCRIPTOR.services_by_name["Images"]
+NAMESPACES_DESCRIPTOR: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"]
+#: Every containerd service the daemon serves, as health checks and reflection name them.
+SERVICES: Final = (CONTENT_SERVICE, LEASES_SERVICE, IMAGES_SERVICE, NAMESPACES_SERVICE)
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660
 
@@ -58,6 +77,8 @@ class ServerOptions:
     tls: TLSFiles | None = None
     #: The registry (OCI distribution API) on a TCP address of its own; None: off.
     http: HttpOptions | None = None
+    #: When garbage collections run (containerd's scheduler settings).
+    collection: CollectionPolicy = field(default_factory=CollectionPolicy)
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
 
     def write_stream_limit(self) -> int:
@@ -138,11 +159,15 @@ class Daemon:
             write_idle_timeout=options.write_idle_timeout,
             max_write_streams_per_namespace=options.max_ingests_per_namespace,
         )
-        add_content_service(self._content, self._server)
+        add_service(self._content, CONTENT_DESCRIPTOR, self._server)
+        self._collections = Collections(store, options.collection)
+        add_service(LeasesService(store, self._collections), LEASES_DESCRIPTOR, self._server)
+        add_service(ImagesService(store, self._collections), IMAGES_DESCRIPTOR, self._server)
+        add_service(NamespacesService(store.namespaces), NAMESPACES_DESCRIPTOR, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (CONTENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self._credentials = options.tls.server_credentials() if options.tls else None
         self.addresses: list[str] = []
@@ -195,8 +220,10 @@ class Daemon:
                 )
             _log.info("serving HTTP on %s", self._http.url)
         self._server.start()
+        self._collections.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._health.set(CONTENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for service in SERVICES:
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         tls = self._options.tls
         if tls is not None:
             clients = f"; clients need a certificate from {tls.client_ca}" if tls.client_ca else ""
@@ -229,6 +256,7 @@ class Daemon:
         # outlive them.
         self._executor.shutdown(wait=True)
         self._content.close()
+        self._collections.stop()
         for path in self._sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import Protocol
 
 import grpc
-from google.protobuf import empty_pb2, message_factory
-from google.protobuf.descriptor import Descriptor
-from google.protobuf.message import Message
+from google.protobuf import empty_pb2
 
 from contentd.content import (
+    CONTENT,
+    LeaseResource,
+    MetadataStore,
     RecordWalker,
-    Store,
     Writer,
     validate_labels,
     validate_update_paths,
@@ -23,21 +23,20 @@ from contentd.content import validate_digest as _validate_digest
 from contentd.errdefs import (
     AlreadyExists,
     ContentdError,
-    FailedPrecondition,
     InvalidArgument,
     OutOfRange,
 )
 from contentd.proto import content_pb2 as api
 from contentd.proto import content_pb2_grpc
 from contentd.proto.wire import (
-    NAMESPACE_HEADER,
     add_record,
     info_message,
     status_message,
     timestamp_from_datetime,
 )
 
-from ._boundary import decoded, request_decoder, streaming, unary
+from ._boundary import decoded, streaming, unary
+from ._requests import request_headers
 from ._streams import StreamRegistry, StreamState
 
 #: Largest Read chunk, as in containerd.
@@ -51,8 +50,9 @@ _WRITE_ACTIONS = frozenset({api.STAT, api.WRITE, api.COMMIT})
 _log = logging.getLogger("contentd.daemon")
 
 
-class ListedStore(Store, RecordWalker, Protocol):
-    """A store the Content service lists from: its stored records, with no Info built."""
+class ListedStore(MetadataStore, RecordWalker, Protocol):
+    """A store the Content service serves: it lists its stored records (no Info built), and
+    writes under leases."""
 
 
 class ContentService(content_pb2_grpc.ContentServicer):
@@ -76,13 +76,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self._streams.close()
 
     def _namespaced(self, context: grpc.ServicerContext) -> ListedStore:
-        namespace = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == NAMESPACE_HEADER and isinstance(value, str):
-                namespace = value
-        if not namespace:
-            raise FailedPrecondition("namespace is required")
-        return self._store.with_namespace(namespace)
+        """The store as the request's namespace sees it, under the request's lease if any.
+
+        As in containerd, only writes (Write, and Abort and Delete, which
+        take what they remove off the lease) act on the lease.
+        """
+        namespace, lease = request_headers(context)
+        store = self._store.with_namespace(namespace)
+        return store if lease is None else store.with_lease(lease)
 
     @unary
     def Info(self, request: api.InfoRequest, context: grpc.ServicerContext) -> api.InfoResponse:
@@ -182,7 +183,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
 
     def _write_stream(
         self,
-        store: Store,
+        store: ListedStore,
         state: StreamState,
         request: api.WriteContentRequest,
         request_iterator: Iterator[api.WriteContentRequest],
@@ -278,8 +279,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
         return offset
 
     @staticmethod
-    def _refuse_stored(store: Store, writer: Writer, expected: str) -> None:
-        """Fail the write, dropping its ingest, if `expected` is already committed."""
+    def _refuse_stored(store: ListedStore, writer: Writer, expected: str) -> None:
+        """Fail the write, dropping its ingest, if `expected` is already committed.
+
+        Under a lease, the stored blob goes on the lease instead of the
+        ingest, as a writer opened on it would have put it (containerd
+        leaves it off here, and a collection may take it before the image
+        that needs it exists).
+        """
         try:
             store.info(expected)
         except ContentdError:
@@ -287,36 +294,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         writer.close()
         with contextlib.suppress(ContentdError):
             store.abort(writer.ref)
+        if store.lease is not None:
+            with contextlib.suppress(ContentdError):
+                store.leases.add_resource(store.lease, LeaseResource(expected, CONTENT))
         raise AlreadyExists(f"blob with expected digest {expected} exists")
-
-
-def add_content_service(service: ContentService, server: grpc.Server) -> None:
-    """Serve `service` on `server`, as the generated registration does but for decoding.
-
-    Requests reach the handlers through `request_decoder`, so bytes that are no
-    valid message are answered InvalidArgument, not gRPC's INTERNAL.
-    """
-    described = api.DESCRIPTOR.services_by_name["Content"]
-    handlers = {}
-    for method in described.methods:
-        make_handler = _METHOD_HANDLERS[method.client_streaming, method.server_streaming]
-        handlers[method.name] = make_handler(
-            getattr(service, method.name),
-            request_deserializer=request_decoder(_message_class(method.input_type)),
-            response_serializer=_message_class(method.output_type).SerializeToString,
-        )
-    name = described.full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-
-
-# How gRPC serves a method, by whether its requests and its answers stream.
-_METHOD_HANDLERS: Final = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
-def _message_class(descriptor: Descriptor) -> type[Message]:
-    return message_factory.GetMessageClass(descriptor)
