@@ -454,6 +454,14 @@ def test_images_ls_filters_by_name(ctr: Ctr, registry: RegistryServer) -> None:
     assert ctr.run("images", "ls", "--quiet", "name~=team/app") == f"{app}\n".encode()
 
 
+def test_images_ls_with_a_malformed_filter_reports_invalid_argument(ctr: Ctr) -> None:
+    with pytest.raises(CtrError) as refused:
+        ctr.run("images", "ls", "name==")
+
+    assert "failed to list images" in refused.value.stderr
+    assert "invalid argument" in refused.value.stderr
+
+
 def test_images_tag_makes_a_second_name_for_the_same_target(
     ctr: Ctr, registry: RegistryServer
 ) -> None:
@@ -556,10 +564,12 @@ def test_images_push_to_the_other_registry_round_trips_byte_for_byte(
 def test_images_push_of_a_missing_image_reports_not_found(
     ctr: Ctr, registry: RegistryServer
 ) -> None:
-    with pytest.raises(CtrError) as refused:
-        ctr.run("images", "push", "--plain-http", registry.reference("pushed/none", "v1"))
+    name = registry.reference("pushed/none", "v1")
 
-    assert "not found" in refused.value.stderr
+    with pytest.raises(CtrError) as refused:
+        ctr.run("images", "push", "--plain-http", name)
+
+    assert f'unable to resolve image to manifest: image "{name}": not found' in refused.value.stderr
 
 
 # 3. leases
@@ -631,6 +641,14 @@ def test_leases_ls_lists_by_id_and_filters(ctr: Ctr) -> None:
     assert ctr.run("leases", "ls", "--quiet", "labels.team==storage") == b"a\nc\n"
     assert ctr.run("leases", "ls", "--quiet", "id==b") == b"b\n"
     assert ctr.run("leases", "ls", "--quiet", "id==a", "labels.team==network") == b"a\nb\n"
+
+
+def test_leases_ls_with_a_malformed_filter_reports_invalid_argument(ctr: Ctr) -> None:
+    with pytest.raises(CtrError) as refused:
+        ctr.run("leases", "ls", "labels.team==storage,")
+
+    assert "failed to list leases" in refused.value.stderr
+    assert "invalid argument" in refused.value.stderr
 
 
 def test_leases_rm_removes_the_lease_and_prints_its_id(ctr: Ctr) -> None:
