@@ -150,8 +150,7 @@ class _Namespace:
         for lease in tx.leases(namespace):
             if lease_expired(lease.labels, now):
                 sweep.leases += 1
-                if not dry_run:
-                    tx.delete_lease(namespace, lease.id)
+                tx.delete_lease(namespace, lease.id)
                 continue
             kept = flat if FLAT_LABEL in lease.labels else roots
             for kind, resource in tx.lease_resources(namespace, lease.id):
@@ -168,9 +167,8 @@ class _Namespace:
         marked = self._reach(roots) | flat
         removed = {digest for digest in self._records if digest not in marked}
         sweep.content += len(removed)
-        if not dry_run:
-            for digest in removed:
-                tx.delete_content(namespace, digest)
+        for digest in removed:
+            tx.delete_content(namespace, digest)
         return removed
 
     def _ingests(
@@ -183,17 +181,17 @@ class _Namespace:
             kept = ingest.ref in leased or (
                 ingest.expires_at is not None and now_ns <= ingest.expires_at
             )
+            # A live writer keeps its ingest: it renews it when it reopens.
             if not kept and dry_run:
-                # A live writer keeps its ingest: it renews it when it reopens.
                 kept = _writer_alive(self._backends, ingest.key)
             elif not kept:
                 lock = claim_ingest(self._backends, ingest.key)
                 kept = lock is None
                 if lock is not None:
-                    tx.delete_ingest(namespace, ingest.ref)
                     sweep.claimed.append((ingest.key, lock))
             if not kept:
                 sweep.ingests += 1
+                tx.delete_ingest(namespace, ingest.ref)
             elif ingest.base is not None:
                 yield ingest.base
 
@@ -231,25 +229,30 @@ def _free_bytes(
                 sweep.set_aside.append((token, digest))
 
 
+class _DryRun(Exception):
+    """Undoes a dry run's transaction once it has counted what it would remove."""
+
+
 def collect(backends: Backends, *, dry_run: bool = False) -> CollectionReport:
     """Collect every namespace's garbage now (see the module); what it removed.
 
-    With `dry_run`, nothing is removed: the report says what would be.
+    With `dry_run`, nothing is removed: the collection runs as it would, in a
+    transaction that is then rolled back, and its bytes are counted, not
+    freed. The report says what a collection now would remove.
     """
     started = time.monotonic()
     now = datetime.now(UTC)
     sweep = _Sweep()
-    opened = (
-        backends.metadata.read("collecting garbage")
-        if dry_run
-        else backends.metadata.write("collecting garbage")
-    )
     try:
-        with opened as tx:
+        with backends.metadata.write("collecting garbage") as tx:
             removed: set[str] = set()
             for namespace, _ in tx.namespaces():
                 removed |= _Namespace(backends, tx, namespace).collect(now, sweep, dry_run)
             _free_bytes(backends, tx, removed, sweep, dry_run)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
     except BaseException:
         # Not committed: the records stand, and so must their bytes and ingests.
         for token, digest in sweep.set_aside:

@@ -570,9 +570,12 @@ class BackedStore(Closing):
                 tx.insert_ingest(record)
             else:
                 if base is None and previous.base is not None:
-                    base = previous.base
-                    stored = tx.committed_anywhere(base)
-                    base_size = stored.size if stored is not None else 0
+                    # Still the shared bytes it started from, if any namespace, or
+                    # at least the disk, still has them; else it starts over.
+                    stored = tx.committed_anywhere(previous.base)
+                    size = stored.size if stored is not None else self._blobs.stat(previous.base)
+                    if size is not None:
+                        base, base_size = previous.base, size
                 record = IngestRecord(
                     self._namespace,
                     ref,

@@ -43,6 +43,9 @@ class CollectionPolicy:
     schedule_delay: float = 0.0
     #: Seconds from start to the first collection, which always runs.
     startup_delay: float = 0.1
+    #: Whether collections run by themselves; without, only `sync` deletes (and
+    #: callers of `Collections.wait`) make one run.
+    automatic: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.pause_threshold <= 0.5:
@@ -125,6 +128,8 @@ class Collections:
     def _wanted(self) -> bool:
         """Whether the tick that is due collects (the condition is held)."""
         policy = self._policy
+        if not policy.automatic:
+            return self._triggered
         return (
             self._triggered
             or self._started == 0

@@ -22,6 +22,7 @@ from contentd.content import (
 from contentd.errdefs import ContentdError, InvalidArgument
 from contentd.proto.wire import default_address
 
+from ._collection import CollectionPolicy
 from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
@@ -183,6 +184,47 @@ def _http_options(
     help="Seconds an upload may sit untouched before the registry aborts it and frees its bytes.",
 )
 @click.option(
+    "--gc-scheduler/--no-gc-scheduler",
+    default=True,
+    show_default=True,
+    help="Collect garbage by containerd's policy (off: only sync deletes and `contentd gc` do).",
+)
+@click.option(
+    "--gc-pause-threshold",
+    type=click.FloatRange(0, 0.5),
+    default=CollectionPolicy.pause_threshold,
+    show_default=True,
+    help="Share of time collections may take; ticks are spaced to keep to it.",
+)
+@click.option(
+    "--gc-deletion-threshold",
+    type=click.IntRange(min=0),
+    default=CollectionPolicy.deletion_threshold,
+    show_default=True,
+    help="Deletions that collect at once (0: any deletion collects at the next tick).",
+)
+@click.option(
+    "--gc-mutation-threshold",
+    type=click.IntRange(min=0),
+    default=CollectionPolicy.mutation_threshold,
+    show_default=True,
+    help="Commits that make the next tick collect (0: never).",
+)
+@click.option(
+    "--gc-schedule-delay",
+    type=click.FloatRange(min=0),
+    default=CollectionPolicy.schedule_delay,
+    show_default=True,
+    help="Seconds from a trigger (a sync delete) to its collection.",
+)
+@click.option(
+    "--gc-startup-delay",
+    type=click.FloatRange(min=0),
+    default=CollectionPolicy.startup_delay,
+    show_default=True,
+    help="Seconds from start to the first collection.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LEVELS, case_sensitive=False),
     default="info",
@@ -211,6 +253,12 @@ def serve(
     http_read_only: bool,
     http_max_uploads: int,
     http_upload_ttl: float,
+    gc_scheduler: bool,
+    gc_pause_threshold: float,
+    gc_deletion_threshold: int,
+    gc_mutation_threshold: int,
+    gc_schedule_delay: float,
+    gc_startup_delay: float,
     log_level: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
@@ -247,6 +295,14 @@ def serve(
             http_read_only,
             http_max_uploads,
             http_upload_ttl,
+        ),
+        collection=CollectionPolicy(
+            pause_threshold=gc_pause_threshold,
+            deletion_threshold=gc_deletion_threshold,
+            mutation_threshold=gc_mutation_threshold,
+            schedule_delay=gc_schedule_delay,
+            startup_delay=gc_startup_delay,
+            automatic=gc_scheduler,
         ),
     )
     try:

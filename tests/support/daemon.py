@@ -98,14 +98,31 @@ def start_daemon(
     *extra: str,
     socket_dir: Path | None = None,
     timeout: float = 20,
+    collect: bool = False,
 ) -> DaemonProcess:
-    """Start `contentd serve --root ROOT` on a fresh unix socket and wait until it is ready."""
+    """Start `contentd serve --root ROOT` on a fresh unix socket and wait until it is ready.
+
+    Without `collect` its garbage collection scheduler is off (sync deletes still
+    collect): tests share daemons, and content one test stores without a lease or a
+    root label would otherwise go when another test deletes something. The tests of
+    collection turn it on.
+    """
     # Unix socket paths are limited to about 100 bytes: keep them short.
     owned = socket_dir is None
     socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
     address = f"unix://{socket_dir / 'contentd.sock'}"
+    scheduler = () if collect else ("--no-gc-scheduler",)
     process = subprocess.Popen(
-        [*contentd_command(), "serve", "--root", str(root), "--address", address, *extra],
+        [
+            *contentd_command(),
+            "serve",
+            "--root",
+            str(root),
+            "--address",
+            address,
+            *scheduler,
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
