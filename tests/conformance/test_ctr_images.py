@@ -226,13 +226,15 @@ def _tools_installed() -> None:
 
 @pytest.fixture(params=["containerd", "contentd"])
 def ctr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ctr]:
-    """ctr against a fresh private containerd, or against a fresh `contentd serve --http`."""
+    """ctr against a fresh private containerd, or against a fresh `contentd serve --http`,
+    each with its garbage collection scheduler on."""
     if request.param == "containerd":
         require_tool("containerd", "containerd")
         with start_containerd(tmp_path / "containerd", images=True) as containerd:
             yield Ctr(containerd.address, namespace=NAMESPACE)
     else:
-        with running_daemon(tmp_path / "contentd", "--http", "127.0.0.1:0") as daemon:
+        # Its collection scheduler on, as containerd's is.
+        with running_daemon(tmp_path / "contentd", "--http", "127.0.0.1:0", collect=True) as daemon:
             yield Ctr(daemon.address, namespace=NAMESPACE)
 
 

@@ -149,9 +149,10 @@ def start_daemon(
 
 
 @contextmanager
-def running_daemon(root: Path, *extra: str) -> Iterator[DaemonProcess]:
-    """A daemon for the duration of a with-block; stopped with SIGTERM afterwards."""
-    daemon = start_daemon(root, *extra)
+def running_daemon(root: Path, *extra: str, collect: bool = False) -> Iterator[DaemonProcess]:
+    """A daemon for the duration of a with-block; stopped with SIGTERM afterwards.
+    `collect` turns its garbage collection scheduler on, as for `start_daemon`."""
+    daemon = start_daemon(root, *extra, collect=collect)
     try:
         yield daemon
     finally:
