@@ -8,6 +8,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
@@ -15,13 +16,16 @@ import grpc.experimental
 from google.protobuf import field_mask_pb2
 
 from contentd.content import (
+    DEFAULT_LEASE_EXPIRY,
     DEFAULT_NAMESPACE,
+    EXPIRE_LABEL,
     Closing,
+    CollectionReport,
     Info,
+    MetadataStore,
     ReaderAt,
     SeekableBlob,
     Status,
-    Store,
     Writer,
     check_commit,
     validate_namespace,
@@ -36,16 +40,20 @@ from contentd.errdefs import (
     from_grpc,
 )
 from contentd.proto import content_pb2 as api
-from contentd.proto import content_pb2_grpc
+from contentd.proto import content_pb2_grpc, gc_pb2
+from contentd.proto.gc_pb2_grpc import GCStub
 from contentd.proto.wire import (
     CONTENT_SERVICE,
+    LEASE_HEADER,
     MAX_MESSAGE_BYTES,
     NAMESPACE_HEADER,
+    collection_from_message,
     datetime_from_timestamp,
     info_from_message,
     status_from_message,
 )
 
+from ._metadata import Headers, RemoteImages, RemoteLeases, RemoteNamespaces, call
 from ._tls import TLSConfig
 
 #: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
@@ -163,14 +171,18 @@ class RemoteStore(Closing):
     ) -> None:
         self._namespace = validate_namespace(namespace)
         self._channel = _Channel(address, timeout, channel_options, tls)
-        self._metadata = ((NAMESPACE_HEADER, self._namespace),)
+        self._lease: str | None = None
+        self._metadata: Headers = ((NAMESPACE_HEADER, self._namespace),)
 
     @classmethod
-    def _view(cls, channel: _Channel, namespace: str) -> RemoteStore:
+    def _view(cls, channel: _Channel, namespace: str, lease: str | None = None) -> RemoteStore:
         view = cls.__new__(cls)
         view._namespace = validate_namespace(namespace)
         view._channel = channel
+        view._lease = lease
         view._metadata = ((NAMESPACE_HEADER, view._namespace),)
+        if lease is not None:
+            view._metadata += ((LEASE_HEADER, lease),)
         return view
 
     @property
@@ -184,7 +196,65 @@ class RemoteStore(Closing):
         return self._channel.address
 
     def with_namespace(self, namespace: str) -> RemoteStore:
+        """The same store as `namespace` sees it (writes under no lease)."""
         return RemoteStore._view(self._channel, namespace)
+
+    # Leases, images and namespaces
+
+    def with_lease(self, lease: str | None) -> RemoteStore:
+        """The same store, its writes made under `lease` (sent as ``containerd-lease``)."""
+        return RemoteStore._view(self._channel, self._namespace, lease)
+
+    @property
+    def lease_id(self) -> str | None:
+        """The lease this view writes under, if any."""
+        return self._lease
+
+    @contextlib.contextmanager
+    def lease(
+        self,
+        *,
+        expire: timedelta | None = DEFAULT_LEASE_EXPIRY,
+        labels: Mapping[str, str] | None = None,
+    ) -> Iterator[RemoteStore]:
+        """A new lease for the block, and a view writing under it; the lease goes after.
+
+        As containerd's `client.WithLease` does: what is written meanwhile is
+        kept from collection until the lease goes, and `expire` bounds its
+        life should this process die first (None: no bound).
+        """
+        given = dict(labels or {})
+        if expire is not None:
+            given[EXPIRE_LABEL] = (datetime.now(UTC) + expire).isoformat(timespec="seconds")
+        created = self.leases.create(labels=given)
+        try:
+            yield self.with_lease(created.id)
+        finally:
+            self.leases.delete(created.id)
+
+    @property
+    def leases(self) -> RemoteLeases:
+        """The namespace's leases."""
+        return RemoteLeases(self._channel.channel, self._metadata[:1], self._channel.timeout)
+
+    @property
+    def images(self) -> RemoteImages:
+        """The namespace's images."""
+        return RemoteImages(self._channel.channel, self._metadata[:1], self._channel.timeout)
+
+    @property
+    def namespaces(self) -> RemoteNamespaces:
+        """Every namespace of the daemon's store."""
+        return RemoteNamespaces(self._channel.channel, self._channel.timeout)
+
+    def collect(self, *, dry_run: bool = False) -> CollectionReport:
+        """Have the daemon collect garbage now; what it removed (contentd's own service)."""
+        stub = GCStub(self._channel.channel)  # type: ignore[no-untyped-call]
+        request = gc_pb2.CollectRequest(dry_run=dry_run)
+        # A collection waits for the metadata's write lock, and a big store
+        # takes a while to mark: no call timeout of the store's.
+        response = call(stub.Collect, request, (), None)
+        return collection_from_message(response)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the daemon accepts connections; Unavailable if it does not in time.
@@ -642,6 +712,6 @@ class RemoteWriter(Closing):
 
 if TYPE_CHECKING:
     # mypy checks here that the remote classes satisfy the Store protocols.
-    _store: type[Store] = RemoteStore
+    _store: type[MetadataStore] = RemoteStore
     _reader: type[ReaderAt] = RemoteReader
     _writer: type[Writer] = RemoteWriter

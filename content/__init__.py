@@ -30,7 +30,7 @@ from ._backends import (
 )
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._gc import REF_CONTENT, ROOT_LABEL, CollectionReport
-from ._images import Image, Images
+from ._images import Image, StoreImages
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._leases import (
     CONTENT,
@@ -39,15 +39,16 @@ from ._leases import (
     INGESTS,
     Lease,
     LeaseResource,
-    Leases,
+    StoreLeases,
     new_lease_id,
 )
 from ._local import LocalStore, default_root, open_store
-from ._namespaces import Namespace, Namespaces
+from ._namespaces import Namespace, StoreNamespaces
 from ._reader import BlobReader, SeekableBlob
 from ._records import ContentRecord, Descriptor, ImageRecord, IngestRecord, LeaseRecord, Referrer
 from ._repositories import RepositoryIndex
 from ._rules import (
+    DEFAULT_LEASE_EXPIRY,
     DEFAULT_NAMESPACE,
     BackedStore,
     BackedWriter,
@@ -59,8 +60,11 @@ from ._sqlite import BUSY_TIMEOUT, STORE_BUSY
 from ._types import (
     Closing,
     FileReader,
+    Images,
     Info,
+    Leases,
     MetadataStore,
+    Namespaces,
     ReaderAt,
     RecordWalker,
     RepositoryHolder,
@@ -93,6 +97,7 @@ __all__ = [
     "BUSY_TIMEOUT",
     "CANONICAL_ALGORITHM",
     "CONTENT",
+    "DEFAULT_LEASE_EXPIRY",
     "DEFAULT_NAMESPACE",
     "EXPIRE_LABEL",
     "FLAT_LABEL",
@@ -147,6 +152,9 @@ __all__ = [
     "SeekableBlob",
     "Status",
     "Store",
+    "StoreImages",
+    "StoreLeases",
+    "StoreNamespaces",
     "VerifyReport",
     "Writer",
     "check_commit",

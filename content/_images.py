@@ -140,7 +140,7 @@ def merge_update(stored: Image, given: Image, fieldpaths: Sequence[str]) -> Imag
     return Image(stored.name, merged, labels)
 
 
-class Images:
+class StoreImages:
     """The images of one namespace.
 
     `on_deletion` is told of every change that may free content (an image

@@ -126,7 +126,7 @@ def require_lease(tx: MetadataTransaction, namespace: str, lease: str, doing: st
         raise NotFound(f"{doing}lease does not exist")
 
 
-class Leases:
+class StoreLeases:
     """The leases of one namespace: create, list, delete, and what each holds.
 
     `on_deletion` is told of every change that may free something (a lease

@@ -35,7 +35,7 @@ def _checked_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in labels.items() if value}
 
 
-class Namespaces:
+class StoreNamespaces:
     """Every namespace of one store."""
 
     def __init__(self, metadata: MetadataBackend) -> None:

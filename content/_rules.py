@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from contentd.errdefs import (
@@ -55,9 +56,16 @@ from ._backends import (
 )
 from ._fs import BLOB_MISSING
 from ._gc import CollectionReport, claim_ingest, collect, end_ingest
-from ._images import Images
-from ._leases import CONTENT, INGEST_EXPIRY_NS, INGESTS, Leases, require_lease
-from ._namespaces import Namespaces
+from ._images import StoreImages
+from ._leases import (
+    CONTENT,
+    EXPIRE_LABEL,
+    INGEST_EXPIRY_NS,
+    INGESTS,
+    StoreLeases,
+    require_lease,
+)
+from ._namespaces import StoreNamespaces
 from ._records import ContentRecord, IngestRecord, ingest_key
 from ._repositories import RepositoryIndex
 from ._types import Closing, Info, ReaderAt, Status, datetime_from_ns
@@ -74,6 +82,8 @@ from ._validate import (
 
 #: Namespace used when none is given, as in containerd's clients.
 DEFAULT_NAMESPACE = "default"
+#: How long a lease taken with `lease()` lives should its taker die (containerd's clients').
+DEFAULT_LEASE_EXPIRY = timedelta(hours=24)
 _PAGE = 1000
 _log = logging.getLogger("contentd.store")
 
@@ -201,24 +211,47 @@ class BackedStore(Closing):
         return view
 
     @property
-    def lease(self) -> str | None:
+    def lease_id(self) -> str | None:
         """The lease this view writes under, if any."""
         return self._lease
 
+    @contextlib.contextmanager
+    def lease(
+        self,
+        *,
+        expire: timedelta | None = DEFAULT_LEASE_EXPIRY,
+        labels: Mapping[str, str] | None = None,
+    ) -> Iterator[Self]:
+        """A new lease for the block, and a view writing under it; the lease goes after.
+
+        What is written meanwhile is kept from collection until then (and for
+        as long as something else keeps it: an image, a root label, a
+        reference). `expire` bounds the lease's life should this process die
+        first (None: no bound), as containerd's clients do.
+        """
+        given = dict(labels or {})
+        if expire is not None:
+            given[EXPIRE_LABEL] = (datetime.now(UTC) + expire).isoformat(timespec="seconds")
+        created = self.leases.create(labels=given)
+        try:
+            yield self.with_lease(created.id)
+        finally:
+            self.leases.delete(created.id)
+
     @property
-    def leases(self) -> Leases:
+    def leases(self) -> StoreLeases:
         """The namespace's leases."""
-        return Leases(self._metadata, self._namespace, self._changes.note_deletion)
+        return StoreLeases(self._metadata, self._namespace, self._changes.note_deletion)
 
     @property
-    def images(self) -> Images:
+    def images(self) -> StoreImages:
         """The namespace's images."""
-        return Images(self._metadata, self._namespace, self._changes.note_deletion)
+        return StoreImages(self._metadata, self._namespace, self._changes.note_deletion)
 
     @property
-    def namespaces(self) -> Namespaces:
+    def namespaces(self) -> StoreNamespaces:
         """Every namespace of the store."""
-        return Namespaces(self._metadata)
+        return StoreNamespaces(self._metadata)
 
     @property
     def changes(self) -> Changes:
@@ -1033,8 +1066,8 @@ class BackedWriter(Closing):
 
 
 if TYPE_CHECKING:
-    from ._types import Store, Writer
+    from ._types import MetadataStore, Writer
 
-    # mypy checks here that the rules make a Store and a Writer.
-    _store: type[Store] = BackedStore
+    # mypy checks here that the rules make a Store (with containerd's metadata) and a Writer.
+    _store: type[MetadataStore] = BackedStore
     _writer: type[Writer] = BackedWriter

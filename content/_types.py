@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import builtins
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -12,11 +14,10 @@ from ._records import ContentRecord
 
 if TYPE_CHECKING:
     from ._gc import CollectionReport
-    from ._images import Images
-    from ._leases import Leases
-    from ._namespaces import Namespaces
+    from ._images import Image
+    from ._leases import Lease, LeaseResource
+    from ._namespaces import Namespace
     from ._repositories import RepositoryIndex
-    from ._rules import Changes
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -266,12 +267,76 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class Leases(Protocol):
+    """The leases of one namespace, as containerd's Leases service has them."""
+
+    def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
+        """A new lease; with no id, one the store chooses. AlreadyExists if the id is taken."""
+        ...
+
+    def delete(self, lease_id: str) -> None:
+        """Remove the lease (not what it held, which a collection may then take)."""
+        ...
+
+    def get(self, lease_id: str) -> Lease: ...
+
+    def list(self, *filters: str) -> list[Lease]:
+        """The leases matching any of the filters (``id``, ``labels.<k>``), by id."""
+        ...
+
+    def add_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
+
+    def delete_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
+
+    def resources(self, lease_id: str) -> builtins.list[LeaseResource]:
+        """What the lease holds: content, then ingests, then snapshots, each sorted."""
+        ...
+
+
+class Images(Protocol):
+    """The images of one namespace, as containerd's Images service has them."""
+
+    def get(self, name: str) -> Image: ...
+
+    def list(self, *filters: str) -> list[Image]:
+        """The images matching any of the filters, by name."""
+        ...
+
+    def create(self, image: Image) -> Image: ...
+
+    def update(self, image: Image, fieldpaths: Sequence[str] = ()) -> Image:
+        """Change an image through field paths (none: replace labels and target)."""
+        ...
+
+    def delete(self, name: str) -> None: ...
+
+
+class Namespaces(Protocol):
+    """Every namespace of a store, as containerd's Namespaces service has them."""
+
+    def list(self) -> list[Namespace]: ...
+
+    def get(self, name: str) -> Namespace:
+        """The namespace `name`, with no labels if it does not exist."""
+        ...
+
+    def create(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace: ...
+
+    def update(
+        self, name: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()
+    ) -> Namespace: ...
+
+    def delete(self, name: str) -> None:
+        """Remove an empty namespace; FailedPrecondition while it holds images or blobs."""
+        ...
+
+
 class MetadataStore(Store, Protocol):
     """A store that keeps containerd's metadata beyond content, and collects garbage by it.
 
     Leases, images and namespaces, as containerd's services have them; writes
-    made under a lease (`with_lease`); and `collect`, which removes what
-    nothing keeps.
+    made under a lease (`with_lease`, or `lease` for a block); and `collect`,
+    which removes what nothing keeps.
     """
 
     def with_lease(self, lease: str | None) -> Self:
@@ -279,8 +344,17 @@ class MetadataStore(Store, Protocol):
         ...
 
     @property
-    def lease(self) -> str | None:
+    def lease_id(self) -> str | None:
         """The lease this view writes under, if any."""
+        ...
+
+    def lease(
+        self,
+        *,
+        expire: timedelta | None = ...,
+        labels: Mapping[str, str] | None = None,
+    ) -> AbstractContextManager[Self]:
+        """A new lease for a with-block, and a view writing under it; the lease goes after."""
         ...
 
     @property
@@ -294,9 +368,4 @@ class MetadataStore(Store, Protocol):
 
     def collect(self, *, dry_run: bool = False) -> CollectionReport:
         """Collect garbage in every namespace now; what was (or would be) removed."""
-        ...
-
-    @property
-    def changes(self) -> Changes:
-        """Where a collection scheduler hears of the store's changes."""
         ...

@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
-from contentd.content import CollectionReport, MetadataStore
+from contentd.content import Changes, CollectionReport, MetadataStore
 from contentd.errdefs import DeadlineExceeded, Unknown
 
 _log = logging.getLogger("contentd.gc")
@@ -56,10 +56,17 @@ class CollectionPolicy:
             raise ValueError("collection delays must not be negative")
 
 
+class CollectedStore(MetadataStore, Protocol):
+    """A store whose collector hears of its changes."""
+
+    @property
+    def changes(self) -> Changes: ...
+
+
 class Collections:
     """Runs the store's garbage collections by `policy`, and on demand."""
 
-    def __init__(self, store: MetadataStore, policy: CollectionPolicy | None = None) -> None:
+    def __init__(self, store: CollectedStore, policy: CollectionPolicy | None = None) -> None:
         self._store = store
         self._policy = policy or CollectionPolicy()
         self._condition = threading.Condition()

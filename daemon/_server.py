@@ -21,10 +21,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from contentd.content import Changes
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto import content_pb2, images_pb2, leases_pb2, namespace_pb2
+from contentd.proto import content_pb2, gc_pb2, images_pb2, leases_pb2, namespace_pb2
 from contentd.proto.wire import (
     CONTENT_SERVICE,
+    GC_SERVICE,
     IMAGES_SERVICE,
     LEASES_SERVICE,
     MAX_MESSAGE_BYTES,
@@ -33,6 +35,7 @@ from contentd.proto.wire import (
 
 from ._boundary import add_service
 from ._collection import CollectionPolicy, Collections
+from ._gc import GCService
 from ._images import ImagesService
 from ._leases import LeasesService
 from ._namespaces import NamespacesService
@@ -44,8 +47,16 @@ CONTENT_DESCRIPTOR: Final = content_pb2.DESCRIPTOR.services_by_name["Content"]
 LEASES_DESCRIPTOR: Final = leases_pb2.DESCRIPTOR.services_by_name["Leases"]
 IMAGES_DESCRIPTOR: Final = images_pb2.DESCRIPTOR.services_by_name["Images"]
 NAMESPACES_DESCRIPTOR: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"]
-#: Every containerd service the daemon serves, as health checks and reflection name them.
-SERVICES: Final = (CONTENT_SERVICE, LEASES_SERVICE, IMAGES_SERVICE, NAMESPACES_SERVICE)
+GC_DESCRIPTOR: Final = gc_pb2.DESCRIPTOR.services_by_name["GC"]
+#: Every service the daemon serves (containerd's, then its own), as health checks and
+#: reflection name them.
+SERVICES: Final = (
+    CONTENT_SERVICE,
+    LEASES_SERVICE,
+    IMAGES_SERVICE,
+    NAMESPACES_SERVICE,
+    GC_SERVICE,
+)
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660
 
@@ -53,7 +64,11 @@ _log = logging.getLogger("contentd.daemon")
 
 
 class ServedStore(ListedStore, RegistryStore, Protocol):
-    """What the daemon serves: a Store that lists its stored records and keeps repositories."""
+    """What the daemon serves: a Store that lists its stored records, keeps containerd's
+    metadata and the registry's repositories, and tells its collector of its changes."""
+
+    @property
+    def changes(self) -> Changes: ...
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,7 @@ class Daemon:
         add_service(LeasesService(store, self._collections), LEASES_DESCRIPTOR, self._server)
         add_service(ImagesService(store, self._collections), IMAGES_DESCRIPTOR, self._server)
         add_service(NamespacesService(store.namespaces), NAMESPACES_DESCRIPTOR, self._server)
+        add_service(GCService(store, self._collections), GC_DESCRIPTOR, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

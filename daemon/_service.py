@@ -294,7 +294,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         writer.close()
         with contextlib.suppress(ContentdError):
             store.abort(writer.ref)
-        if store.lease is not None:
+        if store.lease_id is not None:
             with contextlib.suppress(ContentdError):
-                store.leases.add_resource(store.lease, LeaseResource(expected, CONTENT))
+                store.leases.add_resource(store.lease_id, LeaseResource(expected, CONTENT))
         raise AlreadyExists(f"blob with expected digest {expected} exists")

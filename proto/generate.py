@@ -21,12 +21,15 @@ SOURCES = (
     "containerd/services/leases/v1/leases.proto",
     "containerd/services/images/v1/images.proto",
     "containerd/services/namespaces/v1/namespace.proto",
+    "contentd/services/gc/v1/gc.proto",
 )
 
 # grpc_tools writes `from containerd.services.content.v1 import content_pb2`;
 # the modules live inside the contentd namespace instead, side by side, so
 # they import each other relatively.
-_ABSOLUTE_IMPORT = re.compile(r"^from containerd(?:\.\w+)+ import (\w+) as", flags=re.MULTILINE)
+_ABSOLUTE_IMPORT = re.compile(
+    r"^from (?:containerd|contentd)(?:\.\w+)+ import (\w+) as", flags=re.MULTILINE
+)
 
 
 def generate(into: Path) -> list[Path]:

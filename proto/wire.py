@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from google.protobuf import timestamp_pb2
 
 from contentd.content import (
+    CollectionReport,
     ContentRecord,
     Descriptor,
     Image,
@@ -28,7 +29,7 @@ from contentd.content import (
 )
 
 from . import content_pb2 as api
-from . import descriptor_pb2, images_pb2, leases_pb2, namespace_pb2
+from . import descriptor_pb2, gc_pb2, images_pb2, leases_pb2, namespace_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -45,6 +46,8 @@ CONTENT_SERVICE: Final = api.DESCRIPTOR.services_by_name["Content"].full_name
 LEASES_SERVICE: Final = leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name
 IMAGES_SERVICE: Final = images_pb2.DESCRIPTOR.services_by_name["Images"].full_name
 NAMESPACES_SERVICE: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"].full_name
+#: contentd's own garbage collection service.
+GC_SERVICE: Final = gc_pb2.DESCRIPTOR.services_by_name["GC"].full_name
 
 
 def default_address(root: Path | None = None) -> str:
@@ -162,6 +165,19 @@ def namespace_message(namespace: Namespace) -> namespace_pb2.Namespace:
     return namespace_pb2.Namespace(name=namespace.name, labels=dict(namespace.labels))
 
 
+def collection_message(report: CollectionReport) -> gc_pb2.CollectResponse:
+    """The wire form of what a collection removed."""
+    return gc_pb2.CollectResponse(
+        content=report.content,
+        leases=report.leases,
+        ingests=report.ingests,
+        blobs=report.blobs,
+        bytes=report.bytes,
+        seconds=report.seconds,
+        dry_run=report.dry_run,
+    )
+
+
 # Wire to store (the client's reading of them)
 
 
@@ -222,3 +238,16 @@ def image_from_message(message: images_pb2.Image, *, with_times: bool = True) ->
 def namespace_from_message(message: namespace_pb2.Namespace) -> Namespace:
     """The namespace a wire Namespace describes."""
     return Namespace(message.name, dict(message.labels))
+
+
+def collection_from_message(message: gc_pb2.CollectResponse) -> CollectionReport:
+    """What a collection removed, as a wire CollectResponse says."""
+    return CollectionReport(
+        content=message.content,
+        leases=message.leases,
+        ingests=message.ingests,
+        blobs=message.blobs,
+        bytes=message.bytes,
+        seconds=message.seconds,
+        dry_run=message.dry_run,
+    )

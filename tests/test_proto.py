@@ -39,7 +39,7 @@ PROTOS = {
 }
 GENERATED = {
     f"{name}{suffix}"
-    for name in ("content", "descriptor", "leases", "images", "namespace")
+    for name in ("content", "descriptor", "leases", "images", "namespace", "gc")
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 }
 

@@ -33,7 +33,16 @@ from support.tools import require_tool
 
 from contentd import errdefs
 from contentd.client import RemoteStore
-from contentd.content import Store, digest_of, is_ref_locked, write_blob
+from contentd.content import (
+    Descriptor,
+    Image,
+    LeaseResource,
+    MetadataStore,
+    Store,
+    digest_of,
+    is_ref_locked,
+    write_blob,
+)
 
 BLOB = bytes(range(256)) * 40
 DIGEST = digest_of(BLOB)
@@ -41,7 +50,7 @@ OTHER = b"some other bytes"
 OTHER_DIGEST = digest_of(OTHER)
 
 _namespaces = itertools.count()
-StoreFactory = Callable[[], Store]
+StoreFactory = Callable[[], MetadataStore]
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +74,18 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def new_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Stores in fresh namespaces of the backend under test; all closed afterwards."""
-    opened: list[Store] = []
+    opened: list[MetadataStore] = []
     if kind in KINDS:
         root = open_backed_store(kind, tmp_path / "backends")
         opened.append(root)
 
-        def factory() -> Store:
+        def factory() -> MetadataStore:
             return root.with_namespace(f"ns{next(_namespaces)}")
 
     else:
         address = request.getfixturevalue(f"{kind}_address")
 
-        def factory() -> Store:
+        def factory() -> MetadataStore:
             store = RemoteStore(address, f"contract{next(_namespaces)}-{time.time_ns()}")
             opened.append(store)
             return store
@@ -87,7 +96,7 @@ def new_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
 
 
 @pytest.fixture
-def store(new_store: StoreFactory) -> Store:
+def store(new_store: StoreFactory) -> MetadataStore:
     return new_store()
 
 
@@ -438,3 +447,172 @@ def test_write_blob_waits_for_the_ref_to_free(store: Store, fresh: tuple[bytes, 
     started = time.monotonic()
     assert write_blob(store, "contended", data, len(data), digest, timeout=30) == digest
     assert time.monotonic() - started >= 0.4
+
+
+# Leases, images and namespaces (containerd's metadata)
+
+
+def unique(stem: str) -> str:
+    return f"{stem}-{time.time_ns()}"
+
+
+def test_a_write_under_a_lease_lists_its_ingest_then_its_blob(
+    store: MetadataStore, fresh: tuple[bytes, str]
+) -> None:
+    data, digest = fresh
+    lease = store.leases.create(unique("pull")).id
+    leased = store.with_lease(lease)
+    with leased.writer("layer", total=len(data), expected=digest) as writer:
+        writer.write(data)
+        assert store.leases.resources(lease) == [LeaseResource("layer", "ingests")]
+        writer.commit(len(data), digest)
+    assert store.leases.resources(lease) == [LeaseResource(digest, "content")]
+    store.leases.delete(lease)
+
+
+def test_a_write_naming_a_lease_that_does_not_exist_is_not_found(
+    store: MetadataStore, fresh: tuple[bytes, str]
+) -> None:
+    data, digest = fresh
+    with pytest.raises(errdefs.NotFound):
+        store.with_lease("no-such-lease").put("orphan", data)
+    with pytest.raises(errdefs.NotFound):
+        store.status("orphan")
+    with pytest.raises(errdefs.NotFound):
+        store.info(digest)
+
+
+def test_a_blob_already_stored_goes_on_the_lease_of_a_writer_expecting_it(
+    store: MetadataStore, fresh: tuple[bytes, str]
+) -> None:
+    data, digest = fresh
+    put(store, data)
+    lease = store.leases.create(unique("pull")).id
+    with pytest.raises(errdefs.AlreadyExists):
+        store.with_lease(lease).writer("again", total=len(data), expected=digest)
+    assert store.leases.resources(lease) == [LeaseResource(digest, "content")]
+    store.leases.delete(lease)
+
+
+def test_abort_and_delete_under_a_lease_take_what_they_remove_off_it(
+    store: MetadataStore, fresh: tuple[bytes, str]
+) -> None:
+    data, digest = fresh
+    lease = store.leases.create(unique("pull")).id
+    leased = store.with_lease(lease)
+    with leased.writer("abandoned") as writer:
+        writer.write(b"some bytes")
+    put(leased, data, ref="kept")
+    assert len(store.leases.resources(lease)) == 2
+    leased.abort("abandoned")
+    leased.delete(digest)
+    assert store.leases.resources(lease) == []
+    store.leases.delete(lease)
+
+
+def test_leases_are_created_listed_by_filter_and_deleted(store: MetadataStore) -> None:
+    name = unique("lease")
+    created = store.leases.create(name, {"team": "ci", "empty": ""})
+    assert (created.id, dict(created.labels)) == (name, {"team": "ci"})
+    with pytest.raises(errdefs.AlreadyExists):
+        store.leases.create(name)
+    generated = store.leases.create()
+    assert generated.id
+    assert [lease.id for lease in store.leases.list("labels.team==ci")] == [name]
+    assert {lease.id for lease in store.leases.list()} == {name, generated.id}
+    store.leases.delete(name)
+    with pytest.raises(errdefs.NotFound):
+        store.leases.delete(name)
+    store.leases.delete(generated.id)
+
+
+def test_lease_resources_are_checked_by_type(store: MetadataStore) -> None:
+    lease = store.leases.create(unique("lease")).id
+    snapshot = LeaseResource("sha256-layer-key", "snapshots/overlayfs")
+    store.leases.add_resource(lease, snapshot)
+    store.leases.add_resource(lease, snapshot)  # twice is no error
+    assert store.leases.resources(lease) == [snapshot]
+    with pytest.raises(errdefs.Unimplemented):
+        store.leases.add_resource(lease, LeaseResource("x", "containers"))
+    with pytest.raises(errdefs.InvalidArgument):
+        store.leases.add_resource(lease, LeaseResource("not-a-digest", "content"))
+    with pytest.raises(errdefs.NotFound):
+        store.leases.add_resource(unique("missing"), snapshot)
+    store.leases.delete_resource(lease, snapshot)
+    assert store.leases.resources(lease) == []
+    store.leases.delete(lease)
+
+
+def test_a_lease_block_writes_under_a_lease_that_goes_after(
+    store: MetadataStore, fresh: tuple[bytes, str]
+) -> None:
+    data, digest = fresh
+    with store.lease(labels={"purpose": "test"}) as leased:
+        lease = leased.lease_id
+        assert lease is not None
+        put(leased, data)
+        assert store.leases.resources(lease) == [LeaseResource(digest, "content")]
+        found = {item.id: item for item in store.leases.list()}[lease]
+        assert "containerd.io/gc.expire" in found.labels
+    assert lease not in {item.id for item in store.leases.list()}
+    assert store.info(digest).size == len(data)
+
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def test_images_are_created_read_updated_and_deleted(store: MetadataStore) -> None:
+    name = f"registry.example/{unique('app')}:v1"
+    target = Descriptor(MANIFEST_TYPE, DIGEST, 100, {"org.opencontainers.image.ref.name": "v1"})
+    created = store.images.create(Image(name, target, {"team": "ci"}))
+    assert (created.name, created.target, dict(created.labels)) == (name, target, {"team": "ci"})
+    assert created.created_at is not None
+    with pytest.raises(errdefs.AlreadyExists):
+        store.images.create(Image(name, target))
+    assert store.images.get(name).target == target
+    assert [image.name for image in store.images.list(f"target.digest=={DIGEST}")] == [name]
+    assert store.images.list("labels.team==other") == []
+    relabelled = store.images.update(Image(name, target, {"stage": "prod"}), ["labels.stage"])
+    assert dict(relabelled.labels) == {"team": "ci", "stage": "prod"}
+    retargeted = Descriptor(MANIFEST_TYPE, OTHER_DIGEST, 50)
+    updated = store.images.update(Image(name, retargeted), ["target"])
+    assert updated.target == retargeted
+    assert dict(updated.labels) == {"team": "ci", "stage": "prod"}
+    store.images.delete(name)
+    with pytest.raises(errdefs.NotFound):
+        store.images.get(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("", Descriptor(MANIFEST_TYPE, DIGEST, 1)),
+        ("app", Descriptor(MANIFEST_TYPE, "sha256:nothex", 1)),
+        ("app", Descriptor(MANIFEST_TYPE, DIGEST, 0)),
+        ("app", Descriptor("", DIGEST, 1)),
+    ],
+    ids=["no-name", "bad-digest", "no-size", "no-media-type"],
+)
+def test_an_invalid_image_is_refused(store: MetadataStore, name: str, target: Descriptor) -> None:
+    with pytest.raises(errdefs.InvalidArgument):
+        store.images.create(Image(name, target))
+
+
+def test_updating_an_image_by_another_field_is_refused(store: MetadataStore) -> None:
+    name = unique("app")
+    store.images.create(Image(name, Descriptor(MANIFEST_TYPE, DIGEST, 1)))
+    with pytest.raises(errdefs.InvalidArgument):
+        store.images.update(Image(name, Descriptor(MANIFEST_TYPE, DIGEST, 1)), ["name"])
+    store.images.delete(name)
+
+
+def test_an_unknown_namespace_reads_as_one_without_labels(store: MetadataStore) -> None:
+    unknown = store.namespaces.get(unique("nowhere"))
+    assert dict(unknown.labels) == {}
+
+
+def test_a_namespace_holding_blobs_is_not_deleted(store: MetadataStore) -> None:
+    put(store, BLOB)
+    assert store.namespace in {namespace.name for namespace in store.namespaces.list()}
+    with pytest.raises(errdefs.FailedPrecondition):
+        store.namespaces.delete(store.namespace)

@@ -35,7 +35,9 @@ MAX_SOCKET_PATH = 100
 # The content service needs a content store, the metadata store over it (which refuses to
 # start without at least one snapshotter: "native" is plain directories), the event exchange
 # it publishes to, and the garbage collector the leases service holds. The leases service
-# lets a client keep its content from that collector; health answers readiness probes.
+# lets a client keep its content from that collector; the images and namespaces services
+# are the rest of the metadata contentd serves beside content; health answers readiness
+# probes.
 # Listed as required, so a containerd missing any of them fails to start instead of serving
 # without it.
 REQUIRED_PLUGINS = (
@@ -46,8 +48,12 @@ REQUIRED_PLUGINS = (
     "io.containerd.gc.v1.scheduler",
     "io.containerd.service.v1.content-service",
     "io.containerd.service.v1.leases-service",
+    "io.containerd.service.v1.images-service",
+    "io.containerd.service.v1.namespaces-service",
     "io.containerd.grpc.v1.content",
     "io.containerd.grpc.v1.leases",
+    "io.containerd.grpc.v1.images",
+    "io.containerd.grpc.v1.namespaces",
     "io.containerd.grpc.v1.healthcheck",
 )
 
@@ -73,16 +79,12 @@ DISABLED_PLUGINS = (
     "io.containerd.service.v1.introspection-service",
     "io.containerd.service.v1.containers-service",
     "io.containerd.service.v1.diff-service",
-    "io.containerd.service.v1.images-service",
-    "io.containerd.service.v1.namespaces-service",
     "io.containerd.service.v1.snapshots-service",
     "io.containerd.service.v1.tasks-service",
     "io.containerd.grpc.v1.introspection",
     "io.containerd.grpc.v1.containers",
     "io.containerd.grpc.v1.diff",
     "io.containerd.grpc.v1.events",
-    "io.containerd.grpc.v1.images",
-    "io.containerd.grpc.v1.namespaces",
     "io.containerd.grpc.v1.snapshots",
     "io.containerd.grpc.v1.tasks",
     "io.containerd.grpc.v1.version",
