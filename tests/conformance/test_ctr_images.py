@@ -230,7 +230,7 @@ def ctr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ctr]:
     each with its garbage collection scheduler on."""
     if request.param == "containerd":
         require_tool("containerd", "containerd")
-        with start_containerd(tmp_path / "containerd", images=True) as containerd:
+        with start_containerd(tmp_path / "containerd") as containerd:
             yield Ctr(containerd.address, namespace=NAMESPACE)
     else:
         # Its collection scheduler on, as containerd's is.

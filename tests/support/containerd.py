@@ -1,10 +1,9 @@
 """A private containerd that serves the Content API, for tests and benchmarks.
 
 `start_containerd(workdir)` writes a config that loads only the plugins behind the Content
-and Leases services (and, when asked, the Images service), starts `containerd` on sockets of
-its own, and returns once the daemon answers gRPC health checks. Everything it writes stays
-under `workdir` (the sockets move to a short directory under /tmp when `workdir` is too deep
-for a unix socket path).
+and Leases services, starts `containerd` on sockets of its own, and returns once the daemon
+answers gRPC health checks. Everything it writes stays under `workdir` (the sockets move to a
+short directory under /tmp when `workdir` is too deep for a unix socket path).
 
 No pytest here, so benchmarks can use it too; tests skip through `support.tools`.
 """
@@ -90,13 +89,6 @@ DISABLED_PLUGINS = (
     "io.containerd.grpc.v1.version",
 )
 
-# The Images service, for `ctr images ...` and for `ctr content fetch`, which records the
-# image it fetched. Off by default; `images=True` moves these from disabled to required.
-IMAGES_PLUGINS = (
-    "io.containerd.service.v1.images-service",
-    "io.containerd.grpc.v1.images",
-)
-
 
 class ServerStartError(RuntimeError):
     """A server did not come up: it exited, or did not answer before its deadline."""
@@ -108,16 +100,9 @@ GC_OFF = """  mutation_threshold = 0
 
 
 def containerd_config(
-    root: Path,
-    state: Path,
-    grpc_socket: Path,
-    ttrpc_socket: Path,
-    *,
-    collect: bool = True,
-    images: bool = False,
+    root: Path, state: Path, grpc_socket: Path, ttrpc_socket: Path, *, collect: bool = True
 ) -> str:
-    """A version 2 config.toml serving the content service, and little else, from `root`;
-    with `images`, the Images service too.
+    """A version 2 config.toml serving the content service, and little else, from `root`.
 
     With `collect` false the garbage collector never runs: no startup pass, no
     trigger on mutations (threshold 0), and a deletion threshold no test
@@ -128,16 +113,13 @@ def containerd_config(
     def toml_list(items: tuple[str, ...]) -> str:
         return "[\n" + "".join(f"  {json.dumps(item)},\n" for item in items) + "]"
 
-    required = REQUIRED_PLUGINS + (IMAGES_PLUGINS if images else ())
-    disabled = tuple(name for name in DISABLED_PLUGINS if name not in required)
-
     # JSON strings are valid TOML basic strings.
     return f"""\
 version = 2
 root = {json.dumps(str(root))}
 state = {json.dumps(str(state))}
-required_plugins = {toml_list(required)}
-disabled_plugins = {toml_list(disabled)}
+required_plugins = {toml_list(REQUIRED_PLUGINS)}
+disabled_plugins = {toml_list(DISABLED_PLUGINS)}
 
 # containerd chowns its sockets to these, root's by default; only root may give a file away.
 [grpc]
@@ -280,11 +262,9 @@ def start_containerd(
     timeout: float = START_TIMEOUT,
     log_level: str = "info",
     collect: bool = True,
-    images: bool = False,
 ) -> ContainerdProcess:
     """Start a containerd with its config, root, state and log (`containerd.log`) under
-    `workdir`, and wait until it serves. Start it on an empty `workdir` for a fresh store.
-    `images` serves the Images service too."""
+    `workdir`, and wait until it serves. Start it on an empty `workdir` for a fresh store."""
     executable = shutil.which(binary)
     if executable is None:
         raise ServerStartError(f"{binary} not found on PATH")
@@ -300,7 +280,6 @@ def start_containerd(
             socket,
             socket_dir / "containerd.sock.ttrpc",
             collect=collect,
-            images=images,
         )
     )
     log_path = workdir / "containerd.log"
