@@ -85,6 +85,31 @@ def parse_table(output: bytes) -> list[dict[str, str]]:
     return [dict(zip(header, cells(line), strict=True)) for line in lines[1:]]
 
 
+def parse_aligned_table(output: bytes, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a table ctr pads with spaces (`images ls`, `leases ls`), each mapping
+    column header to cell. Headers (`CREATED AT`) and cells (`3.0 MiB`) hold spaces there,
+    so each cell is cut where its column's header starts: ctr's tabwriter left-aligns every
+    cell of a column at one offset. `columns` are the headers, in order."""
+    lines = output.decode().splitlines()
+    if not lines:
+        return []
+    header = lines[0]
+    starts: list[int] = []
+    for name in columns:
+        start = header.find(name, starts[-1] + 1 if starts else 0)
+        if start < 0:
+            raise ValueError(f"no column {name!r} in header {header!r}")
+        starts.append(start)
+    ends = [*starts[1:], None]
+    return [
+        {
+            name: line[start:end].strip()
+            for name, start, end in zip(columns, starts, ends, strict=True)
+        }
+        for line in lines[1:]
+    ]
+
+
 def table(ctr: Ctr, *args: str) -> list[dict[str, str]]:
     """The rows of the table `ctr <args>` prints, parsed by `parse_table`."""
     return parse_table(ctr.run(*args))
