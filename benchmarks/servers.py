@@ -2,12 +2,12 @@
 
 The two compared come from the test support helpers: `contentd serve` as a subprocess
 (`support.daemon.start_daemon`) and a private containerd with only its content plugins
-(`support.containerd.start_containerd`, garbage collector on, so workloads label what they
-keep with `containerd.io/gc.root`). A third, `null_server.py`, stores nothing: the
-small-blob workload measures it as a reference, outside the comparison. A server's root
-lives in a directory of the benchmark's own; stopping and starting it again keeps its
-content, so each workload runs on a fresh process of a store that holds what earlier
-workloads wrote.
+(`support.containerd.start_containerd`), both with their garbage collectors on, as they
+run by default, so workloads label what they keep with `containerd.io/gc.root`. A third,
+`null_server.py`, stores nothing: the small-blob workload measures it as a reference,
+outside the comparison. A server's root lives in a directory of the benchmark's own;
+stopping and starting it again keeps its content, so each workload runs on a fresh
+process of a store that holds what earlier workloads wrote.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Contentd(Server):
         self._last_log = ""
 
     def start(self) -> Running:
-        self._daemon = start_daemon(self.workdir / "root", timeout=START_TIMEOUT)
+        self._daemon = start_daemon(self.workdir / "root", timeout=START_TIMEOUT, collect=True)
         return Running(self.name, self._daemon.address, self._daemon.process.pid)
 
     def stop(self) -> None:

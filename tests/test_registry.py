@@ -692,6 +692,36 @@ def test_a_body_that_fails_to_decode_is_400_blob_upload_invalid(
     assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
 
 
+def test_a_collection_keeps_what_manifests_name_and_frees_what_repositories_dropped(
+    tmp_path: Path,
+) -> None:
+    daemon = start_daemon(tmp_path, "--http", "127.0.0.1:0")
+    try:
+        registry = client_for(daemon)
+        tagged = push_image(registry, "gc/app", "v1")
+        untagged = push_image(registry, "gc/app", None)
+        # Taken out of the repository, but its tagged manifest still names it.
+        layer = digest_of(tagged.layer)
+        assert registry.delete(f"/v2/gc/app/blobs/{layer}").status == 202
+        dropped = registry.push_blob("gc/app", os.urandom(100))
+        assert registry.delete(f"/v2/gc/app/blobs/{dropped}").status == 202
+        with RemoteStore(daemon.address, namespace="default") as store:
+            labels = dict(store.info(tagged.digest).labels)
+            assert labels == {
+                "containerd.io/gc.ref.content.config": digest_of(tagged.config),
+                "containerd.io/gc.ref.content.l.0": layer,
+            }
+            report = store.collect()
+            assert (report.content, report.blobs) == (1, 1)
+            with pytest.raises(NotFound):
+                store.info(dropped)
+            for kept in (tagged.digest, layer, untagged.digest, digest_of(untagged.layer)):
+                assert store.info(kept).size > 0
+        assert registry.get("/v2/gc/app/manifests/v1").body == tagged.manifest
+    finally:
+        daemon.stop()
+
+
 # The same store over gRPC
 
 

@@ -11,7 +11,6 @@ digest: GET, HEAD, PUT and DELETE.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from contentd.content import Referrer, validate_digest
+from contentd.content import REF_CONTENT, Referrer, validate_digest
 from contentd.errdefs import AlreadyExists, ContentdError, InvalidArgument, NotFound
 
 from .context import ResourceHandler
@@ -59,6 +58,19 @@ class Manifest:
     #: What a referrer is (its artifactType, else its config's media type).
     artifact_type: str = ""
     annotations: dict[str, str] | None = None
+
+    def reference_labels(self) -> dict[str, str]:
+        """The labels that keep what this manifest names from garbage collection.
+
+        containerd's fetch writes the same ones: its config, its layers by
+        index, an index's manifests by index.
+        """
+        labels = {f"{REF_CONTENT}.m.{i}": digest for i, digest in enumerate(self.manifests)}
+        if self.blobs and self.media_type in IMAGE_MANIFESTS:
+            config, *layers = self.blobs
+            labels[f"{REF_CONTENT}.config"] = config
+            labels.update({f"{REF_CONTENT}.l.{i}": digest for i, digest in enumerate(layers)})
+        return labels
 
 
 def _invalid(message: str) -> ContentdError:
@@ -245,10 +257,21 @@ class ManifestHandler(ResourceHandler):
                     "MANIFEST_BLOB_UNKNOWN",
                     digest=needed,
                 )
-        with contextlib.suppress(AlreadyExists):
+        # Labelled as containerd labels what it fetches, so a collection keeps what a
+        # manifest names for as long as the manifest is kept.
+        labels = manifest.reference_labels()
+        try:
             await self._run(
-                self._store.put, upload_ref(name, new_session_id()), body, expected=digest
+                self._store.put,
+                upload_ref(name, new_session_id()),
+                body,
+                expected=digest,
+                labels=labels,
             )
+        except AlreadyExists:
+            if labels:
+                paths = [f"labels.{key}" for key in labels]
+                await self._run(self._store.update, digest, labels, paths)
         referrer = None
         if manifest.subject is not None:
             descriptor: dict[str, Any] = {
