@@ -275,6 +275,29 @@ def test_status_of_each_ingest_is_as_recorded(store: LocalStore, namespace: str)
         assert view.status(ref) == status
 
 
+def test_a_collection_keeps_everything_stored_before_collections_existed(
+    fresh_root: Path,
+) -> None:
+    # No lease, image or root label names most of these blobs; the upgrade's lease does.
+    with open_store(fresh_root) as store:
+        report = store.collect()
+        assert (report.content, report.blobs) == (0, 0)
+        for namespace in NAMESPACES:
+            view = store.with_namespace(namespace)
+            assert listed_infos(view) == recorded_infos(namespace)
+            assert listed_statuses(view) == recorded_statuses(namespace)
+            held = {r.id for r in view.leases.resources("contentd.stored-before-gc")}
+            assert held == set(recorded_infos(namespace))
+
+
+def test_deleting_the_upgrades_lease_lets_unkept_blobs_go(fresh_root: Path) -> None:
+    with open_store(fresh_root, "team") as team:
+        team.leases.delete("contentd.stored-before-gc", sync=True)
+        # What the registry's repositories hold in "default" stays; "team" has none.
+        assert list(team.walk()) == []
+        assert listed_infos(team.with_namespace("default")) == recorded_infos("default")
+
+
 def test_a_half_written_ingest_resumes_at_its_offset_and_commits(fresh_root: Path) -> None:
     recorded = recorded_ingest("team", "team/partial")
     data = blob_bytes(recorded["blob"])
