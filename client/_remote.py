@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
@@ -18,7 +18,6 @@ from google.protobuf import field_mask_pb2
 from contentd.content import (
     DEFAULT_LEASE_EXPIRY,
     DEFAULT_NAMESPACE,
-    EXPIRE_LABEL,
     Closing,
     CollectionReport,
     Info,
@@ -28,6 +27,7 @@ from contentd.content import (
     Status,
     Writer,
     check_commit,
+    leased,
     validate_namespace,
 )
 from contentd.errdefs import (
@@ -217,20 +217,10 @@ class RemoteStore(Closing):
         expire: timedelta | None = DEFAULT_LEASE_EXPIRY,
         labels: Mapping[str, str] | None = None,
     ) -> Iterator[RemoteStore]:
-        """A new lease for the block, and a view writing under it; the lease goes after.
-
-        As containerd's `client.WithLease` does: what is written meanwhile is
-        kept from collection until the lease goes, and `expire` bounds its
-        life should this process die first (None: no bound).
-        """
-        given = dict(labels or {})
-        if expire is not None:
-            given[EXPIRE_LABEL] = (datetime.now(UTC) + expire).isoformat(timespec="seconds")
-        created = self.leases.create(labels=given)
-        try:
-            yield self.with_lease(created.id)
-        finally:
-            self.leases.delete(created.id)
+        """A new lease for the block, and a view writing under it, as containerd's
+        `client.WithLease` does (see `contentd.content.leased`)."""
+        with leased(self, expire, labels) as view:
+            yield view
 
     @property
     def leases(self) -> RemoteLeases:

@@ -34,12 +34,14 @@ from ._images import Image, StoreImages
 from ._ingest import Backoff, is_ref_locked, open_writer, write_blob
 from ._leases import (
     CONTENT,
+    DEFAULT_LEASE_EXPIRY,
     EXPIRE_LABEL,
     FLAT_LABEL,
     INGESTS,
     Lease,
     LeaseResource,
     StoreLeases,
+    leased,
     new_lease_id,
 )
 from ._local import LocalStore, default_root, open_store
@@ -48,7 +50,6 @@ from ._reader import BlobReader, SeekableBlob
 from ._records import ContentRecord, Descriptor, ImageRecord, IngestRecord, LeaseRecord, Referrer
 from ._repositories import RepositoryIndex
 from ._rules import (
-    DEFAULT_LEASE_EXPIRY,
     DEFAULT_NAMESPACE,
     BackedStore,
     BackedWriter,
@@ -162,6 +163,7 @@ __all__ = [
     "default_root",
     "digest_of",
     "is_ref_locked",
+    "leased",
     "new_lease_id",
     "open_store",
     "open_writer",

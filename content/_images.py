@@ -19,7 +19,7 @@ from . import filters
 from ._backends import MetadataBackend
 from ._records import Descriptor, ImageRecord
 from ._types import datetime_from_ns
-from ._validate import MAX_LABEL_BYTES, validate_digest
+from ._validate import validate_digest, validate_labels
 
 #: The longest image name accepted, in UTF-8 bytes (containerd sets none).
 MAX_NAME_BYTES: Final = 4096
@@ -67,13 +67,8 @@ def _require_name(name: str) -> str:
 
 
 def _validate(image: Image) -> None:
-    """containerd's checks of a stored image, in its order and words."""
-    for key, value in image.labels.items():
-        if len(key.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
-            raise InvalidArgument(
-                "image.Labels: label key and value greater than maximum size "
-                f"({MAX_LABEL_BYTES} bytes), key: {key[:10]}"
-            )
+    """containerd's checks of a stored image, in its order (its words for the target's)."""
+    validate_labels(image.labels)
     target = image.target
     try:
         validate_digest(target.digest)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from contentd.errdefs import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 
@@ -25,6 +26,11 @@ from ._backends import MetadataBackend, MetadataTransaction
 from ._records import LeaseRecord
 from ._types import datetime_from_ns
 from ._validate import validate_digest, validate_labels
+
+if TYPE_CHECKING:
+    from ._types import MetadataStore
+
+_Store = TypeVar("_Store", bound="MetadataStore")
 
 #: The lease label that says when it expires: RFC 3339, as containerd writes it.
 EXPIRE_LABEL: Final = "containerd.io/gc.expire"
@@ -37,6 +43,9 @@ SNAPSHOTS: Final = "snapshots"
 #: How long an ingest written under no lease lives after its writer last opened it
 #: (containerd's 24 h), in nanoseconds.
 INGEST_EXPIRY_NS: Final = 24 * 3600 * 1_000_000_000
+#: How long a lease taken for a block (`leased`) lives should its taker die first: a day,
+#: as containerd's clients take theirs.
+DEFAULT_LEASE_EXPIRY: Final = timedelta(hours=24)
 #: The longest lease id or resource id accepted, in UTF-8 bytes (containerd sets none).
 MAX_ID_BYTES: Final = 4096
 
@@ -215,3 +224,24 @@ class StoreLeases:
                 raise NotFound(f'lease "{lease_id}"')
             held = tx.lease_resources(self._namespace, lease_id)
         return [LeaseResource(resource_id, kind) for kind, resource_id in held]
+
+
+@contextlib.contextmanager
+def leased(
+    store: _Store, expire: timedelta | None, labels: Mapping[str, str] | None
+) -> Iterator[_Store]:
+    """A new lease for a with-block, and `store` writing under it; the lease goes after.
+
+    What is written meanwhile is kept from collection until then (and for as
+    long as something else keeps it: an image, a root label, a reference).
+    `expire` bounds the lease's life should this process die first (None:
+    no bound), as containerd's clients do.
+    """
+    given = dict(labels or {})
+    if expire is not None:
+        given[EXPIRE_LABEL] = (datetime.now(UTC) + expire).isoformat(timespec="seconds")
+    created = store.leases.create(labels=given)
+    try:
+        yield store.with_lease(created.id)
+    finally:
+        store.leases.delete(created.id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from contentd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 from ._backends import MetadataBackend
-from ._validate import MAX_LABEL_BYTES, validate_namespace
+from ._validate import validate_labels, validate_namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +26,7 @@ class Namespace:
 
 
 def _checked_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    for key, value in labels.items():
-        if len(key.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
-            raise InvalidArgument(
-                "namespace.Labels: label key and value greater than maximum size "
-                f"({MAX_LABEL_BYTES} bytes), key: {key[:10]}"
-            )
-    return {key: value for key, value in labels.items() if value}
+    return {key: value for key, value in validate_labels(labels).items() if value}
 
 
 class StoreNamespaces:

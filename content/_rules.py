@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from contentd.errdefs import (
@@ -59,10 +59,11 @@ from ._gc import CollectionReport, claim_ingest, collect, end_ingest
 from ._images import StoreImages
 from ._leases import (
     CONTENT,
-    EXPIRE_LABEL,
+    DEFAULT_LEASE_EXPIRY,
     INGEST_EXPIRY_NS,
     INGESTS,
     StoreLeases,
+    leased,
     require_lease,
 )
 from ._namespaces import StoreNamespaces
@@ -82,8 +83,6 @@ from ._validate import (
 
 #: Namespace used when none is given, as in containerd's clients.
 DEFAULT_NAMESPACE = "default"
-#: How long a lease taken with `lease()` lives should its taker die (containerd's clients').
-DEFAULT_LEASE_EXPIRY = timedelta(hours=24)
 _PAGE = 1000
 _log = logging.getLogger("contentd.store")
 
@@ -222,21 +221,9 @@ class BackedStore(Closing):
         expire: timedelta | None = DEFAULT_LEASE_EXPIRY,
         labels: Mapping[str, str] | None = None,
     ) -> Iterator[Self]:
-        """A new lease for the block, and a view writing under it; the lease goes after.
-
-        What is written meanwhile is kept from collection until then (and for
-        as long as something else keeps it: an image, a root label, a
-        reference). `expire` bounds the lease's life should this process die
-        first (None: no bound), as containerd's clients do.
-        """
-        given = dict(labels or {})
-        if expire is not None:
-            given[EXPIRE_LABEL] = (datetime.now(UTC) + expire).isoformat(timespec="seconds")
-        created = self.leases.create(labels=given)
-        try:
-            yield self.with_lease(created.id)
-        finally:
-            self.leases.delete(created.id)
+        """A new lease for the block, and a view writing under it (see `leased`)."""
+        with leased(self, expire, labels) as view:
+            yield view
 
     @property
     def leases(self) -> StoreLeases:
