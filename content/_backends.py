@@ -108,6 +108,14 @@ class BlobBackend(Protocol):
         """
         ...
 
+    def make_durable(self, digest: str, tx: MetadataTransaction) -> None:
+        """Have blob `digest`'s publication durable before `tx` commits.
+
+        For a blob a writer published and died before recording: whoever
+        records it must not record bytes a power cut could still take.
+        """
+        ...
+
     def set_aside(self, digest: str) -> str | None:
         """Take blob `digest` out of sight, inside the transaction deleting it; a token.
 

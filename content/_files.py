@@ -180,8 +180,12 @@ class FileBlobs:
             return False
         with translate_os_errors(f"committing {digest}"):
             os.rename(self.ingest_path(key), target)
-        tx.before_commit(target.parent, partial(fsync_directory, target.parent))
+        self.make_durable(digest, tx)
         return True
+
+    def make_durable(self, digest: str, tx: MetadataTransaction) -> None:
+        directory = self.blob_path(digest).parent
+        tx.before_commit(directory, partial(fsync_directory, directory))
 
     def set_aside(self, digest: str) -> str | None:
         algorithm, encoded = split_digest(digest)

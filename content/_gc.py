@@ -210,14 +210,24 @@ class _Namespace:
         return reached
 
 
+def _referenced(tx: MetadataTransaction) -> set[str]:
+    """Every digest a namespace records, or an ingest starts from, as the sweep left them."""
+    referenced = {ingest.base for ingest in tx.all_ingests() if ingest.base is not None}
+    after = ""
+    while True:
+        page = tx.recorded_blobs(after, _PAGE)
+        referenced.update(digest for digest, _ in page)
+        if len(page) < _PAGE:
+            return referenced
+        after = page[-1][0]
+
+
 def _free_bytes(
     backends: Backends, tx: MetadataTransaction, candidates: set[str], sweep: _Sweep, dry_run: bool
 ) -> None:
     """Set aside the bytes of candidates nothing references any more (and of unrecorded blobs)."""
-    candidates = candidates | set(backends.blobs.digests())
-    for digest in sorted(candidates):
-        if tx.blob_referenced(digest):
-            continue
+    unreferenced = (candidates | set(backends.blobs.digests())) - _referenced(tx)
+    for digest in sorted(unreferenced):
         size = backends.blobs.stat(digest)
         if size is None:
             continue

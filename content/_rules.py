@@ -186,13 +186,17 @@ class BackedStore(Closing):
         """The namespace this view reads and writes."""
         return self._namespace
 
-    def with_namespace(self, namespace: str) -> Self:
-        """The same store as `namespace` sees it (writes under no lease)."""
+    def _view(self, namespace: str, lease: str | None) -> Self:
+        """This store (its backends shared) as `namespace` sees it, writing under `lease`."""
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
-        view._namespace = validate_namespace(namespace)
-        view._lease = None
+        view._namespace = namespace
+        view._lease = lease
         return view
+
+    def with_namespace(self, namespace: str) -> Self:
+        """The same store as `namespace` sees it (writes under no lease)."""
+        return self._view(validate_namespace(namespace), None)
 
     def with_lease(self, lease: str | None) -> Self:
         """The same store, its writes made under `lease` (None: under none).
@@ -204,10 +208,7 @@ class BackedStore(Closing):
         off the lease too. Writes under no lease make ingests that expire a
         day after their writer last opened them.
         """
-        view = object.__new__(type(self))
-        view.__dict__.update(self.__dict__)
-        view._lease = lease
-        return view
+        return self._view(self._namespace, lease)
 
     @property
     def lease_id(self) -> str | None:
@@ -732,6 +733,7 @@ class BackedStore(Closing):
                 now = time.time_ns()
                 tx.insert_content(namespace, ContentRecord(digest, size, now, now, labels))
             tx.delete_ingest(namespace, ref)
+            self._blobs.make_durable(digest, tx)
         self._blobs.remove_ingest(key)
         _log.warning("finished the interrupted commit of %s in %s", digest, namespace)
         return True

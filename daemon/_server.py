@@ -21,7 +21,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from contentd.content import Changes
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 from contentd.proto import content_pb2, gc_pb2, images_pb2, leases_pb2, namespace_pb2
 from contentd.proto.wire import (
@@ -34,7 +33,7 @@ from contentd.proto.wire import (
 )
 
 from ._boundary import add_service
-from ._collection import CollectionPolicy, Collections
+from ._collection import CollectedStore, CollectionPolicy, Collections
 from ._gc import GCService
 from ._images import ImagesService
 from ._leases import LeasesService
@@ -63,12 +62,9 @@ SOCKET_MODE = 0o660
 _log = logging.getLogger("contentd.daemon")
 
 
-class ServedStore(ListedStore, RegistryStore, Protocol):
+class ServedStore(ListedStore, RegistryStore, CollectedStore, Protocol):
     """What the daemon serves: a Store that lists its stored records, keeps containerd's
     metadata and the registry's repositories, and tells its collector of its changes."""
-
-    @property
-    def changes(self) -> Changes: ...
 
 
 @dataclass(frozen=True)
