@@ -127,10 +127,12 @@ class _Settings:
         as_json: bool,
         timeout: float,
         tls: TLSConfig | None = None,
+        cluster: tuple[str, str] | None = None,
     ) -> None:
         self.address = address
         self.tls = tls
         self.root = root
+        self.cluster = cluster
         self.namespace = namespace
         self.json = as_json
         self.timeout = timeout
@@ -140,6 +142,9 @@ class _Settings:
         if self._store is None:
             if self.root is not None:
                 self._store = open_store(self.root, self.namespace)
+            elif self.cluster is not None:
+                blobs, metadata = self.cluster
+                self._store = open_store(blobs=blobs, metadata=metadata, namespace=self.namespace)
             else:
                 remote = RemoteStore(
                     self.address or default_address(),
@@ -168,6 +173,18 @@ class _Settings:
     envvar="CONTENTD_ROOT",
     type=click.Path(file_okay=False, path_type=Path),
     help="Work on this store directory directly, without a daemon.",
+)
+@click.option(
+    "--blobs",
+    envvar="CONTENTD_BLOBS",
+    metavar="URL",
+    help="With --metadata, work on a cluster store directly: its s3:// object storage.",
+)
+@click.option(
+    "--metadata",
+    envvar="CONTENTD_METADATA",
+    metavar="URL",
+    help="With --blobs, work on a cluster store directly: its postgresql:// database.",
 )
 @click.option(
     "-n",
@@ -209,6 +226,8 @@ def main(
     *,
     address: str | None,
     root: Path | None,
+    blobs: str | None,
+    metadata: str | None,
     namespace: str,
     as_json: bool,
     timeout: float,
@@ -222,16 +241,19 @@ def main(
     (--root), the same way; errors print one line and exit with a status
     that names their class (see the README).
     """
-    if address and root:
-        raise click.UsageError("give --address or --root, not both")
+    if (blobs is None) != (metadata is None):
+        raise click.UsageError("give --blobs and --metadata together")
+    cluster = (blobs, metadata) if blobs is not None and metadata is not None else None
+    if sum(1 for given in (address, root, cluster) if given) > 1:
+        raise click.UsageError("give one of --address, --root or --blobs with --metadata")
     tls = None
     if tls_ca or tls_cert or tls_key:
-        if root:
+        if root or cluster:
             raise click.UsageError("--tls-* options are for a daemon (--address), not --root")
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("give --tls-cert and --tls-key together")
         tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
-    settings = _Settings(address, root, namespace, as_json, timeout, tls)
+    settings = _Settings(address, root, namespace, as_json, timeout, tls, cluster)
     ctx.obj = settings
     ctx.call_on_close(settings.close)
 

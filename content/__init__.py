@@ -28,6 +28,7 @@ from ._backends import (
     MetadataTransaction,
     RefLock,
 )
+from ._cluster import ClusterStore
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._gc import REF_CONTENT, ROOT_LABEL, CollectionReport
 from ._images import Image, StoreImages
@@ -123,6 +124,7 @@ __all__ = [
     "BlobState",
     "Changes",
     "Closing",
+    "ClusterStore",
     "CollectionReport",
     "ContentRecord",
     "Descriptor",

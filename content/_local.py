@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
+from contentd.errdefs import InvalidArgument
+
+from ._cluster import ClusterStore
 from ._files import FileBlobs
 from ._fs import translate_os_errors
 from ._locks import FileLocks
@@ -28,18 +32,51 @@ def default_root() -> Path:
     return Path(data_home) / "contentd"
 
 
+@overload
 def open_store(
     root: str | os.PathLike[str],
     namespace: str = DEFAULT_NAMESPACE,
     *,
     busy_timeout: float = BUSY_TIMEOUT,
-) -> LocalStore:
-    """Open the store at `root` (created if missing) as `namespace` sees it.
+) -> LocalStore: ...
 
-    `busy_timeout` bounds, in seconds, how long a change waits for another
-    process's metadata transaction before it fails with Unavailable
-    (reason STORE_BUSY).
+
+@overload
+def open_store(
+    root: None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    blobs: str,
+    metadata: str,
+    busy_timeout: float = BUSY_TIMEOUT,
+) -> ClusterStore: ...
+
+
+def open_store(
+    root: str | os.PathLike[str] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    blobs: str | None = None,
+    metadata: str | None = None,
+    busy_timeout: float = BUSY_TIMEOUT,
+) -> LocalStore | ClusterStore:
+    """Open a store as `namespace` sees it: a directory, or a cluster's object storage and database.
+
+    `root` names a store directory (created if missing). Instead, `blobs`
+    (an ``s3://BUCKET[/PREFIX]`` URL) and `metadata` (a ``postgresql://`` URL)
+    name a store that any number of processes on any number of hosts share
+    (`ClusterStore`). `busy_timeout` bounds, in seconds, how long a change
+    waits for another process's metadata transaction before it fails with
+    Unavailable (reason STORE_BUSY).
     """
+    if blobs is not None or metadata is not None:
+        if root is not None:
+            raise InvalidArgument("open a store directory or a cluster store, not both")
+        if blobs is None or metadata is None:
+            raise InvalidArgument("a cluster store needs both blobs and metadata URLs")
+        return ClusterStore(blobs, metadata, namespace, busy_timeout=busy_timeout)
+    if root is None:
+        raise InvalidArgument("open_store needs a store directory, or blobs and metadata URLs")
     return LocalStore(root, namespace, busy_timeout=busy_timeout)
 
 

@@ -15,6 +15,7 @@ import click
 from contentd.content import (
     BUSY_TIMEOUT,
     DEFAULT_NAMESPACE,
+    BackedStore,
     default_root,
     open_store,
     validate_namespace,
@@ -87,7 +88,22 @@ def _http_options(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Store directory [default: $XDG_DATA_HOME/contentd, else ~/.local/share/contentd].",
+    help="Store directory, or with --blobs and --metadata where the default socket goes "
+    "[default: $XDG_DATA_HOME/contentd, else ~/.local/share/contentd].",
+)
+@click.option(
+    "--blobs",
+    envvar="CONTENTD_BLOBS",
+    metavar="URL",
+    help="Keep blob bytes in object storage: s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME] "
+    "(with --metadata; any number of daemons may serve one such store).",
+)
+@click.option(
+    "--metadata",
+    envvar="CONTENTD_METADATA",
+    metavar="URL",
+    help="Keep records and writer locks in PostgreSQL: postgresql://[USER@]HOST[:PORT]/DB"
+    "[?schema=NAME] (with --blobs).",
 )
 @click.option(
     "--address",
@@ -236,6 +252,8 @@ def serve(
     ctx: click.Context,
     *,
     root: Path | None,
+    blobs: str | None,
+    metadata: str | None,
     addresses: tuple[str, ...],
     socket_group: str | None,
     tls_cert: Path | None,
@@ -275,6 +293,10 @@ def serve(
     # `contentd --root DIR serve` names the store with the global option.
     parent = ctx.parent.params if ctx.parent is not None else {}
     root = root or parent.get("root") or default_root()
+    blobs = blobs or parent.get("blobs")
+    metadata = metadata or parent.get("metadata")
+    if (blobs is None) != (metadata is None):
+        raise click.UsageError("give --blobs and --metadata together")
     addresses = addresses or (default_address(root),)
     options = ServerOptions(
         addresses=addresses,
@@ -306,7 +328,11 @@ def serve(
         ),
     )
     try:
-        store = open_store(root, busy_timeout=store_busy_timeout)
+        store: BackedStore = (
+            open_store(blobs=blobs, metadata=metadata, busy_timeout=store_busy_timeout)
+            if blobs is not None and metadata is not None
+            else open_store(root, busy_timeout=store_busy_timeout)
+        )
         daemon = Daemon(store, options)
     except ContentdError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -281,7 +281,42 @@ def test_address_and_root_together_are_a_usage_error(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert b"--address or --root" in result.stderr
+    assert b"one of --address, --root or --blobs with --metadata" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--blobs", "s3://bucket"],
+        ["--metadata", "postgresql://host/db"],
+        ["--root", "ROOT", "--blobs", "s3://bucket", "--metadata", "postgresql://host/db"],
+    ],
+)
+def test_cluster_options_must_come_together_and_alone(tmp_path: Path, options: list[str]) -> None:
+    options = [str(tmp_path) if option == "ROOT" else option for option in options]
+    result = subprocess.run(
+        [*contentd_command(), *options, "ls"], capture_output=True, check=False, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--blobs" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_cluster_urls_of_the_wrong_kind_are_invalid(tmp_path: Path) -> None:
+    secret = "postgresql://user:hunter2@127.0.0.1:1/db"
+    for blobs, metadata, said in [
+        ("http://127.0.0.1:1/bucket", secret, "s3://"),
+        ("s3://bucket", "mysql://user:hunter2@host/db", "postgresql://"),
+    ]:
+        result = subprocess.run(
+            [*contentd_command(), "--blobs", blobs, "--metadata", metadata, "ls"],
+            capture_output=True,
+            check=False,
+            text=True,
+        )
+        assert result.returncode != 0
+        assert said in result.stderr
+        assert "hunter2" not in result.stderr
 
 
 def test_unreachable_daemon_is_unavailable(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
     python store_actor.py hold ROOT NAMESPACE REF          write a little, hold the lock, wait
     python store_actor.py race ROOT NAMESPACE REF GO SIZE  wait for file GO, ingest SIZE bytes
+    python store_actor.py race-daemon ADDRESS NAMESPACE REF GO SIZE   the same through a daemon,
+                                                           with write_blob's waiting and retries
     python store_actor.py crash ROOT NAMESPACE REF POINT   commit, dying (SIGKILL) at POINT
     python store_actor.py crash-put ROOT NAMESPACE REF POINT   the same through put()
     python store_actor.py crash-delete ROOT NAMESPACE DIGEST   delete, dying once bytes moved aside
@@ -91,6 +93,18 @@ def race(root: str, namespace: str, ref: str, go: str, size: str) -> None:
         print("committed")
 
 
+def race_daemon(address: str, namespace: str, ref: str, go: str, size: str) -> None:
+    from contentd.client import RemoteStore, write_blob  # noqa: PLC0415 (loads gRPC)
+
+    data = content(int(size))
+    with RemoteStore(address, namespace) as store:
+        store.wait_ready(timeout=10)
+        while not os.path.exists(go):
+            time.sleep(0.001)
+        digest = write_blob(store, ref, data, len(data), digest_of(data), timeout=120)
+    print(f"stored {digest}")
+
+
 def _arm(point: str) -> None:
     if point == "after-fsync":
         _files.os.fdatasync = _after(os.fdatasync)  # type: ignore[attr-defined]
@@ -157,6 +171,7 @@ if __name__ == "__main__":
     {
         "hold": hold,
         "race": race,
+        "race-daemon": race_daemon,
         "crash": crash,
         "crash-put": crash_put,
         "crash-delete": crash_delete,

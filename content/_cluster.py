@@ -1,0 +1,84 @@
+"""ClusterStore: the store's rules on object storage and PostgreSQL, shared by many daemons.
+
+The rules (`_rules`) wired to S3-compatible object storage for the bytes
+(`_s3`) and a PostgreSQL schema for the records and writer locks
+(`_postgres`). Nothing lives on the daemon's own disk, so every daemon (on
+any host) that opens the same bucket and schema serves one store, and one
+that dies leaves nothing another cannot finish: its locks go with its
+database connection, and its ingests resume from what object storage holds.
+
+The engines need the `cluster` extra (``pip install 'contentd[cluster]'``);
+they are imported only when a cluster store is opened, so a local store
+never loads them.
+"""
+
+from __future__ import annotations
+
+from contentd.errdefs import FailedPrecondition, InvalidArgument
+
+from ._rules import DEFAULT_NAMESPACE, BackedStore, Backends
+from ._sqlite import BUSY_TIMEOUT
+
+#: URL schemes each part of a cluster store is given by.
+BLOB_SCHEMES = ("s3",)
+METADATA_SCHEMES = ("postgresql", "postgres")
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def check_cluster_urls(blobs: str, metadata: str) -> None:
+    """InvalidArgument unless `blobs` is an s3:// URL and `metadata` a postgresql:// one.
+
+    The message names the flag's meaning, never the URL: it may hold a password.
+    """
+    if _scheme(blobs) not in BLOB_SCHEMES:
+        raise InvalidArgument("blobs: give an s3://BUCKET[/PREFIX] URL")
+    if _scheme(metadata) not in METADATA_SCHEMES:
+        raise InvalidArgument("metadata: give a postgresql:// URL")
+
+
+class ClusterStore(BackedStore):
+    """The content store in object storage and PostgreSQL, as one namespace sees it.
+
+    `blobs` is ``s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]`` (credentials
+    from the AWS SDK's usual environment variables and files); `metadata` is a
+    libpq URL, ``postgresql://[USER@]HOST[:PORT]/DATABASE[?schema=NAME]``
+    (passwords from libpq's PGPASSWORD or ~/.pgpass as well). Opening applies
+    the schema's migrations and repairs what dead writers left, as a local
+    store does; views from `with_namespace` share this one's connections.
+    """
+
+    def __init__(
+        self,
+        blobs: str,
+        metadata: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
+        check_cluster_urls(blobs, metadata)
+        try:
+            from ._postgres import PostgresLocks, PostgresMetadata  # noqa: PLC0415
+            from ._s3 import S3Blobs  # noqa: PLC0415
+        except ImportError as exc:
+            if (exc.name or "").startswith("contentd"):
+                raise
+            raise FailedPrecondition(
+                "a cluster store needs the engines' clients: pip install 'contentd[cluster]'"
+                f" ({exc.name} is missing)"
+            ) from None
+        object_storage = S3Blobs.from_url(blobs)
+        try:
+            records = PostgresMetadata.from_url(metadata, busy_timeout=busy_timeout)
+            try:
+                locks = PostgresLocks.from_url(metadata)
+            except BaseException:
+                records.close()
+                raise
+        except BaseException:
+            object_storage.close()
+            raise
+        super().__init__(Backends(object_storage, records, locks), namespace)
+        self.repair()
