@@ -299,7 +299,8 @@ class _Connection(psycopg.Connection[tuple[Any, ...]]):
         except psycopg.Error as exc:
             # The server's SQLSTATE (a wrong password's 28P01) is safe to keep; the words are not.
             code = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-            raise psycopg.OperationalError(f"cannot connect to the database{code}") from None
+        # Raised out here, the error keeps no trace of libpq's (not even as its context).
+        raise psycopg.OperationalError(f"cannot connect to the database{code}")
 
     def __repr__(self) -> str:
         status = "closed" if self.closed else self.info.transaction_status.name
