@@ -257,14 +257,15 @@ def translated(exc: BaseException, doing: str, busy_timeout: float) -> BaseExcep
 
     A lock wait past the busy bound is Unavailable (STORE_BUSY); a database
     that cannot be reached, restarts or drops the connection is Unavailable
-    (STORE_IO_ERROR), as a failing disk is for the local store; a full disk
-    is ResourceExhausted; damaged data is DataLoss. Anything else (a
+    (STORE_IO_ERROR), as a failing disk is for the local store, and so is
+    whatever else the server calls operational (out of memory, a deadlock);
+    a full disk is ResourceExhausted; damaged data is DataLoss. Anything else (a
     constraint, a bad statement) is a bug and stays unclassified, as it does
     for SQLite.
     """
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return busy(doing, busy_timeout)
-    if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
+    if isinstance(exc, psycopg.errors.DiskFull):
         return ResourceExhausted(f"{doing}: no space left for metadata")
     if isinstance(exc, psycopg.errors.DataCorrupted | psycopg.errors.IndexCorrupted):
         return DataLoss(f"{doing}: the metadata database is damaged")
@@ -1225,7 +1226,11 @@ class PostgresLocks:
         self._closed = False
         with self._translate("opening the lock database"):
             session = self._current()
-            migrate(session.connection, self._schema)
+            try:
+                migrate(session.connection, self._schema)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresLocks:
