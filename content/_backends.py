@@ -451,3 +451,7 @@ class LockBackend(Protocol):
         lock with no ingest record was left by a writer that died.
         """
         ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds open (a connection), and of every lock held with it."""
+        ...

@@ -198,6 +198,9 @@ class FileLocks:
             found[entry.name.removesuffix(self.SUFFIX)] = noted
         return found
 
+    def close(self) -> None:
+        """Nothing to close: each lock owns its descriptor."""
+
 
 if TYPE_CHECKING:
     from ._backends import LockBackend, RefLock

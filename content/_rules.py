@@ -150,6 +150,7 @@ class Backends:
     def close(self) -> None:
         self.metadata.close()
         self.blobs.close()
+        self.locks.close()
 
 
 @dataclass
