@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support.daemon import DaemonProcess
 from support.grpc_client import connect
+from support.seaweedfs import SeaweedFS, running_seaweedfs
 
 from contentd.proto import content_pb2_grpc
 
@@ -41,3 +42,18 @@ def stub(channel: grpc.Channel) -> content_pb2_grpc.ContentStub:
 def ns() -> str:
     """A namespace no other test uses."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server for the session, started on first use; see support.seaweedfs."""
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _object_storage_for_the_s3_kind(request: pytest.FixtureRequest) -> None:
+    """Tests parametrised over backend kinds get the S3 server when their kind is "s3"."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("kind") == "s3":
+        request.getfixturevalue("seaweedfs")
