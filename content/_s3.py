@@ -281,17 +281,13 @@ class S3Blobs:
     def _trash_key(self, token: str) -> str:
         return f"{self.prefix}trash/{token}"
 
-    def _list(self, prefix: str, doing: str, *, delimiter: str = "") -> Iterator[str]:
-        """Keys (or, with `delimiter`, common prefixes) under `prefix`, relative to it."""
+    def _list(self, prefix: str, doing: str) -> Iterator[str]:
+        """Keys under `prefix`, relative to it, a page (a request) at a time."""
         paginator = self._client.get_paginator("list_objects_v2")
         with self.translating(doing):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter=delimiter):
-                if delimiter:
-                    for common in page.get("CommonPrefixes", []):
-                        yield common.get("Prefix", "")[len(prefix) :].rstrip(delimiter)
-                else:
-                    for entry in page.get("Contents", []):
-                        yield entry.get("Key", "")[len(prefix) :]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for entry in page.get("Contents", []):
+                    yield entry.get("Key", "")[len(prefix) :]
 
     def _delete(self, keys: list[str], doing: str) -> None:
         """Delete `keys` (missing ones too) in one request per thousand."""
@@ -536,7 +532,7 @@ class S3Blobs:
         if ingest is not None:
             return ingest.size, ingest.modified_ns
         try:
-            with self.translating(f"reading ingest {key}", _MISSING):
+            with self.translating("reading an ingest", _MISSING):
                 head = self._client.head_object(Bucket=self.bucket, Key=self._manifest_key(key))
         except botocore.exceptions.ClientError:
             return None
@@ -544,7 +540,7 @@ class S3Blobs:
         try:
             return int(metadata["size"]), int(metadata["modified"])
         except (KeyError, ValueError) as exc:
-            raise DataLoss(f"ingest {key}: its state in object storage is damaged") from exc
+            raise DataLoss("an ingest's state in object storage is damaged") from exc
 
     def unseal_ingest(self, key: str) -> None:
         # A seal lives in the process that sealed: a writer that died sealing left none.
@@ -559,15 +555,15 @@ class S3Blobs:
             ingest = self._open.pop(key, None)
         if ingest is not None:
             ingest.forget()
-        manifest = self._read_manifest(key, f"removing ingest {key}")
+        manifest = self._read_manifest(key, "removing an ingest")
         if manifest is None:
             return
         if manifest.upload is not None:
             self._abort(self.data_key(key), manifest.upload)
         if manifest.base or manifest.upload is not None:
-            self._delete([self.data_key(key), self._manifest_key(key)], f"removing ingest {key}")
+            self._delete([self.data_key(key), self._manifest_key(key)], "removing an ingest")
         else:
-            with self.translating(f"removing ingest {key}"):
+            with self.translating("removing an ingest"):
                 self._client.delete_object(Bucket=self.bucket, Key=self._manifest_key(key))
 
     def _read_manifest(self, key: str, what: str) -> _Manifest | None:
@@ -590,7 +586,12 @@ class S3Blobs:
             )
 
     def ingest_keys(self) -> set[str]:
-        keys = set(self._list(f"{self.prefix}ingest/", "listing ingests", delimiter="/"))
+        # By their manifests: some servers (SeaweedFS) list emptied folders as prefixes.
+        keys = {
+            name.removesuffix("/manifest")
+            for name in self._list(f"{self.prefix}ingest/", "listing ingests")
+            if name.endswith("/manifest")
+        }
         with self._guard:
             return keys | self._open.keys() | self._stored.keys()
 
@@ -684,8 +685,13 @@ class S3Ingest:
                 Bucket=self._blobs.bucket, Key=self._blobs.data_key(self._key), Range=byte_range
             )["Body"]
 
-    def _complete_into_base(self) -> None:
-        """Complete the upload at the data key, so its bytes can be read: the new base."""
+    def _complete_into_base(self, *, save: bool = True) -> None:
+        """Complete the upload at the data key, so its bytes can be read: the new base.
+
+        The manifest names the upload, which is gone now: it is saved at once
+        unless `save` is False (a publish, which removes it if it succeeds;
+        if not, a resume finds the upload gone and takes its parts as the base).
+        """
         assert self._upload is not None
         parts: list[CompletedPartTypeDef] = [
             {"PartNumber": number, "ETag": etag} for number, (_, etag) in enumerate(self._parts, 1)
@@ -699,8 +705,9 @@ class S3Ingest:
         )
         self._base = sum(size for size, _ in self._parts)
         self._upload, self._parts = None, []
-        # The upload named by the manifest is gone: the manifest must follow now.
-        self._save(f"reading {self._what}")
+        self._dirty = True
+        if save:
+            self._save(f"reading {self._what}")
 
     def _start_upload(self, doing: str) -> None:
         """Start the multipart upload; a base becomes its first parts (copied server-side)."""
@@ -828,7 +835,7 @@ class S3Ingest:
                     part = self._upload_part(len(self._parts) + 1, bytes(self._buffer), doing)
                     self._parts.append(part)
                     self._buffer = bytearray()
-                self._complete_into_base()
+                self._complete_into_base(save=False)
             published = self._blobs._copy(
                 self._blobs.data_key(self._key), target, self._base, doing
             )

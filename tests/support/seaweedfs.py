@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: What the tests' subprocesses read to reach the server (besides AWS_* credentials).
 ENDPOINT_ENV = "CONTENTD_TEST_S3_ENDPOINT"
 BUCKET_ENV = "CONTENTD_TEST_S3_BUCKET"
-ACCESS_KEY = "contentd-test"
+ACCESS_KEY = "AKIACONTENTDTESTS001"
 SECRET_KEY = "contentd-test-secret-" + "s3cr3t"
 REGION = "us-east-1"
 #: The one bucket of a test session; each store takes a prefix of its own in it.
