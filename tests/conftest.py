@@ -19,9 +19,11 @@ import pytest
 # tests/support are importable only with this directory on the path.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.backends import ENGINES, ClusterURLs, cluster_urls
 from support.daemon import DaemonProcess
 from support.grpc_client import connect
 from support.postgres import DSN_VARIABLE, PostgresCluster, running_postgres
+from support.seaweedfs import SeaweedFS, running_seaweedfs
 
 from contentd.proto import content_pb2_grpc
 
@@ -56,9 +58,23 @@ def postgres() -> Iterator[PostgresCluster]:
             os.environ.pop(DSN_VARIABLE, None)
 
 
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server for the session, started on first use; see support.seaweedfs."""
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
 @pytest.fixture(autouse=True)
-def _postgres_for_its_kind(request: pytest.FixtureRequest) -> None:
-    """Start the cluster for tests parametrised over the backend kind "postgres"."""
+def _engines_for_their_kind(request: pytest.FixtureRequest) -> None:
+    """Tests parametrised over backend kinds get the engines their kind needs (ENGINES)."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("kind") == "postgres":
-        request.getfixturevalue("postgres")
+    if callspec is not None:
+        for engine in ENGINES.get(callspec.params.get("kind"), ()):
+            request.getfixturevalue(engine)
+
+
+@pytest.fixture
+def cluster(seaweedfs: SeaweedFS, postgres: PostgresCluster) -> ClusterURLs:
+    """A fresh, empty cluster store on the session's engines."""
+    return cluster_urls(uuid.uuid4().hex)

@@ -1,13 +1,19 @@
 """The store's backends as the contract tests open them, one kind at a time.
 
-Each kind opens a whole set (blobs, metadata, locks) on a place of its own: a
-directory for the local kind. The "postgres" kind keeps blobs in files under
-the place and records and locks in the tests' PostgreSQL cluster (see
-support/postgres.py), in a schema named after the place; it stands in for
-the distributed kind (S3 and PostgreSQL) until that joins `KINDS`. Every
-test parametrised over `KINDS` runs against each. Run as a script, this
-module opens a set in a process of its own and acts on it (for the tests of
-what holds across processes).
+Each kind opens a whole set (blobs, metadata, locks) on a place of its own:
+
+- "local": a directory (files, SQLite, flock);
+- "cluster": the distributed store, blob bytes in the test session's
+  SeaweedFS and records and locks in its PostgreSQL (support/seaweedfs.py,
+  support/postgres.py), a prefix and a schema named after the place, so that
+  another process opening the same place finds the same store (`cluster_urls`).
+
+Every test parametrised over `KINDS` runs against each; tests/conftest.py
+starts the engines for those of kind "cluster". Two halves of the cluster
+kind, "s3" (S3 blobs, the rest local) and "postgres" (local blobs, records
+and locks in PostgreSQL), are there for the tests of one engine alone. Run as
+a script, this module opens a set in a process of its own and acts on it (for
+the tests of what holds across processes).
 """
 
 from __future__ import annotations
@@ -17,41 +23,84 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from contentd.content import BackedStore, Backends
 from contentd.content._files import FileBlobs
 from contentd.content._locks import FileLocks
 from contentd.content._postgres import PostgresLocks, PostgresMetadata
+from contentd.content._s3 import S3Blobs
 from contentd.content._sqlite import Metadata
 
 #: The backend sets every backend and store contract test runs against.
-KINDS = ("local", "postgres")
-#: Where the DSN of the tests' PostgreSQL cluster is published (by the
-#: `postgres` fixture), for this module in any process to reach it.
+KINDS = ("local", "cluster")
+#: Every kind `open_backends` knows, and which engines each needs.
+ENGINES = {
+    "local": (),
+    "cluster": ("seaweedfs", "postgres"),
+    "s3": ("seaweedfs",),
+    "postgres": ("postgres",),
+}
+#: Where the session's engines publish themselves, for any process to reach them: the
+#: `postgres` fixture its DSN, the `seaweedfs` fixture its S3 endpoint and bucket.
 DSN_VARIABLE = "CONTENTD_TEST_POSTGRES"
+ENDPOINT_ENV = "CONTENTD_TEST_S3_ENDPOINT"
+BUCKET_ENV = "CONTENTD_TEST_S3_BUCKET"
+#: Part size of S3 ingests in the tests: S3's smallest, so tests cross parts cheaply.
+S3_TEST_PART_SIZE = 5 << 20
 
 
-def postgres_schema(place: Path) -> str:
-    """The schema of the store on `place`: one per place, so one per test."""
-    return "t_" + hashlib.sha256(str(place.resolve()).encode()).hexdigest()[:24]
+@dataclass(frozen=True)
+class ClusterURLs:
+    """Where one cluster store lives: what `--blobs` and `--metadata` name."""
+
+    blobs: str
+    metadata: str
+
+    def flags(self) -> tuple[str, ...]:
+        """The options of `contentd serve` (or any verb) that open this store."""
+        return ("--blobs", self.blobs, "--metadata", self.metadata)
+
+
+def cluster_urls(name: str) -> ClusterURLs:
+    """The store called `name` (any text: it is hashed) on the session's engines."""
+    try:
+        endpoint, bucket, dsn = (os.environ[v] for v in (ENDPOINT_ENV, BUCKET_ENV, DSN_VARIABLE))
+    except KeyError as exc:
+        raise RuntimeError(f"no engines for a cluster store: {exc} is not set") from None
+    tag = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return ClusterURLs(
+        blobs=f"s3://{bucket}/{tag}?endpoint={endpoint}",
+        metadata=f"{dsn}?schema=t_{tag}",
+    )
+
+
+def s3_url(place: Path) -> str:
+    """The URL of the S3 blobs for `place`: a prefix of its own in the test bucket."""
+    return cluster_urls(str(place.resolve())).blobs
 
 
 def open_backends(kind: str, place: Path, *, busy_timeout: float = 10.0) -> Backends:
     """A set of backends of `kind` on `place`, created if new."""
+    place.mkdir(parents=True, exist_ok=True)
     if kind == "local":
-        place.mkdir(parents=True, exist_ok=True)
         blobs = FileBlobs(place)
         metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
         return Backends(blobs, metadata, FileLocks(blobs.ingest_directory))
+    urls = cluster_urls(str(place.resolve()))
+    if kind == "cluster":
+        s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
+        records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
+        return Backends(s3, records, PostgresLocks.from_url(urls.metadata))
+    if kind == "s3":
+        (place / "locks").mkdir(exist_ok=True)
+        metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
+        s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
+        return Backends(s3, metadata, FileLocks(place / "locks"))
     if kind == "postgres":
-        dsn = os.environ.get(DSN_VARIABLE)
-        if dsn is None:
-            raise RuntimeError(f"no PostgreSQL for the tests: {DSN_VARIABLE} is not set")
-        place.mkdir(parents=True, exist_ok=True)
-        schema = postgres_schema(place)
-        postgres = PostgresMetadata(dsn, schema=schema, busy_timeout=busy_timeout)
-        return Backends(FileBlobs(place), postgres, PostgresLocks(dsn, schema=schema))
+        records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
+        return Backends(FileBlobs(place), records, PostgresLocks.from_url(urls.metadata))
     raise ValueError(f"no backend kind {kind!r}")
 
 
