@@ -1,0 +1,143 @@
+"""Two daemons serving one cluster store: blobs in SeaweedFS (S3), records and locks in PostgreSQL.
+
+Each test starts two `contentd serve --blobs s3://... --metadata postgresql://...`
+daemons on a fresh bucket and schema, and shows that they are one store:
+what one stores the other serves, a ref one daemon's writer holds is locked
+on the other, and an ingest a killed daemon left resumes through the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.backends import ClusterURLs
+from support.daemon import DaemonProcess, start_daemon
+from support.store_actor import content as actor_content
+from support.store_actor import spawn as actor
+
+from contentd import errdefs
+from contentd.client import RemoteStore, write_blob
+from contentd.content import digest_of, open_store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    first = start_daemon(tmp_path / "a", *cluster.flags())
+    try:
+        second = start_daemon(tmp_path / "b", *cluster.flags())
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def remote(daemon: DaemonProcess, namespace: str = "default") -> RemoteStore:
+    store = RemoteStore(daemon.address, namespace)
+    store.wait_ready(timeout=10)
+    return store
+
+
+def test_what_one_daemon_stores_the_other_serves(
+    daemons: tuple[DaemonProcess, DaemonProcess],
+) -> None:
+    first, second = daemons
+    small, large = b"a small blob", actor_content(20 << 20)
+    with remote(first) as a, remote(second) as b:
+        small_digest = write_blob(a, "small", small, labels={"kind": "small"})
+        large_digest = write_blob(a, "large", large)
+
+        assert b.info(small_digest).labels == {"kind": "small"}
+        with b.reader_at(large_digest) as reader:
+            assert reader.size == len(large)
+            assert reader.read_at(10, len(large) - 10) == large[-10:]
+            assert hashlib.sha256(reader.read()).hexdigest() == large_digest.split(":")[1]
+        assert sorted(info.digest for info in b.walk()) == sorted([small_digest, large_digest])
+
+        b.update(small_digest, {"kind": "changed"}, ["labels.kind"])
+        assert a.info(small_digest).labels == {"kind": "changed"}
+        b.delete(small_digest)
+        with pytest.raises(errdefs.NotFound):
+            a.info(small_digest)
+
+
+def test_a_ref_held_through_one_daemon_is_locked_on_the_other(
+    daemons: tuple[DaemonProcess, DaemonProcess],
+) -> None:
+    first, second = daemons
+    with remote(first) as a, remote(second) as b:
+        writer = a.writer("held")
+        try:
+            writer.write(b"some bytes")
+            with pytest.raises(errdefs.Unavailable) as refused:
+                b.writer("held")
+            assert refused.value.reason == "REF_LOCKED"
+        finally:
+            writer.close()
+        # Freed with the writer: the other daemon takes it at once.
+        b.writer("held").close()
+
+
+def test_processes_racing_one_ref_across_daemons_store_one_blob(
+    tmp_path: Path, cluster: ClusterURLs, daemons: tuple[DaemonProcess, DaemonProcess]
+) -> None:
+    size = 12 << 20
+    go = tmp_path / "go"
+    racers = [
+        actor("race-daemon", daemon.address, "default", "same-ref", str(go), str(size))
+        for daemon in daemons * 4
+    ]
+    go.touch()
+    data = actor_content(size)
+    for racer in racers:
+        out, err = racer.communicate(timeout=180)
+        assert racer.returncode == 0, err
+        assert out.strip() == f"stored {digest_of(data)}"
+    with open_store(blobs=cluster.blobs, metadata=cluster.metadata) as store:
+        assert [info.digest for info in store.walk()] == [digest_of(data)]
+        assert store.list_statuses() == []
+        with store.reader_at(digest_of(data)) as reader:
+            assert hashlib.sha256(reader.read()).hexdigest() == digest_of(data).split(":")[1]
+
+
+def test_an_ingest_a_killed_daemon_left_resumes_through_the_other(
+    daemons: tuple[DaemonProcess, DaemonProcess],
+) -> None:
+    first, second = daemons
+    data = actor_content(40 << 20)
+    digest = digest_of(data)
+    with remote(first) as a:
+        writer = a.writer("resumed", total=len(data), expected=digest)
+        writer.write(data[: 30 << 20])
+        assert writer.status().offset == 30 << 20
+        first.stop(signal.SIGKILL)
+        writer.close()
+    with remote(second) as b:
+        # The dead daemon's database session, and with it its lock, goes with it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resumed = b.writer("resumed", total=len(data), expected=digest)
+                break
+            except errdefs.Unavailable as exc:
+                if exc.reason != "REF_LOCKED" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with resumed:
+            offset = resumed.status().offset
+            # What object storage holds: whole parts at least, never more than was sent.
+            assert 0 < offset <= 30 << 20
+            assert resumed.digest() == digest_of(data[:offset])
+            resumed.write(data[offset:])
+            resumed.commit(len(data), digest)
+        with b.reader_at(digest) as reader:
+            assert hashlib.sha256(reader.read()).hexdigest() == digest.split(":")[1]
+        assert b.list_statuses() == []
