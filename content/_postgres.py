@@ -1195,6 +1195,18 @@ class _Session:
             self.connection.close()
 
 
+#: The server-side TCP probing of a lock connection: idle seconds, then probes
+#: `count` times `interval` apart; and a bound (ms) on unacknowledged sends.
+LOCK_KEEPALIVES: Final = {
+    "tcp_keepalives_idle": 10,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 25_000,
+}
+#: About how long after its host vanished a lock holder's locks are freed.
+LOCK_PROBE_SECONDS: Final = 25
+
+
 class PostgresLocks:
     """Writer locks as PostgreSQL session advisory locks, on one connection of their own.
 
@@ -1254,6 +1266,12 @@ class PostgresLocks:
                 session = _Session(_connect(self._conninfo, self._schema, self._connect_timeout))
                 # A note must survive its holder dying, not the database losing power.
                 session.connection.execute("SET synchronous_commit = off")
+                # A holder whose host vanishes (no FIN, no RST) would keep its locks
+                # until the server's TCP gave up, by default hours later: have the
+                # server probe this connection and drop it, and its locks, within
+                # about LOCK_PROBE_SECONDS. Ignored on unix sockets.
+                for setting, value in LOCK_KEEPALIVES.items():
+                    session.connection.execute(f"SET {setting} = {value}")
                 self._session = session
                 # Locks of the session lost are free for takers in this process again.
                 self._held = {k: lock for k, lock in self._held.items() if not lock._session.lost}

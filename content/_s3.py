@@ -217,7 +217,7 @@ class S3Blobs:
         """``s3://BUCKET[/prefix][?endpoint=URL&region=NAME]``; AWS's defaults otherwise."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.hostname:
-            raise InvalidArgument(f"object storage URL {url!r}: expected s3://BUCKET[/prefix]")
+            raise InvalidArgument("object storage URL: expected s3://BUCKET[/prefix]")
         query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
         unknown = set(query) - {"endpoint", "region"}
         if unknown:

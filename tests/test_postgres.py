@@ -33,6 +33,7 @@ from contentd.content import (
     digest_of,
 )
 from contentd.content._postgres import (
+    LOCK_KEEPALIVES,
     SCHEMA_VERSION,
     PostgresLocks,
     PostgresMetadata,
@@ -85,6 +86,21 @@ def test_a_lock_is_refused_to_another_backend_of_this_process(
         assert not locks.exists(KEY)
     finally:
         other.close()
+
+
+def test_the_server_probes_a_lock_connection_so_a_vanished_host_frees_its_locks(
+    locks: PostgresLocks,
+) -> None:
+    held = locks.try_lock(KEY)
+    assert held is not None
+    # The settings of the session the lock lives on, as the server applies them
+    # (the tests reach the server over TCP, where they take effect).
+    connection = locks._current().connection
+    for setting, value in LOCK_KEEPALIVES.items():
+        shown = connection.execute(f"SHOW {setting}").fetchone()
+        assert shown is not None
+        assert shown[0] in (str(value), f"{value}ms", f"{value // 1000}s")
+    held.release(remove=True)
 
 
 def test_locks_of_stores_in_other_schemas_never_collide(

@@ -63,22 +63,35 @@ class ClusterURLs:
         return ("--blobs", self.blobs, "--metadata", self.metadata)
 
 
+def _engine(variable: str) -> str:
+    try:
+        return os.environ[variable]
+    except KeyError:
+        raise RuntimeError(f"no engine for the tests' store: {variable} is not set") from None
+
+
+def _tag(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def blobs_url(name: str) -> str:
+    """The S3 blobs of the store called `name`: a prefix of its own in the session's bucket."""
+    return f"s3://{_engine(BUCKET_ENV)}/{_tag(name)}?endpoint={_engine(ENDPOINT_ENV)}"
+
+
+def metadata_url(name: str) -> str:
+    """The PostgreSQL records and locks of the store called `name`: a schema of its own."""
+    return f"{_engine(DSN_VARIABLE)}?schema=t_{_tag(name)}"
+
+
 def cluster_urls(name: str) -> ClusterURLs:
     """The store called `name` (any text: it is hashed) on the session's engines."""
-    try:
-        endpoint, bucket, dsn = (os.environ[v] for v in (ENDPOINT_ENV, BUCKET_ENV, DSN_VARIABLE))
-    except KeyError as exc:
-        raise RuntimeError(f"no engines for a cluster store: {exc} is not set") from None
-    tag = hashlib.sha256(name.encode()).hexdigest()[:24]
-    return ClusterURLs(
-        blobs=f"s3://{bucket}/{tag}?endpoint={endpoint}",
-        metadata=f"{dsn}?schema=t_{tag}",
-    )
+    return ClusterURLs(blobs_url(name), metadata_url(name))
 
 
 def s3_url(place: Path) -> str:
     """The URL of the S3 blobs for `place`: a prefix of its own in the test bucket."""
-    return cluster_urls(str(place.resolve())).blobs
+    return blobs_url(str(place.resolve()))
 
 
 def open_backends(kind: str, place: Path, *, busy_timeout: float = 10.0) -> Backends:
@@ -88,19 +101,19 @@ def open_backends(kind: str, place: Path, *, busy_timeout: float = 10.0) -> Back
         blobs = FileBlobs(place)
         metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
         return Backends(blobs, metadata, FileLocks(blobs.ingest_directory))
-    urls = cluster_urls(str(place.resolve()))
+    name = str(place.resolve())
     if kind == "cluster":
-        s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
-        records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
-        return Backends(s3, records, PostgresLocks.from_url(urls.metadata))
+        s3 = S3Blobs.from_url(blobs_url(name), part_size=S3_TEST_PART_SIZE)
+        records = PostgresMetadata.from_url(metadata_url(name), busy_timeout=busy_timeout)
+        return Backends(s3, records, PostgresLocks.from_url(metadata_url(name)))
     if kind == "s3":
         (place / "locks").mkdir(exist_ok=True)
         metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
-        s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
+        s3 = S3Blobs.from_url(blobs_url(name), part_size=S3_TEST_PART_SIZE)
         return Backends(s3, metadata, FileLocks(place / "locks"))
     if kind == "postgres":
-        records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
-        return Backends(FileBlobs(place), records, PostgresLocks.from_url(urls.metadata))
+        records = PostgresMetadata.from_url(metadata_url(name), busy_timeout=busy_timeout)
+        return Backends(FileBlobs(place), records, PostgresLocks.from_url(metadata_url(name)))
     raise ValueError(f"no backend kind {kind!r}")
 
 
