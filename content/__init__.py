@@ -60,6 +60,7 @@ from ._rules import (
 )
 from ._sqlite import BUSY_TIMEOUT, STORE_BUSY
 from ._types import (
+    BlobLocator,
     Closing,
     FileReader,
     Images,
@@ -120,6 +121,7 @@ __all__ = [
     "Backoff",
     "BlobBackend",
     "BlobCheck",
+    "BlobLocator",
     "BlobReader",
     "BlobState",
     "Changes",

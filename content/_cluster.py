@@ -81,4 +81,14 @@ class ClusterStore(BackedStore):
             object_storage.close()
             raise
         super().__init__(Backends(object_storage, records, locks), namespace)
+        self._object_storage = object_storage
         self.repair()
+
+    def blob_url(self, digest: str, *, expires_in: float) -> str:
+        """A presigned URL that GETs blob `digest` straight from object storage.
+
+        Valid for `expires_in` seconds, for whoever holds it; NotFound if the
+        namespace does not hold the blob.
+        """
+        self.info(digest)
+        return self._object_storage.blob_url(digest, expires_in)

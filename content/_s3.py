@@ -411,6 +411,15 @@ class S3Blobs:
             return None
         return S3BlobReader(self, digest, size, body)
 
+    def blob_url(self, digest: str, expires_in: float) -> str:
+        """A presigned URL that GETs blob `digest` for `expires_in` seconds (made locally)."""
+        with self.translating(f"signing a URL for {digest}"):
+            return self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.blob_key(digest)},
+                ExpiresIn=max(1, round(expires_in)),
+            )
+
     def publish(self, key: str, digest: str, tx: MetadataTransaction) -> bool:
         target = self.blob_key(digest)
         doing = f"committing {digest}"

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from ._records import ContentRecord
 
@@ -156,6 +156,22 @@ class FileReader(ReaderAt, Protocol):
     """A reader whose bytes are one open file: a server may send them with sendfile."""
 
     def fileno(self) -> int: ...
+
+
+@runtime_checkable
+class BlobLocator(Protocol):
+    """A store whose blobs a client may fetch straight from where they are kept.
+
+    What a registry redirects blob downloads to (docker distribution's
+    storage middleware does the same for S3).
+    """
+
+    def blob_url(self, digest: str, *, expires_in: float) -> str:
+        """A URL that serves blob `digest` to any GET for `expires_in` seconds.
+
+        NotFound if this store's namespace does not hold the blob.
+        """
+        ...
 
 
 class RecordWalker(Protocol):

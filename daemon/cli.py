@@ -29,6 +29,9 @@ from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
 from .registry import HttpOptions
 
+#: How long a blob download's redirect into object storage stays valid (docker
+#: distribution's S3 middleware default).
+REDIRECT_VALIDITY = 20 * 60.0
 _LEVELS = ("debug", "info", "warning", "error")
 _PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -63,12 +66,20 @@ def _http_options(
     read_only: bool,
     max_uploads: int,
     upload_ttl: float,
+    redirect_blobs: bool,
+    cluster: bool,
 ) -> HttpOptions | None:
     if address is None:
-        for flag, given in (("--http-htpasswd", htpasswd), ("--http-read-only", read_only)):
+        for flag, given in (
+            ("--http-htpasswd", htpasswd),
+            ("--http-read-only", read_only),
+            ("--http-redirect-blobs", redirect_blobs),
+        ):
             if given:
                 raise click.UsageError(f"{flag} needs --http")
         return None
+    if redirect_blobs and not cluster:
+        raise click.UsageError("--http-redirect-blobs needs --blobs: blobs in object storage")
     try:
         validate_namespace(namespace)
     except InvalidArgument as exc:
@@ -80,6 +91,7 @@ def _http_options(
         read_only=read_only,
         max_open_uploads=max_uploads,
         upload_ttl=upload_ttl,
+        redirect_blobs=REDIRECT_VALIDITY if redirect_blobs else None,
     )
 
 
@@ -193,6 +205,12 @@ def _http_options(
     "and, when all are busy, new uploads get TOOMANYREQUESTS.",
 )
 @click.option(
+    "--http-redirect-blobs",
+    is_flag=True,
+    help="Answer blob GETs with a redirect to object storage (a presigned URL valid 20 "
+    "minutes), as docker-registry does on S3; needs --blobs.",
+)
+@click.option(
     "--http-upload-ttl",
     type=click.FloatRange(min=0, min_open=True),
     default=24 * 3600.0,
@@ -271,6 +289,7 @@ def serve(
     http_read_only: bool,
     http_max_uploads: int,
     http_upload_ttl: float,
+    http_redirect_blobs: bool,
     gc_scheduler: bool,
     gc_pause_threshold: float,
     gc_deletion_threshold: int,
@@ -317,6 +336,8 @@ def serve(
             http_read_only,
             http_max_uploads,
             http_upload_ttl,
+            http_redirect_blobs,
+            cluster=blobs is not None,
         ),
         collection=CollectionPolicy(
             pause_threshold=gc_pause_threshold,

@@ -8,7 +8,7 @@ from typing import IO, Final, cast
 
 from aiohttp import web
 
-from contentd.content import ReaderAt
+from contentd.content import BlobLocator, ReaderAt
 from contentd.errdefs import NotFound, OutOfRange
 
 from .context import IO_CHUNK, REGISTRY_HEADERS, ResourceHandler
@@ -62,6 +62,8 @@ class BlobHandler(ResourceHandler):
         digest = parse_digest(arg)
         if not await self._run(self._index.has_blob, self._namespace, name, digest):
             raise blob_unknown(digest)
+        if self._redirect_blobs is not None and request.method == "GET":
+            return await self._redirect(digest, self._redirect_blobs)
         try:
             reader = await self._run(self._store.reader_at, digest)
         except NotFound:
@@ -70,6 +72,20 @@ class BlobHandler(ResourceHandler):
             return await self._send(request, reader, digest)
         finally:
             reader.close()
+
+    async def _redirect(self, digest: str, expires_in: float) -> web.StreamResponse:
+        """Send the client to the blob in object storage, as docker distribution does on S3.
+
+        307 keeps the method; the client sends its Range, if any, there.
+        """
+        store = self._store
+        assert isinstance(store, BlobLocator)
+        try:
+            url = await self._run(store.blob_url, digest, expires_in=expires_in)
+        except NotFound:
+            raise blob_unknown(digest) from None
+        headers = {"Location": url, "Docker-Content-Digest": digest, **REGISTRY_HEADERS}
+        return web.Response(status=307, headers=headers)
 
     async def _send(
         self, request: web.Request, reader: ReaderAt, digest: str

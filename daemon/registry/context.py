@@ -48,6 +48,8 @@ class RegistryContext:
     #: The repositories, manifests and tags, in the store's metadata.
     index: RepositoryIndex
     executor: futures.ThreadPoolExecutor
+    #: Seconds a blob GET's redirect into object storage stays valid; None: no redirects.
+    redirect_blobs: float | None = None
 
     def run(
         self, function: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
@@ -65,6 +67,7 @@ class ResourceHandler:
         self._namespace = context.store.namespace
         self._index = context.index
         self._run = context.run
+        self._redirect_blobs = context.redirect_blobs
 
     def _stored(self, digest: str) -> bool:
         try:

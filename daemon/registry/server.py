@@ -25,6 +25,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from contentd.content import BlobLocator
 from contentd.daemon._tls import TLSFiles
 from contentd.errdefs import FailedPrecondition, InvalidArgument, Unauthenticated, Unimplemented
 
@@ -67,6 +68,9 @@ class HttpOptions:
     upload_ttl: float = 24 * 3600.0
     #: Threads for blocking store calls.
     workers: int = 16
+    #: Answer blob GETs with a redirect to a URL valid this many seconds, straight
+    #: into object storage, when the store keeps blobs there (a `BlobLocator`).
+    redirect_blobs: float | None = None
 
 
 class HttpServer:
@@ -89,8 +93,11 @@ class HttpServer:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=options.workers, thread_name_prefix="contentd-http"
         )
+        served = store.with_namespace(options.namespace)
+        if options.redirect_blobs is not None and not isinstance(served, BlobLocator):
+            raise FailedPrecondition("redirecting blob downloads needs a store in object storage")
         context = RegistryContext(
-            store.with_namespace(options.namespace), store.repositories, self._executor
+            served, store.repositories, self._executor, redirect_blobs=options.redirect_blobs
         )
         self._run = context.run
         self._auth = Htpasswd(options.htpasswd) if options.htpasswd else None
