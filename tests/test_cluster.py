@@ -9,14 +9,16 @@ on the other, and an ingest a killed daemon left resumes through the other.
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.backends import ClusterURLs
-from support.daemon import DaemonProcess, start_daemon
+from support.daemon import DaemonProcess, contentd_command, start_daemon
 from support.store_actor import content as actor_content
 from support.store_actor import spawn as actor
 
@@ -141,3 +143,35 @@ def test_an_ingest_a_killed_daemon_left_resumes_through_the_other(
         with b.reader_at(digest) as reader:
             assert hashlib.sha256(reader.read()).hexdigest() == digest.split(":")[1]
         assert b.list_statuses() == []
+
+
+def test_the_command_line_works_on_a_cluster_store_without_a_daemon(
+    cluster: ClusterURLs, daemons: tuple[DaemonProcess, DaemonProcess]
+) -> None:
+    def contentd(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*contentd_command(), *cluster.flags(), *args],
+            input=stdin,
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+
+    data = actor_content(9 << 20)
+    ingested = contentd("ingest", "cli-ref", "--label", "from=cli", stdin=data)
+    assert ingested.returncode == 0, ingested.stderr
+    digest = ingested.stdout.decode().strip()
+    assert digest == digest_of(data)
+
+    listed = contentd("--json", "ls")
+    assert [entry["digest"] for entry in json.loads(listed.stdout)] == [digest]
+    assert contentd("get", digest).stdout == data
+    verified = contentd("--json", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["checked"] == 1
+    # What the command line stored, the daemons serve.
+    with remote(daemons[1]) as b:
+        assert b.info(digest).labels == {"from": "cli"}
+    assert contentd("rm", digest).returncode == 0
+    with remote(daemons[0]) as a:
+        assert list(a.walk()) == []
