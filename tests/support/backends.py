@@ -63,22 +63,32 @@ class ClusterURLs:
         return ("--blobs", self.blobs, "--metadata", self.metadata)
 
 
+def _engine(variable: str) -> str:
+    try:
+        return os.environ[variable]
+    except KeyError:
+        raise RuntimeError(f"no engines for a cluster store: {variable} is not set") from None
+
+
+def _tag(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def _blobs_url(name: str) -> str:
+    """Where the store called `name` keeps its bytes: a prefix of its own in the test bucket."""
+    return f"s3://{_engine(BUCKET_ENV)}/{_tag(name)}?endpoint={_engine(ENDPOINT_ENV)}"
+
+
 def cluster_urls(name: str) -> ClusterURLs:
     """The store called `name` (any text: it is hashed) on the session's engines."""
-    try:
-        endpoint, bucket, dsn = (os.environ[v] for v in (ENDPOINT_ENV, BUCKET_ENV, DSN_VARIABLE))
-    except KeyError as exc:
-        raise RuntimeError(f"no engines for a cluster store: {exc} is not set") from None
-    tag = hashlib.sha256(name.encode()).hexdigest()[:24]
     return ClusterURLs(
-        blobs=f"s3://{bucket}/{tag}?endpoint={endpoint}",
-        metadata=f"{dsn}?schema=t_{tag}",
+        blobs=_blobs_url(name), metadata=f"{_engine(DSN_VARIABLE)}?schema=t_{_tag(name)}"
     )
 
 
 def s3_url(place: Path) -> str:
-    """The URL of the S3 blobs for `place`: a prefix of its own in the test bucket."""
-    return cluster_urls(str(place.resolve())).blobs
+    """The URL of the S3 blobs for `place` (needs SeaweedFS alone, not PostgreSQL)."""
+    return _blobs_url(str(place.resolve()))
 
 
 def open_backends(kind: str, place: Path, *, busy_timeout: float = 10.0) -> Backends:
@@ -88,16 +98,16 @@ def open_backends(kind: str, place: Path, *, busy_timeout: float = 10.0) -> Back
         blobs = FileBlobs(place)
         metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
         return Backends(blobs, metadata, FileLocks(blobs.ingest_directory))
+    if kind == "s3":
+        (place / "locks").mkdir(exist_ok=True)
+        metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
+        s3 = S3Blobs.from_url(s3_url(place), part_size=S3_TEST_PART_SIZE)
+        return Backends(s3, metadata, FileLocks(place / "locks"))
     urls = cluster_urls(str(place.resolve()))
     if kind == "cluster":
         s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
         records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
         return Backends(s3, records, PostgresLocks.from_url(urls.metadata))
-    if kind == "s3":
-        (place / "locks").mkdir(exist_ok=True)
-        metadata = Metadata(place / "metadata.db", busy_timeout=busy_timeout)
-        s3 = S3Blobs.from_url(urls.blobs, part_size=S3_TEST_PART_SIZE)
-        return Backends(s3, metadata, FileLocks(place / "locks"))
     if kind == "postgres":
         records = PostgresMetadata.from_url(urls.metadata, busy_timeout=busy_timeout)
         return Backends(FileBlobs(place), records, PostgresLocks.from_url(urls.metadata))
