@@ -82,3 +82,8 @@ class ClusterStore(BackedStore):
             raise
         super().__init__(Backends(object_storage, records, locks), namespace)
         self.repair()
+
+    @property
+    def shared_across_hosts(self) -> bool:
+        """True: any daemon on any host that opens the same bucket and schema serves this store."""
+        return True

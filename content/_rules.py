@@ -190,6 +190,17 @@ class BackedStore(Closing):
         """The namespace this view reads and writes."""
         return self._namespace
 
+    @property
+    def shared_across_hosts(self) -> bool:
+        """Whether daemons on other hosts may serve this store at the same time.
+
+        Then the next request of a client (a registry upload's next chunk)
+        may reach another daemon: nothing should keep a ref locked from one
+        request to the next. False here; a store whose backends every host
+        reaches says True.
+        """
+        return False
+
     def _view(self, namespace: str, lease: str | None) -> Self:
         """This store (its backends shared) as `namespace` sees it, writing under `lease`."""
         view = object.__new__(type(self))
@@ -889,6 +900,7 @@ class BackedWriter(Closing):
         """Go on from the hash state kept with the bytes, if it is theirs; whether it was."""
         saved = data.saved_hash()
         if saved is None:
+            _log.debug("ingest %s: no hash state is kept with it: re-reading it", self._ref)
             return False
         offset, state = saved
         try:
