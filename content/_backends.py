@@ -60,7 +60,8 @@ class IngestData(Protocol):
 
     A crash may lose bytes appended after the state was saved, never leave a
     state that disagrees with the bytes it is stored with. A backend that
-    keeps no state (reading back is cheap) returns None and ignores the source.
+    keeps no state (reading back is cheap) says so (`keeps_hash`): its writer
+    then hashes without one, saves nothing and re-reads on resume.
     """
 
     @property
@@ -75,6 +76,11 @@ class IngestData(Protocol):
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes held, from the start, in pieces (to rebuild a hash on resume)."""
+        ...
+
+    @property
+    def keeps_hash(self) -> bool:
+        """Whether `keep_hash` keeps the writer's state (if not, the writer needs no state)."""
         ...
 
     def saved_hash(self) -> tuple[int, bytes] | None:

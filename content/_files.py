@@ -91,6 +91,11 @@ class FileIngest:
             offset += len(chunk)
             yield chunk
 
+    @property
+    def keeps_hash(self) -> bool:
+        """False: see `keep_hash`."""
+        return False
+
     def saved_hash(self) -> None:
         """None: a resume re-reads the file (see `keep_hash`)."""
 

@@ -36,7 +36,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 _log = logging.getLogger("contentd.store")
 
@@ -51,8 +51,9 @@ class HashStateError(ValueError):
     """A hash state that cannot be restored: malformed, foreign, stale, or unsupported here."""
 
 
+@runtime_checkable
 class Hasher(Protocol):
-    """A running hash, fed with `update`; what a writer digests its bytes with."""
+    """A running hash, fed with `update`, with a state to save (`hashlib`'s have none)."""
 
     @property
     def name(self) -> str:
@@ -124,10 +125,11 @@ class _PyBuffer(ctypes.Structure):
 
 
 class _Functions:
-    """One algorithm's Init, Update and Final from libcrypto."""
+    """One algorithm's Init, Update and Final from libcrypto, and CPython's buffer calls."""
 
     def __init__(self, library: ctypes.CDLL, layout: _Layout) -> None:
         self.layout = layout
+        self.get_buffer, self.release_buffer = _buffer_calls()
         self.init = getattr(library, f"{layout.prefix}_Init")
         self.update = getattr(library, f"{layout.prefix}_Update")
         self.final = getattr(library, f"{layout.prefix}_Final")
@@ -138,7 +140,8 @@ class _Functions:
             function.restype = ctypes.c_int
 
 
-def _get_buffer() -> tuple[Callable[..., int], Callable[..., None]]:
+def _buffer_calls() -> tuple[Callable[..., int], Callable[..., None]]:
+    """PyObject_GetBuffer and PyBuffer_Release (AttributeError where there is no pythonapi)."""
     get = ctypes.pythonapi.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
     get.restype = ctypes.c_int
@@ -180,12 +183,12 @@ class _OpenSSLHasher:
         else:
             # Any other buffer is pinned (a bytearray cannot resize) and read in place.
             view = _PyBuffer()
-            _GET_BUFFER(data, ctypes.byref(view), 0)
+            self._functions.get_buffer(data, ctypes.byref(view), 0)
             try:
                 with self._lock:
                     ok = update(self._ctx, view.buf, view.len)
             finally:
-                _RELEASE_BUFFER(ctypes.byref(view))
+                self._functions.release_buffer(ctypes.byref(view))
         if ok != 1:
             raise MemoryError("OpenSSL could not hash")
 
@@ -351,9 +354,6 @@ def _self_test(functions: _Functions) -> None:
         hasher.update(piece)
         if hasher.hexdigest() != hashlib.new(layout.name, piece + piece).hexdigest():
             raise HashStateError("self-test: a restored context hashes differently")
-
-
-_GET_BUFFER, _RELEASE_BUFFER = _get_buffer()
 
 
 def states_available(algorithm: str) -> bool:

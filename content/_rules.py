@@ -24,6 +24,7 @@ decided here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -56,7 +57,7 @@ from ._backends import (
 )
 from ._fs import BLOB_MISSING
 from ._gc import CollectionReport, claim_ingest, collect, end_ingest
-from ._hashstate import HashStateError
+from ._hashstate import Hasher, HashStateError
 from ._hashstate import restore as restore_hash
 from ._hashstate import resumable as resumable_hasher
 from ._images import StoreImages
@@ -864,7 +865,10 @@ class BackedWriter(Closing):
         self._algorithm = algorithm
         self._base = record.base
         self._base_size = base_size
-        self._hasher = resumable_hasher(algorithm)
+        #: Whether the backend keeps the hash's state with the bytes: only then is the
+        #: hash one with a state (hashlib's own is quicker on small writes).
+        self._keeps_hash = False
+        self._hasher: Hasher | hashlib._Hash = new_hasher(algorithm)
         self._offset = 0
         self._data: IngestData | None = None
         self._finished = False
@@ -883,12 +887,15 @@ class BackedWriter(Closing):
     def _open_data(self, *, truncate: bool = False) -> None:
         data = self._blobs.open_ingest(self._key, f"ingest {self._ref}", truncate=truncate)
         try:
+            self._keeps_hash = data.keeps_hash
+            self._hasher, self._offset = self._new_hasher(), 0
             if data.size and not self._restore_hash(data):
                 # Resuming with no usable hash state: rebuild it from the bytes held.
                 for chunk in data.chunks():
                     self._hasher.update(chunk)
                     self._offset += len(chunk)
-            data.keep_hash(self._hasher_state)
+            if self._keeps_hash:
+                data.keep_hash(self._hasher_state)
         except BaseException:
             data.close()
             raise
@@ -896,9 +903,14 @@ class BackedWriter(Closing):
         # A writer that crashed never recorded its last write; the bytes did.
         self._updated_at = max(self._updated_at, data.modified_ns)
 
+    def _new_hasher(self) -> Hasher | hashlib._Hash:
+        if self._keeps_hash:
+            return resumable_hasher(self._algorithm)
+        return new_hasher(self._algorithm)
+
     def _restore_hash(self, data: IngestData) -> bool:
         """Go on from the hash state kept with the bytes, if it is theirs; whether it was."""
-        saved = data.saved_hash()
+        saved = data.saved_hash() if self._keeps_hash else None
         if saved is None:
             _log.debug("ingest %s: no hash state is kept with it: re-reading it", self._ref)
             return False
@@ -915,7 +927,8 @@ class BackedWriter(Closing):
 
     def _hasher_state(self) -> bytes | None:
         """The hash state of the bytes written so far, for the backend to keep with them."""
-        return self._hasher.state()
+        hasher = self._hasher
+        return hasher.state() if isinstance(hasher, Hasher) else None
 
     def _check_open(self) -> None:
         if self._finished:
@@ -939,8 +952,6 @@ class BackedWriter(Closing):
         """Copy the shared blob into this ingest's own bytes before appending."""
         base = self._base
         assert base is not None
-        self._hasher = resumable_hasher(self._algorithm)
-        self._offset = 0
         self._open_data(truncate=True)
         held = self._data
         assert held is not None
@@ -979,7 +990,8 @@ class BackedWriter(Closing):
         self._check_open()
         if size != 0:
             raise Unimplemented(f"truncate of ingest {self._ref} to {size} bytes: only 0 is")
-        self._hasher = resumable_hasher(self._algorithm)
+        # Before the bytes go: the backend may save the (empty) state as they do.
+        self._hasher = self._new_hasher()
         self._offset = 0
         self._updated_at = time.time_ns()
         if self._base is not None:

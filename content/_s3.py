@@ -682,6 +682,10 @@ class S3Ingest:
     def modified_ns(self) -> int:
         return self._modified_ns
 
+    @property
+    def keeps_hash(self) -> bool:
+        return True
+
     def saved_hash(self) -> tuple[int, bytes] | None:
         return self._hash
 
