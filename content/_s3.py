@@ -626,9 +626,10 @@ class S3Ingest:
     """An ingest's bytes in S3, open for appending by its writer (see the module's layout).
 
     Appends fill a buffer; each full part goes up as a part of the ingest's
-    multipart upload. `sync` writes the manifest: the parts so far and the
-    buffer's bytes. A failed append changes nothing: the buffer and the
-    list of parts move only once every part it filled is uploaded.
+    multipart upload. `sync` writes the manifest: the parts so far, the
+    buffer's bytes, and the writer's hash state of them all. A failed append
+    changes nothing: the buffer and the list of parts move only once every
+    part it filled is uploaded.
     """
 
     def __init__(

@@ -176,8 +176,9 @@ class UploadSessions:
     async def use(self, repository: str, session: str) -> AsyncIterator[OpenUpload]:
         """The session's writer, held for this request alone; BLOB_UPLOAD_UNKNOWN if none.
 
-        A session not open in this process (the daemon restarted, or it sat
-        idle) is reopened from its ingest.
+        A session not open in this process (the daemon restarted, it sat
+        idle, or writers are not held) is reopened from its ingest; without
+        held writers, it is closed again before the request answers.
         """
         if not valid_session_id(session):
             raise upload_unknown(session)
