@@ -37,6 +37,31 @@ class IngestData(Protocol):
     Appends go to the end. Not durable until `sync`: a crash may lose any
     suffix of what was appended since, never bytes before it, and what
     survives is whatever a reopen reports (`size`).
+
+    **Hash states.** A writer resuming an ingest needs the hash of the bytes
+    it holds. A backend where reading them back is dear (object storage) may
+    keep the writer's hash state with the bytes, so the next writer, in any
+    process, goes on from it and reads nothing:
+
+    - the writer hands over a source of its state once it has the ingest
+      open (`keep_hash`). The source gives the state of exactly the bytes of
+      the appends that returned since the ingest was opened or truncated:
+      the writer updates its hash only after an append succeeds, and resets
+      it before a truncate;
+    - the backend calls the source only while its bytes are exactly those (at
+      `sync`, at `close`, or whenever it saves what it holds; within an
+      append, only before any of its bytes count), and stores the state in
+      the same atomic write as the size it describes, as ``(offset, state)``;
+    - a reopen offers that pair (`saved_hash`). The writer uses it only if
+      `offset` is the size the ingest reopened with and the state restores
+      for its algorithm and that length (`_hashstate.restore`); otherwise
+      (none, stale, damaged, another algorithm) it re-reads the bytes
+      (`chunks`), which is always correct, only slower.
+
+    A crash may lose bytes appended after the state was saved, never leave a
+    state that disagrees with the bytes it is stored with. A backend that
+    keeps no state (reading back is cheap) says so (`keeps_hash`): its writer
+    then hashes without one, saves nothing and re-reads on resume.
     """
 
     @property
@@ -51,6 +76,23 @@ class IngestData(Protocol):
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes held, from the start, in pieces (to rebuild a hash on resume)."""
+        ...
+
+    @property
+    def keeps_hash(self) -> bool:
+        """Whether `keep_hash` keeps the writer's state (if not, the writer needs no state)."""
+        ...
+
+    def saved_hash(self) -> tuple[int, bytes] | None:
+        """The hash state saved with the bytes as they were reopened: (offset, state), or None."""
+        ...
+
+    def keep_hash(self, source: Callable[[], bytes | None]) -> None:
+        """Keep the writer's hash state, from `source`, with the bytes (see the class's doc).
+
+        `source` returns None when the writer's hash has no state to keep:
+        then none is kept.
+        """
         ...
 
     def append(self, data: bytes | bytearray | memoryview) -> None:

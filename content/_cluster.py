@@ -92,3 +92,8 @@ class ClusterStore(BackedStore):
         """
         self.info(digest)
         return self._object_storage.blob_url(digest, expires_in)
+
+    @property
+    def shared_across_hosts(self) -> bool:
+        """True: any daemon on any host that opens the same bucket and schema serves this store."""
+        return True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -90,6 +90,23 @@ class FileIngest:
                 return
             offset += len(chunk)
             yield chunk
+
+    @property
+    def keeps_hash(self) -> bool:
+        """False: see `keep_hash`."""
+        return False
+
+    def saved_hash(self) -> None:
+        """None: a resume re-reads the file (see `keep_hash`)."""
+
+    def keep_hash(self, source: Callable[[], bytes | None]) -> None:
+        """Ignored: reading back a local file runs at the hash's own speed.
+
+        A state kept beside the bytes would cost every sync and close a
+        write (and, to stay true across a power cut, an fsync) to save a
+        read that a page cache mostly serves; and the local registry keeps
+        its upload writers open between requests, so it rarely resumes.
+        """
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         with translate_os_errors(f"writing {self._what}"):

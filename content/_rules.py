@@ -24,6 +24,7 @@ decided here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -56,6 +57,9 @@ from ._backends import (
 )
 from ._fs import BLOB_MISSING
 from ._gc import CollectionReport, claim_ingest, collect, end_ingest
+from ._hashstate import Hasher, HashStateError
+from ._hashstate import restore as restore_hash
+from ._hashstate import resumable as resumable_hasher
 from ._images import StoreImages
 from ._leases import (
     CONTENT,
@@ -186,6 +190,17 @@ class BackedStore(Closing):
     def namespace(self) -> str:
         """The namespace this view reads and writes."""
         return self._namespace
+
+    @property
+    def shared_across_hosts(self) -> bool:
+        """Whether daemons on other hosts may serve this store at the same time.
+
+        Then the next request of a client (a registry upload's next chunk)
+        may reach another daemon: nothing should keep a ref locked from one
+        request to the next. False here; a store whose backends every host
+        reaches says True.
+        """
+        return False
 
     def _view(self, namespace: str, lease: str | None) -> Self:
         """This store (its backends shared) as `namespace` sees it, writing under `lease`."""
@@ -821,7 +836,9 @@ class BackedWriter(Closing):
     """A Writer on an ingest of a BackedStore; holds the ingest's lock until commit or close.
 
     The bytes go to the blob backend as they arrive, hashed on the way, so
-    commit only has to flush, verify and publish. An ingest that starts from
+    commit only has to flush, verify and publish. The backend may keep the
+    hash's state with the bytes (see `IngestData`): a writer resuming the
+    ingest goes on from it, or else re-reads the bytes. An ingest that starts from
     a blob another namespace stored (the shared policy) has no bytes of its
     own until something is appended to it.
     """
@@ -848,7 +865,10 @@ class BackedWriter(Closing):
         self._algorithm = algorithm
         self._base = record.base
         self._base_size = base_size
-        self._hasher = new_hasher(algorithm)
+        #: Whether the backend keeps the hash's state with the bytes: only then is the
+        #: hash one with a state (hashlib's own is quicker on small writes).
+        self._keeps_hash = False
+        self._hasher: Hasher | hashlib._Hash = new_hasher(algorithm)
         self._offset = 0
         self._data: IngestData | None = None
         self._finished = False
@@ -867,16 +887,48 @@ class BackedWriter(Closing):
     def _open_data(self, *, truncate: bool = False) -> None:
         data = self._blobs.open_ingest(self._key, f"ingest {self._ref}", truncate=truncate)
         try:
-            # Resuming: rebuild the digest state from the bytes held.
-            for chunk in data.chunks():
-                self._hasher.update(chunk)
-                self._offset += len(chunk)
+            self._keeps_hash = data.keeps_hash
+            self._hasher, self._offset = self._new_hasher(), 0
+            if data.size and not self._restore_hash(data):
+                # Resuming with no usable hash state: rebuild it from the bytes held.
+                for chunk in data.chunks():
+                    self._hasher.update(chunk)
+                    self._offset += len(chunk)
+            if self._keeps_hash:
+                data.keep_hash(self._hasher_state)
         except BaseException:
             data.close()
             raise
         self._data = data
         # A writer that crashed never recorded its last write; the bytes did.
         self._updated_at = max(self._updated_at, data.modified_ns)
+
+    def _new_hasher(self) -> Hasher | hashlib._Hash:
+        if self._keeps_hash:
+            return resumable_hasher(self._algorithm)
+        return new_hasher(self._algorithm)
+
+    def _restore_hash(self, data: IngestData) -> bool:
+        """Go on from the hash state kept with the bytes, if it is theirs; whether it was."""
+        saved = data.saved_hash() if self._keeps_hash else None
+        if saved is None:
+            _log.debug("ingest %s: no hash state is kept with it: re-reading it", self._ref)
+            return False
+        offset, state = saved
+        try:
+            if offset != data.size:
+                raise HashStateError(f"hash state at {offset} bytes, the ingest holds {data.size}")
+            hasher = restore_hash(state, self._algorithm, offset)
+        except HashStateError as exc:
+            _log.info("ingest %s: its hash state is not used (%s): re-reading it", self._ref, exc)
+            return False
+        self._hasher, self._offset = hasher, offset
+        return True
+
+    def _hasher_state(self) -> bytes | None:
+        """The hash state of the bytes written so far, for the backend to keep with them."""
+        hasher = self._hasher
+        return hasher.state() if isinstance(hasher, Hasher) else None
 
     def _check_open(self) -> None:
         if self._finished:
@@ -900,8 +952,6 @@ class BackedWriter(Closing):
         """Copy the shared blob into this ingest's own bytes before appending."""
         base = self._base
         assert base is not None
-        self._hasher = new_hasher(self._algorithm)
-        self._offset = 0
         self._open_data(truncate=True)
         held = self._data
         assert held is not None
@@ -940,7 +990,8 @@ class BackedWriter(Closing):
         self._check_open()
         if size != 0:
             raise Unimplemented(f"truncate of ingest {self._ref} to {size} bytes: only 0 is")
-        self._hasher = new_hasher(self._algorithm)
+        # Before the bytes go: the backend may save the (empty) state as they do.
+        self._hasher = self._new_hasher()
         self._offset = 0
         self._updated_at = time.time_ns()
         if self._base is not None:

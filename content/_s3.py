@@ -3,7 +3,8 @@
 Layout under ``s3://BUCKET/PREFIX/``::
 
     blobs/<algorithm>/<hex>      committed blobs, plain objects (any S3 tool reads them)
-    ingest/<key>/manifest        an ingest's synced state, and its tail bytes
+    ingest/<key>/manifest        an ingest's synced state (with its writer's hash
+                                 state), and its tail bytes
     ingest/<key>/data            the key of its multipart upload, and once that is
                                  completed, its bytes as one object
     trash/<alg>.<hex>.<random>   blobs set aside by a delete in progress
@@ -11,12 +12,18 @@ Layout under ``s3://BUCKET/PREFIX/``::
 An ingest is a multipart upload of fixed-size parts (`part_size`, 8 MiB by
 default), the bytes not yet in a part (held in memory, and in the manifest
 once synced), and possibly a *base*: a completed object at its data key
-holding its first bytes. Parts of an upload in progress cannot be read back,
-so a resume that must rehash them (`chunks`) first completes the upload into
-the base; the next part boundary starts a new upload whose first parts are
-server-side copies of the base (UploadPartCopy). The manifest (one small
-object) is the ingest's only truth: a resume reads it, and bytes appended
-since the last `sync` may be lost by a crash, never bytes before them.
+holding its first bytes. The manifest (one small object) is the ingest's
+only truth: a resume reads it, and bytes appended since it was last saved
+(at `sync`, `close`, and when an upload starts) may be lost by a crash,
+never bytes before them.
+
+Each save also stores the writer's hash state for exactly the bytes it
+describes (see `IngestData`), so a writer resuming in any process reads the
+manifest and no byte of the ingest. Only without a usable state does a
+resume rehash the bytes (`chunks`); parts of an upload in progress cannot be
+read back, so that first completes the upload into the base, and the next
+part boundary starts a new upload whose first parts are server-side copies
+of the base (UploadPartCopy).
 
 S3 has no rename, so the bytes reach their digest's key by a server-side
 copy, inside the metadata transaction that records them: a small ingest's
@@ -33,13 +40,15 @@ Credentials come from boto3's default chain and never appear in an error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -123,19 +132,24 @@ class _Manifest:
     parts: list[tuple[int, str]] = field(default_factory=list)  # (size, ETag), part i+1
     tail: bytes = b""
     modified_ns: int = 0
+    #: The writer's hash state and the offset it describes (see `IngestData`).
+    hash: tuple[int, bytes] | None = None
 
     @property
     def size(self) -> int:
         return self.base + sum(size for size, _ in self.parts) + len(self.tail)
 
     def encode(self) -> bytes:
-        header = {
+        header: dict[str, Any] = {
             "version": _MANIFEST_VERSION,
             "base": self.base,
             "upload": self.upload,
             "parts": self.parts,
             "modified": self.modified_ns,
         }
+        if self.hash is not None:
+            offset, state = self.hash
+            header["hash"] = [offset, base64.b64encode(state).decode()]
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.tail
 
     @classmethod
@@ -147,7 +161,7 @@ class _Manifest:
                 raise ValueError(fields["version"])
             parts = [(int(size), str(etag)) for size, etag in fields["parts"]]
             upload = fields["upload"]
-            return cls(
+            manifest = cls(
                 int(fields["base"]),
                 None if upload is None else str(upload),
                 parts,
@@ -156,6 +170,15 @@ class _Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataLoss(f"{what}: its state in object storage is damaged") from exc
+        # Optional (manifests written before hash states have none), and only ever a
+        # shortcut: one that cannot be read is dropped, and the bytes re-read.
+        try:
+            offset, state = fields.get("hash") or (None, None)
+            if offset is not None:
+                manifest.hash = (int(offset), base64.b64decode(str(state), validate=True))
+        except (TypeError, ValueError, binascii.Error):
+            _log.warning("%s: its hash state in object storage is damaged; ignored", what)
+        return manifest
 
 
 class S3Blobs:
@@ -612,9 +635,10 @@ class S3Ingest:
     """An ingest's bytes in S3, open for appending by its writer (see the module's layout).
 
     Appends fill a buffer; each full part goes up as a part of the ingest's
-    multipart upload. `sync` writes the manifest: the parts so far and the
-    buffer's bytes. A failed append changes nothing: the buffer and the
-    list of parts move only once every part it filled is uploaded.
+    multipart upload. `sync` writes the manifest: the parts so far, the
+    buffer's bytes, and the writer's hash state of them all. A failed append
+    changes nothing: the buffer and the list of parts move only once every
+    part it filled is uploaded.
     """
 
     def __init__(
@@ -629,6 +653,9 @@ class S3Ingest:
         self._parts = list(manifest.parts)
         self._buffer = bytearray(manifest.tail)
         self._modified_ns = manifest.modified_ns
+        #: The hash state the manifest holds, and where the writer's comes from.
+        self._hash = manifest.hash
+        self._hash_source: Callable[[], bytes | None] | None = None
         #: Whether a manifest is in S3, and whether it differs from this state.
         self._stored = stored
         self._dirty = False
@@ -665,9 +692,37 @@ class S3Ingest:
     def modified_ns(self) -> int:
         return self._modified_ns
 
+    @property
+    def keeps_hash(self) -> bool:
+        return True
+
+    def saved_hash(self) -> tuple[int, bytes] | None:
+        return self._hash
+
+    def keep_hash(self, source: Callable[[], bytes | None]) -> None:
+        self._hash_source = source
+        if self._stored and self.size and (self._hash is None or self._hash[0] != self.size):
+            # Resumed by re-reading: the next sync or close saves the state, so
+            # the next resume needs not.
+            self._dirty = True
+
     def _manifest(self) -> _Manifest:
+        size = self.size
+        saved = self._hash
+        if self._hash_source is not None:
+            # Called only while the bytes held are those the writer hashed:
+            # between appends, or within one before any of its bytes count.
+            state = self._hash_source()
+            saved = None if state is None else (size, state)
+        elif saved is not None and saved[0] != size:
+            saved = None
         return _Manifest(
-            self._base, self._upload, list(self._parts), bytes(self._buffer), self._modified_ns
+            self._base,
+            self._upload,
+            list(self._parts),
+            bytes(self._buffer),
+            self._modified_ns,
+            saved,
         )
 
     def _check_writable(self, doing: str) -> None:
@@ -817,7 +872,9 @@ class S3Ingest:
             self._save(f"committing {self._what}")
 
     def _save(self, doing: str) -> None:
-        self._blobs._write_manifest(self._key, self._manifest(), doing)
+        manifest = self._manifest()
+        self._blobs._write_manifest(self._key, manifest, doing)
+        self._hash = manifest.hash
         self._stored = True
         self._dirty = False
 
@@ -859,6 +916,7 @@ class S3Ingest:
     def forget(self) -> None:
         """This ingest's objects are gone: nothing is left to save on close."""
         self._base, self._upload, self._parts, self._buffer = 0, None, [], bytearray()
+        self._hash = None
         self._stored = True
         self._dirty = False
         self._blobs._closed(self._key, self)

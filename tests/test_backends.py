@@ -8,6 +8,7 @@ kind is tested by tests/test_store_contract.py, which runs there too.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from contentd.content import (
     Referrer,
     digest_of,
 )
+from contentd.content._hashstate import restore, resumable
 
 DATA = b"the bytes of a blob" * 100
 DIGEST = digest_of(DATA)
@@ -180,6 +182,35 @@ def test_a_sealed_ingest_unsealed_takes_appends_again(opened: Backends) -> None:
     reopened = opened.blobs.open_ingest(KEY, "ingest under test")
     reopened.append(b" then resumed")
     assert b"".join(reopened.chunks()) == b"sealed then resumed"
+    reopened.close()
+
+
+def test_a_hash_state_kept_with_an_ingest_is_that_of_its_bytes_as_reopened(
+    opened: Backends,
+) -> None:
+    hashers = [resumable("sha256")]
+    ingest = opened.blobs.open_ingest(KEY, "ingest under test")
+
+    def writers_state() -> bytes | None:
+        return hashers[-1].state()
+
+    ingest.keep_hash(writers_state)
+    for piece in (b"synced ", b"then truncated"):
+        ingest.append(piece)
+        hashers[-1].update(piece)
+        ingest.sync()
+    hashers.append(resumable("sha256"))  # as a writer's hash starts over before a truncate
+    ingest.truncate()
+    ingest.append(b"after a truncate")
+    hashers[-1].update(b"after a truncate")
+    ingest.close()
+    reopened = opened.blobs.open_ingest(KEY, "ingest under test")
+    saved = reopened.saved_hash()
+    # A backend may keep none (the writer re-reads); one it keeps describes the bytes.
+    if saved is not None:
+        assert saved[0] == reopened.size
+        resumed = restore(saved[1], "sha256", saved[0])
+        assert resumed.hexdigest() == hashlib.sha256(b"".join(reopened.chunks())).hexdigest()
     reopened.close()
 
 

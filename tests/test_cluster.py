@@ -4,14 +4,19 @@ Each test starts two `contentd serve --blobs s3://... --metadata postgresql://..
 daemons on a fresh bucket and schema, and shows that they are one store:
 what one stores the other serves, a ref one daemon's writer holds is locked
 on the other, and an ingest a killed daemon left resumes through the other.
+Their registry faces, as behind a load balancer, take an upload's requests in
+any order between them: each request leaves the upload for the next, anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import pytest
 from support.backends import ClusterURLs
 from support.daemon import DaemonProcess, contentd_command, start_daemon
+from support.registry_http import OCTET_STREAM, RegistryClient
 from support.store_actor import content as actor_content
 from support.store_actor import spawn as actor
 
@@ -175,3 +181,126 @@ def test_the_command_line_works_on_a_cluster_store_without_a_daemon(
     assert contentd("rm", digest).returncode == 0
     with remote(daemons[0]) as a:
         assert list(a.walk()) == []
+
+
+# The registry faces
+
+
+@pytest.fixture
+def serving(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    """Two daemons with registry faces on one cluster store."""
+    http = ("--http", "127.0.0.1:0", "--log-level", "debug")
+    first = start_daemon(tmp_path / "a", *cluster.flags(), *http)
+    try:
+        second = start_daemon(tmp_path / "b", *cluster.flags(), *http)
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+@pytest.fixture
+def registries(
+    serving: tuple[DaemonProcess, DaemonProcess],
+) -> tuple[RegistryClient, RegistryClient]:
+    return RegistryClient(serving[0].http_url), RegistryClient(serving[1].http_url)
+
+
+def test_a_chunked_upload_goes_on_through_either_daemon(
+    serving: tuple[DaemonProcess, DaemonProcess],
+    registries: tuple[RegistryClient, RegistryClient],
+) -> None:
+    a, b = registries
+    data = random.Random(31).randbytes(21 << 20)
+    digest = digest_of(data)
+    location = a.start_upload("team/app")
+    # Chunks that end inside a part and across parts (of 8 MiB), to A and B in turn.
+    cuts = [0, 3 << 20, (12 << 20) + 5, (17 << 20) + 3, 20 << 20]
+    for number, (start, end) in enumerate(itertools.pairwise(cuts)):
+        through = (a, b)[number % 2]
+        answer = through.patch_chunk(location, data[start:end], start)
+        assert answer.status == 202, answer
+        assert answer.header("Range") == f"0-{end - 1}"
+        location = answer.header("Location") or ""
+        # The other daemon knows where the upload stands.
+        status = (b, a)[number % 2].get(location)
+        assert (status.status, status.header("Range")) == (204, f"0-{end - 1}")
+    answer = b.complete_upload(location, digest, data[cuts[-1] :])
+    assert answer.status == 201, answer
+    assert answer.header("Docker-Content-Digest") == digest
+    blob = a.get(f"/v2/team/app/blobs/{digest}")
+    assert blob.status == 200, blob
+    assert hashlib.sha256(blob.body).hexdigest() == digest.split(":")[1]
+    assert a.get(location).status == 404
+    assert b.get(location).status == 404
+    # Every request reopened the upload from the hash state the one before kept.
+    for daemon in serving:
+        assert "re-reading it" not in daemon.logged()
+
+
+def test_an_upload_started_on_one_daemon_is_put_whole_through_the_other(
+    registries: tuple[RegistryClient, RegistryClient],
+) -> None:
+    a, b = registries
+    data = random.Random(32).randbytes((9 << 20) + 123)
+    digest = digest_of(data)
+    location = a.start_upload("team/app")
+    status = b.get(location)
+    assert (status.status, status.header("Range")) == (204, "0-0")
+    answer = b.complete_upload(location, digest, data)
+    assert answer.status == 201, answer
+    assert a.get(f"/v2/team/app/blobs/{digest}").body == data
+
+
+def test_a_blob_pushed_in_one_request_to_one_daemon_is_served_by_the_other(
+    registries: tuple[RegistryClient, RegistryClient],
+) -> None:
+    a, b = registries
+    data = random.Random(33).randbytes(3 << 20)
+    digest = a.push_blob("team/app", data)
+    assert b.get(f"/v2/team/app/blobs/{digest}").body == data
+
+
+def test_a_chunk_sent_while_another_daemon_writes_the_upload_is_416_with_its_range(
+    registries: tuple[RegistryClient, RegistryClient],
+) -> None:
+    a, b = registries
+    data = random.Random(34).randbytes(6 << 20)
+    location = a.start_upload("team/app")
+    assert a.patch_chunk(location, data[: 1 << 20], 0).status == 202
+    go_on = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[1 << 20 : 3 << 20]
+        assert go_on.wait(60)
+        yield data[3 << 20 : 4 << 20]
+
+    answers = []
+    writing = threading.Thread(
+        target=lambda: answers.append(
+            a.request("PATCH", location, slow_body(), {"Content-Type": OCTET_STREAM})
+        )
+    )
+    writing.start()
+    try:
+        # A holds the upload once its writer has taken the first bytes of the body.
+        deadline = time.monotonic() + 30
+        while a.get(location).header("Range") == f"0-{(1 << 20) - 1}":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = b.patch_chunk(location, data[4 << 20 :], 4 << 20)
+        assert refused.status == 416, refused
+        assert refused.error_code == "BLOB_UPLOAD_INVALID"
+        assert refused.header("Location") == location
+        assert refused.header("Range") is not None
+    finally:
+        go_on.set()
+        writing.join(60)
+    assert answers[0].status == 202, answers[0]
+    assert answers[0].header("Range") == f"0-{(4 << 20) - 1}"
+    assert b.get(location).header("Range") == f"0-{(4 << 20) - 1}"
+    answer = b.complete_upload(location, digest_of(data), data[4 << 20 :])
+    assert answer.status == 201, answer
+    assert a.get(f"/v2/team/app/blobs/{digest_of(data)}").body == data

@@ -9,7 +9,9 @@ and the recovery after it, and credentials kept out of every error.
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import logging
 import os
 import random
@@ -26,6 +28,8 @@ from support.seaweedfs import BUCKET, SeaweedFS
 
 from contentd import errdefs
 from contentd.content import BackedStore, digest_of
+from contentd.content._hashstate import restore, resumable
+from contentd.content._records import ingest_key
 from contentd.content._s3 import MIN_PART_SIZE, S3Blobs
 
 PART = MIN_PART_SIZE
@@ -47,14 +51,23 @@ def new_blobs(**options: Any) -> S3Blobs:
 
 
 class Requests:
-    """Counts the S3 requests a client sends, by operation."""
+    """Counts the S3 requests a client sends, by operation, and notes the keys they name."""
 
     def __init__(self, blobs: S3Blobs) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
+        self.keys: list[tuple[str, str]] = []
         blobs._client.meta.events.register("before-send.s3.*", self._count)
+        blobs._client.meta.events.register("before-parameter-build.s3.*", self._note)
 
     def _count(self, event_name: str, **_: Any) -> None:
         self.counts[event_name.rsplit(".", 1)[-1]] += 1
+
+    def _note(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.keys.append((model.name, str(params.get("Key", ""))))
+
+    def named(self, operation: str, key: str) -> int:
+        """How many `operation` requests named `key`."""
+        return self.keys.count((operation, key))
 
     @property
     def total(self) -> int:
@@ -62,6 +75,7 @@ class Requests:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.keys.clear()
 
 
 @pytest.fixture
@@ -197,6 +211,172 @@ def test_a_sealed_ingest_refuses_appends(blobs: S3Blobs) -> None:
     ingest.append(b" then more")
     assert b"".join(ingest.chunks()) == b"sealed then more"
     ingest.close()
+
+
+# Resuming from the hash state kept in the manifest
+
+
+def s3_of(store: BackedStore) -> S3Blobs:
+    blobs = store._blobs
+    assert isinstance(blobs, S3Blobs)
+    return blobs
+
+
+@pytest.fixture
+def daemons(seaweedfs: SeaweedFS, tmp_path: Path) -> Iterator[tuple[BackedStore, BackedStore]]:
+    """Two stores on one place, each with its own S3 client: as two daemons would be."""
+    first = open_backed_store("s3", tmp_path / "store")
+    second = open_backed_store("s3", tmp_path / "store")
+    yield first, second
+    second.close()
+    first.close()
+
+
+def write_and_close(store: BackedStore, ref: str, data: bytes, **options: Any) -> None:
+    with store.writer(ref, **options) as writer:
+        for piece in odd_appends(data):
+            writer.write(piece)
+
+
+def tamper_manifest(store: BackedStore, ref: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite the ingest's manifest in S3 with `change` applied to its header."""
+    blobs = s3_of(store)
+    key = blobs._manifest_key(ingest_key(store.namespace, ref))
+    found = blobs._client.get_object(Bucket=blobs.bucket, Key=key)
+    header, _, tail = found["Body"].read().partition(b"\n")
+    fields = json.loads(header)
+    change(fields)
+    blobs._client.put_object(
+        Bucket=blobs.bucket,
+        Key=key,
+        Body=json.dumps(fields).encode() + b"\n" + tail,
+        Metadata=found["Metadata"],
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_a_writer_resumed_by_another_daemon_reads_none_of_the_ingest(
+    daemons: tuple[BackedStore, BackedStore], algorithm: str
+) -> None:
+    first, second = daemons
+    data = random.Random(12).randbytes(3 * PART + 777_777)
+    digest = digest_of(data, algorithm)
+    cut = 2 * PART + 12_345  # past two part boundaries, inside the tail
+    write_and_close(first, "resumed", data[:cut], total=len(data), expected=digest)
+    blobs = s3_of(second)
+    data_key = blobs.data_key(ingest_key(second.namespace, "resumed"))
+    requests = Requests(blobs)
+    with second.writer("resumed", total=len(data), expected=digest) as writer:
+        # The manifest, and whether its upload is still open: nothing else.
+        assert dict(requests.counts) == {"GetObject": 1, "ListParts": 1}
+        assert (writer.offset, writer.digest()) == (cut, digest_of(data[:cut], algorithm))
+        writer.write(data[cut:])
+        assert writer.commit(len(data), digest) == digest
+    # The ingest's bytes were never read back, nor completed or copied to be.
+    assert requests.named("GetObject", data_key) == 0
+    assert requests.counts["UploadPartCopy"] == 0
+    assert requests.counts["CompleteMultipartUpload"] == 1  # the publish's own
+    assert read_whole(blobs, digest, len(data)) == data
+
+
+def test_a_resumed_writer_resumes_again_from_its_own_state(
+    daemons: tuple[BackedStore, BackedStore],
+) -> None:
+    first, second = daemons
+    data = random.Random(13).randbytes(2 * PART + 99)
+    pieces = [data[: PART // 2], data[PART // 2 : PART + 7], data[PART + 7 :]]
+    requests = [Requests(s3_of(first)), Requests(s3_of(second))]
+    data_key = s3_of(first).data_key(ingest_key(first.namespace, "hopping"))
+    for number, piece in enumerate(pieces):
+        with (first, second)[number % 2].writer("hopping") as writer:
+            assert writer.offset == sum(map(len, pieces[:number]))
+            writer.write(piece)
+            if number == len(pieces) - 1:
+                writer.commit(len(data), digest_of(data))
+    assert all(counted.named("GetObject", data_key) == 0 for counted in requests)
+    assert read_whole(s3_of(first), digest_of(data), len(data)) == data
+
+
+def _damage_state(fields: dict[str, Any]) -> None:
+    offset, state = fields["hash"]
+    raw = bytearray(base64.b64decode(state))
+    raw[len(raw) // 2] ^= 0x40
+    fields["hash"] = [offset, base64.b64encode(raw).decode()]
+
+
+def _make_stale(fields: dict[str, Any]) -> None:
+    fields["hash"][0] -= 1
+
+
+def _make_unreadable(fields: dict[str, Any]) -> None:
+    fields["hash"] = [fields["hash"][0], "not base64!"]
+
+
+def _remove(fields: dict[str, Any]) -> None:
+    del fields["hash"]  # as manifests written before hash states were
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_damage_state, _make_stale, _make_unreadable, _remove],
+    ids=["damaged", "stale", "unreadable", "absent"],
+)
+def test_an_unusable_state_falls_back_to_re_reading_and_still_verifies(
+    daemons: tuple[BackedStore, BackedStore], spoil: Callable[[dict[str, Any]], None]
+) -> None:
+    first, second = daemons
+    data = random.Random(14).randbytes(2 * PART + 4321)
+    cut = PART + 1234
+    write_and_close(first, "spoiled", data[:cut])
+    tamper_manifest(first, "spoiled", spoil)
+    blobs = s3_of(second)
+    data_key = blobs.data_key(ingest_key(second.namespace, "spoiled"))
+    requests = Requests(blobs)
+    with second.writer("spoiled") as writer:
+        assert requests.named("GetObject", data_key) == 1  # the bytes, read back once
+        assert (writer.offset, writer.digest()) == (cut, digest_of(data[:cut]))
+    # Closing saved the rebuilt state: the next resume reads nothing again.
+    requests.reset()
+    with first.writer("spoiled") as writer:
+        writer.write(data[cut:])
+        assert writer.commit(len(data), digest_of(data)) == digest_of(data)
+    assert requests.named("GetObject", data_key) == 0
+    assert read_whole(blobs, digest_of(data), len(data)) == data
+
+
+def test_a_state_of_another_algorithm_is_not_used(
+    daemons: tuple[BackedStore, BackedStore],
+) -> None:
+    first, second = daemons
+    data = random.Random(15).randbytes(PART + 5000)
+    write_and_close(first, "changed", data[:PART])  # sha256, the writer's default
+    digest = digest_of(data, "sha512")
+    with second.writer("changed", expected=digest) as writer:
+        assert writer.digest() == digest_of(data[:PART], "sha512")
+        writer.write(data[PART:])
+        assert writer.commit(len(data), digest) == digest
+
+
+def test_a_manifest_saved_within_an_append_holds_the_state_of_exactly_its_bytes(
+    blobs: S3Blobs,
+) -> None:
+    data = random.Random(16).randbytes(3 * PART)
+    hasher = resumable("sha256")
+    ingest = blobs.open_ingest(KEY, "ingest under test")
+    ingest.keep_hash(hasher.state)
+    for piece in (data[:1000], data[1000:]):  # the second starts the upload, saving a manifest
+        ingest.append(piece)
+        hasher.update(piece)
+    # The writer dies here: what the manifest holds is what another process finds.
+    other = new_blobs()
+    other.prefix = blobs.prefix
+    found = other.open_ingest(KEY, "ingest under test")
+    saved = found.saved_hash()
+    assert saved is not None
+    assert saved[0] == found.size == 1000
+    assert restore(saved[1], "sha256", 1000).hexdigest() == digest_of(data[:1000]).split(":")[1]
+    found.close()
+    other.close()
 
 
 # Small blobs

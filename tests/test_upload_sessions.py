@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any
 
 import pytest
 
+from contentd import errdefs
 from contentd.content import BackedWriter, LocalStore, open_store
 from contentd.daemon.registry import UploadSessions, upload_ref
+from contentd.daemon.registry.errors import _ANSWER_HEADERS
 
 REPOSITORY = "robust/app"
 
@@ -93,3 +97,68 @@ def test_a_request_for_an_upload_whose_writer_is_closing_waits_and_reopens_it(
         first, offset = asyncio.run(scenario(HeldCloses(pool)))
     assert offset == 1500
     assert store.status(upload_ref(REPOSITORY, first)).offset == 1500
+
+
+def _sessions_on(
+    store: LocalStore, pool: futures.ThreadPoolExecutor, **options: Any
+) -> UploadSessions:
+    def run(function: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(function, *args))
+
+    return UploadSessions(store, run, idle_timeout=3600, **options)
+
+
+def test_without_held_writers_each_request_leaves_the_ref_free(store: LocalStore) -> None:
+    async def scenario(sessions: UploadSessions) -> list[int]:
+        session, _ = await sessions.start(REPOSITORY)
+        ref = upload_ref(REPOSITORY, session)
+        store.writer(ref).close()  # free between requests: another daemon could take it
+        offsets = []
+        for piece in (b"a" * 1000, b"b" * 234):
+            async with sessions.use(REPOSITORY, session) as entry:
+                assert entry.writer is not None
+                entry.writer.write(piece)
+            offsets.append(store.status(ref).offset)
+            store.writer(ref).close()
+        return offsets
+
+    with futures.ThreadPoolExecutor(4) as pool:
+        sessions = _sessions_on(store, pool, hold_writers=False)
+        offsets = asyncio.run(scenario(sessions))
+    assert offsets == [1000, 1234]
+
+
+def test_a_ref_another_process_holds_is_waited_for_then_416_with_the_range(
+    store: LocalStore,
+) -> None:
+    async def scenario(sessions: UploadSessions) -> Exception:
+        session, _ = await sessions.start(REPOSITORY)
+        async with sessions.use(REPOSITORY, session) as entry:
+            assert entry.writer is not None
+            entry.writer.write(b"x" * 700)
+        held = store.writer(upload_ref(REPOSITORY, session))  # as another daemon's request
+        try:
+            started = time.monotonic()
+            with pytest.raises(errdefs.OutOfRange) as refused:
+                async with sessions.use(REPOSITORY, session):
+                    raise AssertionError("the ref was held")
+            assert 0.3 <= time.monotonic() - started < 5
+            # Once the other request is done, the upload goes on from where it left it.
+            release = asyncio.get_running_loop().call_later(0.1, held.close)
+            async with sessions.use(REPOSITORY, session) as entry:
+                assert entry.writer is not None
+                assert entry.writer.offset == 700
+            release.cancel()
+        finally:
+            held.close()
+        return refused.value
+
+    with futures.ThreadPoolExecutor(4) as pool:
+        sessions = _sessions_on(store, pool, hold_writers=False, busy_wait=0.3)
+        error = asyncio.run(scenario(sessions))
+    answer = errdefs.to_http(error)
+    assert (answer.status, json.loads(answer.body)["errors"][0]["code"]) == (
+        416,
+        "BLOB_UPLOAD_INVALID",
+    )
+    assert _ANSWER_HEADERS[error]["Range"] == "0-699"

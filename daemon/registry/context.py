@@ -38,6 +38,11 @@ IO_CHUNK: Final = 1 << 20
 class RegistryStore(Store, RepositoryHolder, Protocol):
     """What the registry serves: a Store that keeps repositories, manifests and tags."""
 
+    @property
+    def shared_across_hosts(self) -> bool:
+        """Whether daemons on other hosts may serve the store (and the next request) too."""
+        ...
+
 
 @dataclass(frozen=True)
 class RegistryContext:

@@ -62,6 +62,9 @@ class HttpOptions:
     read_only: bool = False
     #: Seconds an upload's writer stays open between its requests.
     upload_idle_timeout: float = 60.0
+    #: Keep an upload's writer open between its requests; None: unless the store
+    #: is shared across hosts, where the next request may reach another daemon.
+    hold_upload_writers: bool | None = None
     #: Upload writers kept open at once; past it idle ones close, busy ones refuse.
     max_open_uploads: int = 128
     #: Seconds an upload may sit untouched before it is aborted (its bytes freed).
@@ -101,8 +104,13 @@ class HttpServer:
         )
         self._run = context.run
         self._auth = Htpasswd(options.htpasswd) if options.htpasswd else None
+        hold = options.hold_upload_writers
         self._uploads = UploadSessions(
-            context.store, context.run, options.upload_idle_timeout, options.max_open_uploads
+            context.store,
+            context.run,
+            options.upload_idle_timeout,
+            options.max_open_uploads,
+            hold_writers=not store.shared_across_hosts if hold is None else hold,
         )
         self._router = Router(
             BlobHandler(context),

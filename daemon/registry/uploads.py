@@ -2,11 +2,27 @@
 
 A session is the ingest ``registry-upload/<repository>/<id>``: its bytes and
 offset are the store's, so an upload resumes (and survives a restart) from
-what the store kept. Reopening a writer re-reads what the ingest holds to
-rebuild its hash, so between the requests of one upload the writer stays
-open (and its ref locked) until the upload completes, is canceled, or sits
-idle for `idle_timeout` seconds. An upload nobody touches for much longer (a
-day, by default) is abandoned: `purge_abandoned` aborts it and frees its bytes.
+what the store kept. How long a request's writer stays open depends on who
+may serve the next request:
+
+- one daemon alone (a local store): reopening a writer may re-read what the
+  ingest holds to rebuild its hash, so between the requests of one upload
+  the writer stays open (and its ref locked) until the upload completes, is
+  canceled, or sits idle for `idle_timeout` seconds;
+- daemons on many hosts (a store `shared_across_hosts`, behind a load
+  balancer): the next request may reach another daemon, so each request
+  closes the writer before it answers. Its bytes are then durable with
+  their hash state, and the next request, anywhere, reopens the writer from
+  that state without reading the bytes back.
+
+A request that finds the upload's ref held by another process (another
+daemon's request on the same upload) waits for it briefly, then is answered
+416 BLOB_UPLOAD_INVALID with the upload's Range as the store has it: a chunk
+sent while another is under way is out of order, and the client resumes from
+that Range. Within one daemon, requests on one upload take turns.
+
+An upload nobody touches for much longer (a day, by default) is abandoned:
+`purge_abandoned` aborts it and frees its bytes.
 
 `UploadHandler` serves ``/v2/<name>/blobs/uploads/``: starting an upload (or
 storing a blob in one request, or mounting it from another repository),
@@ -29,6 +45,7 @@ from aiohttp import web
 
 from contentd.content import Store, Writer, validate_digest
 from contentd.errdefs import (
+    REF_LOCKED,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -47,6 +64,8 @@ UPLOAD_REF_PREFIX: Final = "registry-upload/"
 TOO_MANY_UPLOADS: Final = "TOO_MANY_UPLOADS"
 #: Bodies of monolithic pushes up to this size are stored in one step.
 SMALL_BODY: Final = 1 << 20
+#: Seconds a request waits for its upload's ref while another process holds it.
+BUSY_WAIT: Final = 1.0
 
 #: Runs a blocking store call off the event loop.
 Runner = Callable[..., "asyncio.Future[Any]"]
@@ -83,14 +102,36 @@ class OpenUpload:
 
 
 class UploadSessions:
-    """The open writers of upload sessions, by ref, on one event loop."""
+    """The open writers of upload sessions, by ref, on one event loop.
 
-    def __init__(self, store: Store, run: Runner, idle_timeout: float, max_open: int = 128) -> None:
+    With `hold_writers`, a writer stays open between its upload's requests
+    (until idle for `idle_timeout`); without, each request closes it (see
+    the module's doc). A ref another process holds is waited for up to
+    `busy_wait` seconds.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        run: Runner,
+        idle_timeout: float,
+        max_open: int = 128,
+        *,
+        hold_writers: bool = True,
+        busy_wait: float = BUSY_WAIT,
+    ) -> None:
         self._store = store
         self._run = run
         self._idle_timeout = idle_timeout
         self._max_open = max_open
+        self._hold_writers = hold_writers
+        self._busy_wait = busy_wait
         self._open: dict[str, OpenUpload] = {}
+
+    @property
+    def hold_writers(self) -> bool:
+        """Whether writers stay open between an upload's requests."""
+        return self._hold_writers
 
     async def _make_room(self) -> None:
         """Keep at most `max_open` writers open (each holds a file and a lock).
@@ -127,14 +168,17 @@ class UploadSessions:
             except BaseException:
                 self._open.pop(ref, None)
                 raise
+            if not self._hold_writers:
+                await self._close(ref, entry)
         return session, 0
 
     @contextlib.asynccontextmanager
     async def use(self, repository: str, session: str) -> AsyncIterator[OpenUpload]:
         """The session's writer, held for this request alone; BLOB_UPLOAD_UNKNOWN if none.
 
-        A session not open in this process (the daemon restarted, or it sat
-        idle) is reopened from its ingest.
+        A session not open in this process (the daemon restarted, it sat
+        idle, or writers are not held) is reopened from its ingest; without
+        held writers, it is closed again before the request answers.
         """
         if not valid_session_id(session):
             raise upload_unknown(session)
@@ -153,7 +197,7 @@ class UploadSessions:
             if entry.writer is None:
                 try:
                     await self._make_room()
-                    entry.writer = await self._run(self._reopen, ref, session)
+                    entry.writer = await self._reopen(repository, session, ref)
                 except BaseException:
                     self._open.pop(ref, None)
                     raise
@@ -163,10 +207,42 @@ class UploadSessions:
                 entry.last_used = time.monotonic()
                 if entry.finished:
                     self._open.pop(ref, None)
+                elif not self._hold_writers:
+                    # Before the answer: the client's next request may reach another daemon.
+                    await self._close(ref, entry)
         finally:
             entry.lock.release()
 
-    def _reopen(self, ref: str, session: str) -> Writer:
+    async def _reopen(self, repository: str, session: str, ref: str) -> Writer:
+        """The session's writer, from its ingest; a ref another process holds is waited for.
+
+        Past `busy_wait`, 416 BLOB_UPLOAD_INVALID with the upload's Range.
+        """
+        deadline = time.monotonic() + self._busy_wait
+        delay = 0.02
+        while True:
+            try:
+                writer: Writer = await self._run(self._reopen_now, ref, session)
+            except Unavailable as exc:
+                if exc.reason != REF_LOCKED:
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    offset = await self.offset(repository, session)
+                    raise answered_with(
+                        registry_error(
+                            OutOfRange,
+                            f"upload {session}: another request is writing to it",
+                            "RANGE_INVALID",
+                        ),
+                        headers=_upload_headers(repository, session, offset),
+                    ) from None
+            else:
+                return writer
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(2 * delay, 0.2)
+
+    def _reopen_now(self, ref: str, session: str) -> Writer:
         try:
             self._store.status(ref)
         except NotFound:
