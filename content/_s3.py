@@ -14,8 +14,8 @@ default), the bytes not yet in a part (held in memory, and in the manifest
 once synced), and possibly a *base*: a completed object at its data key
 holding its first bytes. The manifest (one small object) is the ingest's
 only truth: a resume reads it, and bytes appended since it was last saved
-(at `sync`, `close`, and when an upload starts) may be lost by a crash,
-never bytes before them.
+(at `sync`, `close`, when an upload starts, and at the first append after a
+part went up) may be lost by a crash, never bytes before them.
 
 Each save also stores the writer's hash state for exactly the bytes it
 describes (see `IngestData`), so a writer resuming in any process reads the
@@ -82,6 +82,9 @@ if TYPE_CHECKING:
 PART_SIZE: Final = 8 << 20
 #: S3's smallest part (except an upload's last).
 MIN_PART_SIZE: Final = 5 << 20
+#: The most bytes outside a part a manifest saved after a part went up carries: a
+#: larger tail waits for the next append (aligned writes leave none).
+CHECKPOINT_TAIL: Final = 1 << 20
 #: The largest object one CopyObject copies; larger ones are copied in parts.
 COPY_LIMIT: Final = 5 << 30
 #: Part size of a copy in parts (S3 allows 10,000 parts of up to 5 GiB).
@@ -661,6 +664,8 @@ class S3Ingest:
         self._dirty = False
         self._sealed = False
         self._closed = False
+        #: Parts uploaded since the manifest was last saved: the next append saves it.
+        self._unsaved_parts = 0
 
     @classmethod
     def load(cls, blobs: S3Blobs, key: str, what: str) -> S3Ingest | None:
@@ -829,6 +834,12 @@ class S3Ingest:
     def append(self, data: bytes | bytearray | memoryview) -> None:
         doing = f"writing {self._what}"
         self._check_writable("writing")
+        if self._unsaved_parts and len(self._buffer) <= CHECKPOINT_TAIL:
+            # Parts went up since the last save and every byte held is hashed
+            # (this append's are not held yet): save now, one small PUT per
+            # part, so a daemon dying mid-ingest loses about a part, not all
+            # it uploaded since the writer opened.
+            self._save(doing)
         view = memoryview(data).cast("B")
         part_size = self._blobs.part_size
         if len(self._buffer) + len(view) < part_size:
@@ -851,6 +862,7 @@ class S3Ingest:
                 for number, piece in enumerate(pieces, 1)
             ]
             self._parts += parts
+            self._unsaved_parts += len(parts)
             self._buffer = bytearray(rest)
         self._modified_ns = time.time_ns()
         self._dirty = True
@@ -877,6 +889,7 @@ class S3Ingest:
         self._hash = manifest.hash
         self._stored = True
         self._dirty = False
+        self._unsaved_parts = 0
 
     def seal(self) -> None:
         self._sealed = True

@@ -279,6 +279,32 @@ def test_a_writer_resumed_by_another_daemon_reads_none_of_the_ingest(
     assert read_whole(blobs, digest, len(data)) == data
 
 
+def test_a_writer_that_dies_mid_ingest_loses_about_a_part_and_resumes_reading_nothing(
+    daemons: tuple[BackedStore, BackedStore],
+) -> None:
+    first, second = daemons
+    data = random.Random(14).randbytes(5 * PART)
+    digest = digest_of(data)
+    step = 1 << 20  # as containerd's clients write: aligned with the parts
+    dying = first.writer("dying", total=len(data), expected=digest)
+    sent = 4 * PART + 3 * step
+    for offset in range(0, sent, step):
+        dying.write(data[offset : offset + step])
+    # The daemon dies here: no close, no sync, only its lock goes (with its process).
+    # What it saved after each part stands.
+    dying._lock.release()
+    blobs = s3_of(second)
+    data_key = blobs.data_key(ingest_key(second.namespace, "dying"))
+    requests = Requests(blobs)
+    with second.writer("dying", total=len(data), expected=digest) as resumed:
+        assert resumed.offset == 4 * PART
+        assert resumed.digest() == digest_of(data[: 4 * PART])
+        resumed.write(data[resumed.offset :])
+        assert resumed.commit(len(data), digest) == digest
+    assert requests.named("GetObject", data_key) == 0
+    assert read_whole(blobs, digest, len(data)) == data
+
+
 def test_a_resumed_writer_resumes_again_from_its_own_state(
     daemons: tuple[BackedStore, BackedStore],
 ) -> None:
