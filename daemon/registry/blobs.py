@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import IO, Final, cast
 
@@ -11,11 +12,13 @@ from aiohttp import web
 from contentd.content import BlobLocator, ReaderAt
 from contentd.errdefs import NotFound, OutOfRange
 
-from .context import IO_CHUNK, REGISTRY_HEADERS, ResourceHandler
+from .context import REGISTRY_HEADERS, ResourceHandler
 from .errors import answered_with, blob_unknown, registry_error
 from .routes import parse_digest
 
 _UNSATISFIABLE: Final = (-1, -1)
+#: What one read of a blob kept elsewhere (object storage) fetches while the last is sent.
+STREAM_CHUNK: Final = 4 << 20
 _BYTE_RANGE: Final = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
 
@@ -39,6 +42,18 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return _UNSATISFIABLE
     last = int(match[2]) if match[2] else size - 1
     return first, min(last + 1, size)
+
+
+def _has_descriptor(reader: ReaderAt) -> bool:
+    """Whether the reader's bytes are one open file (io objects without one raise)."""
+    fileno = getattr(reader, "fileno", None)
+    if fileno is None:
+        return False
+    try:
+        fileno()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _if_range_holds(header: str | None, digest: str) -> bool:
@@ -127,21 +142,44 @@ class BlobHandler(ResourceHandler):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("the client went away")
+        if not _has_descriptor(reader):
+            # Bytes kept elsewhere (object storage) have no descriptor to send.
+            await self._stream(response, reader, start, count)
+            await response.write_eof()
+            return response
         try:
             # sendfile needs only the file's descriptor (and seek), which the reader has.
             await asyncio.get_running_loop().sendfile(
                 transport, cast("IO[bytes]", reader), start, count
             )
         except NotImplementedError:  # TLS: the bytes must pass through the loop
-            offset, end = start, start + count
-            while offset < end:
-                chunk = await self._run(reader.read_at, min(IO_CHUNK, end - offset), offset)
-                if not chunk:
-                    break
-                await response.write(chunk)
-                offset += len(chunk)
+            await self._stream(response, reader, start, count)
         await response.write_eof()
         return response
+
+    async def _stream(
+        self, response: web.StreamResponse, reader: ReaderAt, start: int, count: int
+    ) -> None:
+        """Send `count` bytes from `start`, reading the next chunk while one is being sent."""
+        offset, end = start, start + count
+        reading = self._run(reader.read_at, min(STREAM_CHUNK, end - offset), offset)
+        while True:
+            chunk = await reading
+            offset += len(chunk)
+            more = bool(chunk) and offset < end
+            if more:
+                reading = self._run(reader.read_at, min(STREAM_CHUNK, end - offset), offset)
+            try:
+                if chunk:
+                    await response.write(chunk)
+            except BaseException:
+                if more:
+                    # Not left reading for nobody: its result, or error, is awaited here.
+                    with contextlib.suppress(Exception):
+                        await reading
+                raise
+            if not more:
+                return
 
     async def delete(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
         """DELETE a blob: take it out of the repository (the store keeps its bytes)."""
