@@ -311,12 +311,13 @@ def run_clients(
     client: Client[J, R],
     jobs: Sequence[J],
     *,
-    address: str,
+    addresses: Sequence[str],
     namespace: str,
     timeout: float,
     on_ready: Callable[[], None] = lambda: None,
 ) -> list[R]:
-    """Run `client(store, job, go)` for each job, each in a process of its own.
+    """Run `client(store, job, go)` for each job, each in a process of its own, the jobs
+    dealt in turn across `addresses` (daemons serving one store).
 
     Once every client has called `go()` (prepared and waiting), `on_ready` runs and then
     all are released together. Returns their results in job order. Raises ClientError
@@ -331,7 +332,16 @@ def run_clients(
         for index, job in enumerate(jobs):
             process = _SPAWN.Process(
                 target=_child,
-                args=(index, client, job, address, namespace, events, go, READY_TIMEOUT + timeout),
+                args=(
+                    index,
+                    client,
+                    job,
+                    addresses[index % len(addresses)],
+                    namespace,
+                    events,
+                    go,
+                    READY_TIMEOUT + timeout,
+                ),
                 name=f"bench-client-{index}",
                 daemon=True,
             )

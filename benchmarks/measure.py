@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +66,18 @@ class Usage:
     cpu_seconds: float
     #: How many RSS samples the peak was taken from.
     samples: int
+    #: CPU seconds the store's engines (S3, PostgreSQL) spent during the window, if measured.
+    engines_cpu_seconds: float | None = None
+
+
+def combined(usages: Sequence[Usage]) -> Usage:
+    """Several processes measured over one window as one: peaks and CPU time added up."""
+    return Usage(
+        peak_rss=sum(u.peak_rss for u in usages),
+        hwm=sum(u.hwm for u in usages),
+        cpu_seconds=sum(u.cpu_seconds for u in usages),
+        samples=min(u.samples for u in usages),
+    )
 
 
 class Monitor:

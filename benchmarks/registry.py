@@ -1,6 +1,7 @@
 """Benchmark contentd's HTTP face side by side with docker-registry 2.8: push and pull one blob.
 
-    python benchmarks/registry.py [--quick] [--rounds N] [--json FILE] [--tmpdir DIR] [--keep]
+    python benchmarks/registry.py [--quick] [--backend local|s3pg] [--rounds N] [--json FILE]
+                                  [--tmpdir DIR] [--keep]
 
 Each round makes a file of fresh random bytes (256 MiB, or 32 MiB with --quick) and times
 how fast the disk takes a durable copy of it; then, for contentd and then for
@@ -11,6 +12,10 @@ for the whole run. Progress goes to stderr; the environment, two Markdown tables
 medians and every round's rate, then the servers' peak memory and CPU time) and lines on
 where a push's time goes go to stdout. Everything started is stopped and everything
 written is removed on the way out, however the run ends.
+
+With `--backend s3pg` both keep their blobs in one SeaweedFS started for the run: contentd
+on a cluster store (S3 and a durable PostgreSQL, see `engines`), docker-registry with its
+S3 driver on a bucket of its own; the targets are then those for object storage.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +37,7 @@ from typing import Final, TypeVar
 
 try:
     from clients import Blob, Timed
+    from engines import BACKENDS, LOCAL, S3PG, Engines, running_engines
     from environment import describe
     from measure import Monitor, Usage
     from registry_client import (
@@ -45,7 +51,7 @@ try:
         push_blob,
         run_client,
     )
-    from registry_servers import ContentdRegistry, DockerRegistry
+    from registry_servers import ContentdRegistry, DockerRegistry, docker_registry_s3
     from run import Progress, finish_timings, serving
     from servers import CONTENTD, Running, Server
     from support.docker_registry import DOCKER_REGISTRY  # on the path once servers is imported
@@ -63,8 +69,11 @@ QUICK_SIZE: Final = 32 * MIB
 REPOSITORY: Final = "bench"
 PUSH: Final = "push"
 PULL: Final = "pull"
-#: The issue's targets: how many times docker-registry's rate contentd should reach.
-TARGETS: Final = {PUSH: 2.0, PULL: 1.0}
+#: The issues' targets: how many times docker-registry's rate contentd should reach, on
+#: local disks and with both on S3.
+TARGETS: Final = {LOCAL: {PUSH: 2.0, PULL: 1.0}, S3PG: {PUSH: 1.5, PULL: 1.0}}
+#: docker-registry's bucket, beside the cluster stores' in the one SeaweedFS.
+DOCKER_REGISTRY_BUCKET: Final = "docker-registry"
 
 J = TypeVar("J")
 
@@ -85,6 +94,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3,
         metavar="N",
         help="rounds, each with fresh content (default: 3); the median is reported",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=LOCAL,
+        help="where both keep their blobs: local directories (default), or s3pg, one "
+        "SeaweedFS started for the run (contentd: a cluster store with PostgreSQL; "
+        "docker-registry: its S3 driver)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
     parser.add_argument(
@@ -139,17 +156,36 @@ def client_timeout(size: int) -> float:
     return 60 + size / (2 * MB)
 
 
-def measured(running: Running, operation: Callable[[J, Go], Timed], job: J, size: int) -> Round:
-    """Run one client operation, measuring the server from the client's release to its end."""
+def measured(
+    running: Running,
+    operation: Callable[[J, Go], Timed],
+    job: J,
+    size: int,
+    engines: Engines | None = None,
+) -> Round:
+    """Run one client operation, measuring the server (and the `engines` under it, if any)
+    from the client's release to its end."""
     # Bytes an earlier step left dirty would otherwise be written back on this one's time.
     os.sync()
     monitor = Monitor(running.pid)
+    engines_at_start = 0.0
+
+    def on_ready() -> None:
+        nonlocal engines_at_start
+        if engines is not None:
+            engines_at_start = engines.cpu_seconds()
+        monitor.start()
+
     try:
-        timed = run_client(operation, job, timeout=client_timeout(size), on_ready=monitor.start)
+        timed = run_client(operation, job, timeout=client_timeout(size), on_ready=on_ready)
     finally:
         monitor.stop()
+    usage = monitor.usage
+    if engines is not None:
+        spent = engines.cpu_seconds() - engines_at_start
+        usage = dataclasses.replace(usage, engines_cpu_seconds=spent)
     phases = timed.phases if isinstance(timed, Pushed) else ()
-    return Round(timed.window.seconds, timed.count, monitor.usage, phases=phases)
+    return Round(timed.window.seconds, timed.count, usage, phases=phases)
 
 
 def disk_rate(blob: Blob, directory: Path) -> float:
@@ -173,12 +209,15 @@ def disk_rate(blob: Blob, directory: Path) -> float:
     return blob.size / MB / seconds
 
 
-def run_round(server: Server, blob: Blob, number: int, progress: Progress) -> dict[str, Round]:
+def run_round(
+    server: Server, blob: Blob, number: int, progress: Progress, engines: Engines | None = None
+) -> dict[str, Round]:
     """Start `server`, push `blob` and pull it back, check it, and stop the server."""
     progress(f"{server.name}: starting for round {number}")
     running = server.start()
     try:
-        pushed = measured(running, push_blob, Push(running.address, REPOSITORY, blob), blob.size)
+        push = Push(running.address, REPOSITORY, blob)
+        pushed = measured(running, push_blob, push, blob.size, engines)
         started = time.monotonic()
         os.sync()
         pushed = dataclasses.replace(pushed, sync_seconds=time.monotonic() - started)
@@ -188,6 +227,7 @@ def run_round(server: Server, blob: Blob, number: int, progress: Progress) -> di
             pull_blob,
             Pull(running.address, REPOSITORY, blob.digest, blob.size),
             blob.size,
+            engines,
         )
         check_digest(running.address, REPOSITORY, blob)
     except Exception:
@@ -231,15 +271,16 @@ def ratio(ours: Series | None, theirs: Series | None) -> float | None:
     return ours.median / theirs.median
 
 
-def results_table(found: dict[tuple[str, str], Series], size: int) -> str:
+def results_table(found: dict[tuple[str, str], Series], size: int, backend: str = LOCAL) -> str:
+    ours_name, theirs_name = column_names(backend)
     lines = [
-        "| case | contentd | docker-registry | ratio (>1: contentd faster) | target |",
+        f"| case | {ours_name} | {theirs_name} | ratio (>1: contentd faster) | target |",
         "|---|---:|---:|---:|---|",
     ]
     for case, title in titles(size).items():
         ours, theirs = found.get((case, CONTENTD)), found.get((case, DOCKER_REGISTRY))
         times = ratio(ours, theirs)
-        target = TARGETS[case]
+        target = TARGETS[backend][case]
         if times is None:
             shown, verdict = "n/a", f"{target:g}x"
         else:
@@ -251,25 +292,41 @@ def results_table(found: dict[tuple[str, str], Series], size: int) -> str:
     return "\n".join(lines)
 
 
-def format_usage(series: Series | None) -> tuple[str, str]:
+def column_names(backend: str) -> tuple[str, str]:
+    """What the tables call the two registries: with their storage, when it is S3."""
+    if backend == S3PG:
+        return "contentd (S3 + PostgreSQL)", "docker-registry (S3)"
+    return CONTENTD, DOCKER_REGISTRY
+
+
+def format_usage(series: Series | None) -> tuple[str, str, str]:
+    """Peak RSS, and the median CPU seconds of the server and of its engines."""
     if series is None or not series.rounds:
-        return "n/a", "n/a"
+        return "n/a", "n/a", "n/a"
     peak = max(r.usage.peak_rss for r in series.rounds)
     hwm = max(r.usage.hwm for r in series.rounds)
     cpu = statistics.median(r.usage.cpu_seconds for r in series.rounds)
-    return f"{peak / MIB:,.0f} MiB (HWM {hwm / MIB:,.0f})", f"{cpu:,.2f} s"
+    on_engines = [r.usage.engines_cpu_seconds for r in series.rounds]
+    engines = (
+        "n/a" if None in on_engines else f"{statistics.median(s or 0.0 for s in on_engines):,.2f} s"
+    )
+    return f"{peak / MIB:,.0f} MiB (HWM {hwm / MIB:,.0f})", f"{cpu:,.2f} s", engines
 
 
-def usage_table(found: dict[tuple[str, str], Series], size: int) -> str:
+def usage_table(found: dict[tuple[str, str], Series], size: int, backend: str = LOCAL) -> str:
+    engines = backend == S3PG
+    extra = " engines' CPU |"
     lines = [
-        "| case | contentd peak RSS | contentd CPU | docker-registry peak RSS "
-        "| docker-registry CPU |",
-        "|---|---:|---:|---:|---:|",
+        f"| case | contentd peak RSS | contentd CPU |{extra if engines else ''} "
+        f"docker-registry peak RSS | docker-registry CPU |{extra if engines else ''}",
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if engines else ""),
     ]
     for case, title in titles(size).items():
-        ours_rss, ours_cpu = format_usage(found.get((case, CONTENTD)))
-        theirs_rss, theirs_cpu = format_usage(found.get((case, DOCKER_REGISTRY)))
-        lines.append(f"| {title} | {ours_rss} | {ours_cpu} | {theirs_rss} | {theirs_cpu} |")
+        ours_rss, ours_cpu, ours_engines = format_usage(found.get((case, CONTENTD)))
+        theirs_rss, theirs_cpu, theirs_engines = format_usage(found.get((case, DOCKER_REGISTRY)))
+        ours = f"{ours_rss} | {ours_cpu} |" + (f" {ours_engines} |" if engines else "")
+        theirs = f"{theirs_rss} | {theirs_cpu} |" + (f" {theirs_engines} |" if engines else "")
+        lines.append(f"| {title} | {ours} {theirs}")
     return "\n".join(lines)
 
 
@@ -314,20 +371,27 @@ def report(
     found: dict[tuple[str, str], Series],
     size: int,
     disk: Sequence[float],
+    backend: str = LOCAL,
 ) -> str:
     lines = [f"- {key}: {value}" for key, value in environment.items()]
     lines += [
         "",
-        results_table(found, size),
+        results_table(found, size, backend),
         "",
         "Each rate is the median over the rounds, every round's rate in parentheses. "
         "MB = 10^6 bytes; MiB = 2^20. The ratio is contentd's median over docker-registry's.",
         "",
-        usage_table(found, size),
+        usage_table(found, size, backend),
         "",
         "Peak RSS is the highest VmRSS sampled every 50 ms during any round, HWM the highest "
         "VmHWM (peak since that start, setup included); CPU is the median over the rounds of "
-        "the server's user + system seconds in the measured window.",
+        "the server's user + system seconds in the measured window"
+        + (
+            "; the engines' CPU, of SeaweedFS's and PostgreSQL's processes together over the "
+            "same window (docker-registry uses SeaweedFS only)."
+            if backend == S3PG
+            else "."
+        ),
         "",
         phases_line(found),
         sync_line(found),
@@ -365,7 +429,8 @@ def write_json(
         "results": results,
         "ratios": ratios,
         "disk_mb_per_s": list(disk),
-        "targets": TARGETS,
+        "backend": args.backend,
+        "targets": TARGETS[args.backend],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
 
@@ -397,27 +462,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = QUICK_SIZE if args.quick else FULL_SIZE
 
     workdir = Path(tempfile.mkdtemp(prefix="contentd-registry-bench-", dir=args.tmpdir))
-    servers: list[Server] = []
-    if ContentdRegistry.available():
-        servers.append(ContentdRegistry(workdir / CONTENTD))
-    else:
-        progress("contentd serve has no --http: running docker-registry alone")
-    if DockerRegistry.available():
-        servers.append(DockerRegistry(workdir / DOCKER_REGISTRY))
-    else:
-        progress("docker-registry is not installed (no `docker-registry` on PATH)")
-    if not servers:
-        shutil.rmtree(workdir, ignore_errors=True)
-        progress("nothing to measure")
-        return 1
     environment = environment_lines(workdir)
-    for key, value in environment.items():
-        progress(f"{key}: {value}")
-
     found: dict[tuple[str, str], Series] = {}
     disk: list[float] = []
     timings: dict[str, float] = {}
-    with serving(servers, workdir, keep=args.keep, progress=progress):
+    servers: list[Server] = []
+    with serving(servers, workdir, keep=args.keep, progress=progress), ExitStack() as stack:
+        engines: Engines | None = None
+        if args.backend == S3PG:
+            engines = stack.enter_context(running_engines(workdir, progress, keep=args.keep))
+            # Registered after the engines start, so it runs before they stop.
+            stack.callback(lambda: [server.stop() for server in servers])
+            environment.update(engines.describe())
+        if ContentdRegistry.available():
+            flags = engines.cluster("contentd").flags() if engines else ()
+            servers.append(ContentdRegistry(workdir / CONTENTD, flags))
+        else:
+            progress("contentd serve has no --http: running docker-registry alone")
+        if DockerRegistry.available():
+            storage = docker_registry_s3(engines, DOCKER_REGISTRY_BUCKET) if engines else None
+            servers.append(DockerRegistry(workdir / DOCKER_REGISTRY, storage))
+        else:
+            progress("docker-registry is not installed (no `docker-registry` on PATH)")
+        if not servers:
+            progress("nothing to measure")
+            return 1
+        for key, value in environment.items():
+            progress(f"{key}: {value}")
+
         data = Data(workdir / "data")
         for number in range(1, args.rounds + 1):
             started = time.monotonic()
@@ -427,14 +499,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"disk: round {number}: {disk[-1]:,.1f} MB/s written and fdatasync'd")
             for server in servers:
                 started = time.monotonic()
-                for case, done in run_round(server, blob, number, progress).items():
+                for case, done in run_round(server, blob, number, progress, engines).items():
                     found.setdefault((case, server.name), Series(case, server.name))
                     found[(case, server.name)].rounds.append(done)
                 timings[f"round-{number}/{server.name}"] = time.monotonic() - started
             blob.path.unlink()
     finish_timings(timings, environment, progress)
 
-    print(report(environment, found, size, disk))
+    print(report(environment, found, size, disk, args.backend))
     if args.json:
         write_json(args.json, environment, args, size, found, disk, timings)
         progress(f"raw numbers written to {args.json}")

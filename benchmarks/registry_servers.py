@@ -7,17 +7,24 @@
   directory, deletes enabled, no blob descriptor cache, warnings only and no access log,
   on a free port of 127.0.0.1.
 
+With `--backend s3pg` both keep their blobs in one SeaweedFS (`engines`): contentd on a
+cluster store (`--blobs s3://... --metadata postgresql://...`), docker-registry with its S3
+driver on a bucket of its own (`docker_registry_s3`).
+
 Both are ready once `GET /v2/` answers 200. `Running.address` is the registry's base URL.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from engines import Engines
 from servers import START_TIMEOUT, STOP_TIMEOUT, Contentd, Running, Server
 from support import docker_registry
 from support.containerd import log_tail
@@ -28,6 +35,7 @@ from support.docker_registry import (
     start_docker_registry,
     wait_until_serving,
 )
+from support.seaweedfs import REGION
 
 
 class ContentdRegistry(Contentd):
@@ -50,20 +58,53 @@ class ContentdRegistry(Contentd):
 
     def start(self) -> Running:
         self._daemon = start_daemon(
-            self.workdir / "root", "--http", "127.0.0.1:0", timeout=START_TIMEOUT
+            self.workdir / "root",
+            *self.store_flags,
+            "--http",
+            "127.0.0.1:0",
+            timeout=START_TIMEOUT,
         )
         url = self._daemon.http_url
         wait_until_serving(url, self._daemon.process, START_TIMEOUT)
         return Running(self.name, url, self._daemon.process.pid)
 
 
+def docker_registry_s3(engines: Engines, bucket: str) -> dict[str, dict[str, object]]:
+    """docker-registry's storage on `bucket` of the engines' SeaweedFS: its s3 driver (2.8
+    forces path-style addressing for a `regionendpoint`; plain HTTP, signature v4), and
+    no redirects."""
+    return {
+        "s3": {
+            "accesskey": engines.seaweedfs.access_key,
+            "secretkey": engines.seaweedfs.secret_key,
+            "region": REGION,
+            "regionendpoint": engines.seaweedfs.endpoint,
+            "bucket": engines.create_bucket(bucket),
+            "secure": False,
+            "v4auth": True,
+        },
+        # Serve blobs itself, as contentd does, rather than redirect a pull to SeaweedFS.
+        "redirect": {"disable": True},
+    }
+
+
+def docker_registry_environment() -> dict[str, str]:
+    """The harness's environment without AWS_CA_BUNDLE: docker-registry's S3 driver panics
+    when it is set (this machine sets it for everything)."""
+    return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+
+
 class DockerRegistry(Server):
-    """docker-registry 2.8 serving a filesystem store under the work directory."""
+    """docker-registry 2.8 serving a filesystem store under the work directory, or the
+    `storage` given (as `support.docker_registry.registry_config` takes it)."""
 
     name = DOCKER_REGISTRY
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, storage: Mapping[str, Mapping[str, object]] | None = None
+    ) -> None:
         super().__init__(workdir)
+        self.storage = storage
         self._running: DockerRegistryProcess | None = None
 
     @staticmethod
@@ -89,7 +130,12 @@ class DockerRegistry(Server):
         return done.stdout.strip() or "unknown"
 
     def start(self) -> Running:
-        self._running = start_docker_registry(self.workdir, timeout=START_TIMEOUT)
+        self._running = start_docker_registry(
+            self.workdir,
+            timeout=START_TIMEOUT,
+            storage=self.storage,
+            environment=None if self.storage is None else docker_registry_environment(),
+        )
         return Running(self.name, self._running.url, self._running.process.pid)
 
     def stop(self) -> None:

@@ -1,13 +1,16 @@
 """Benchmark contentd side by side with containerd, over the same Python client.
 
-    python benchmarks/run.py [--quick] [--only WORKLOAD...] [--json FILE]
+    python benchmarks/run.py [--quick] [--backend local|s3pg] [--only WORKLOAD...] [--json FILE]
 
 For each workload in turn, it starts `contentd serve`, runs the workload, stops it, then
 does the same with a private containerd (content plugins only, its own root, state and
 socket); the two never run at the same time. Each server keeps one root, in a temporary
-directory, for the whole run. Progress goes to stderr; the environment and two Markdown
-tables (the results, then the daemons' peak memory and CPU time) go to stdout. Everything
-started is stopped and everything written is removed on the way out, however the run ends.
+directory, for the whole run. With `--backend s3pg` contentd serves a cluster store
+instead, on a SeaweedFS and a PostgreSQL the harness starts for the run (see `engines`),
+and a third server, two contentd daemons on that one store, runs the small blobs.
+Progress goes to stderr; the environment and two Markdown tables (the results, then the
+daemons' peak memory and CPU time) go to stdout. Everything started is stopped and
+everything written is removed on the way out, however the run ends.
 """
 
 from __future__ import annotations
@@ -23,16 +26,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Final
 
 try:
+    from engines import BACKENDS, LOCAL, S3PG, Engines, running_engines
     from environment import describe, load_average
-    from servers import CONTAINERD, CONTENTD, NULL_SERVER, Containerd, Contentd, Server
+    from servers import (
+        CONTAINERD,
+        CONTENTD,
+        CONTENTD_PAIR,
+        NULL_SERVER,
+        Containerd,
+        Contentd,
+        ContentdPair,
+        Server,
+    )
     from workloads import (
         FULL,
+        FULL_CLUSTER,
         QUICK,
         STORE_ALONE,
         WORKLOADS,
@@ -84,6 +98,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=names,
         metavar="WORKLOAD",
         help=f"run only these workloads (of {', '.join(names)})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=LOCAL,
+        help="contentd's store: a local directory (default), or s3pg, a cluster store on "
+        "S3 (SeaweedFS) and PostgreSQL started for the run; containerd's stays local",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
     parser.add_argument(
@@ -148,13 +169,20 @@ def finish_timings(
 
 
 def run_workload(
-    workload: Workload, server: Server, scale: Scale, data: Data, progress: Progress
+    workload: Workload,
+    server: Server,
+    scale: Scale,
+    data: Data,
+    progress: Progress,
+    engines: Engines | None = None,
 ) -> list[Result]:
-    """Start `server`, run `workload` on it, and stop it whatever happens."""
+    """Start `server`, run `workload` on it, and stop it whatever happens. The `engines`'
+    CPU is measured beside contentd's (containerd uses none)."""
     progress(f"{server.name}: starting for {workload.name}")
     running = server.start()
+    engines_cpu = engines.cpu_seconds if engines and server.name != CONTAINERD else None
     try:
-        return workload.run(Context(running, scale, data, progress))
+        return workload.run(Context(running, scale, data, progress, engines_cpu))
     except Exception:
         print(f"--- {server.name} log (last lines) ---\n{server.log()}", file=sys.stderr)
         raise
@@ -185,14 +213,23 @@ def ratio(ours: Result, theirs: Result | None) -> float | None:
 
 
 def paired(results: Sequence[Result]) -> list[tuple[Result, Result | None]]:
-    """contentd's results in order, each with containerd's result for the same case."""
+    """contentd's results in order (two daemons' too), each with containerd's result for
+    the same case."""
     theirs = {r.case: r for r in results if r.server == CONTAINERD}
-    return [(r, theirs.get(r.case)) for r in results if r.server == CONTENTD]
+    return [(r, theirs.get(r.case)) for r in results if r.server in (CONTENTD, CONTENTD_PAIR)]
 
 
-def results_table(results: Sequence[Result]) -> str:
+def column_names(backend: str) -> tuple[str, str]:
+    """What the tables call contentd and containerd: their stores, when they differ."""
+    if backend == S3PG:
+        return "contentd (S3 + PostgreSQL)", "containerd (local)"
+    return CONTENTD, CONTAINERD
+
+
+def results_table(results: Sequence[Result], backend: str = LOCAL) -> str:
+    ours_name, theirs_name = column_names(backend)
     lines = [
-        "| workload | contentd | containerd | ratio (>1: contentd better) |",
+        f"| workload | {ours_name} | {theirs_name} | ratio (>1: contentd better) |",
         "|---|---:|---:|---:|",
     ]
     for ours, theirs in paired(results):
@@ -215,15 +252,26 @@ def format_usage(result: Result | None) -> tuple[str, str]:
     return memory, f"{usage.cpu_seconds:,.1f} s"
 
 
+def format_engines_cpu(result: Result) -> str:
+    seconds = result.usage.engines_cpu_seconds if result.usage else None
+    return "n/a" if seconds is None else f"{seconds:,.1f} s"
+
+
 def usage_table(results: Sequence[Result]) -> str:
+    engines = any(r.usage and r.usage.engines_cpu_seconds is not None for r in results)
+    extra = " engines' CPU |" if engines else ""
     lines = [
-        "| workload | contentd peak RSS | contentd CPU | containerd peak RSS | containerd CPU |",
-        "|---|---:|---:|---:|---:|",
+        f"| workload | contentd peak RSS | contentd CPU |{extra} containerd peak RSS "
+        "| containerd CPU |",
+        "|---|---:|---:|---:|---:|" + ("---:|" if engines else ""),
     ]
     for ours, theirs in paired(results):
         ours_rss, ours_cpu = format_usage(ours)
         theirs_rss, theirs_cpu = format_usage(theirs)
-        lines.append(f"| {ours.title} | {ours_rss} | {ours_cpu} | {theirs_rss} | {theirs_cpu} |")
+        on_engines = f" {format_engines_cpu(ours)} |" if engines else ""
+        lines.append(
+            f"| {ours.title} | {ours_rss} | {ours_cpu} |{on_engines} {theirs_rss} | {theirs_cpu} |"
+        )
     return "\n".join(lines)
 
 
@@ -335,11 +383,11 @@ def memory_target_line(results: Sequence[Result]) -> str | None:
     return None
 
 
-def report(environment: dict[str, str], results: Sequence[Result]) -> str:
+def report(environment: dict[str, str], results: Sequence[Result], backend: str = LOCAL) -> str:
     lines = [f"- {key}: {value}" for key, value in environment.items()]
     lines += [
         "",
-        results_table(results),
+        results_table(results, backend),
         "",
         "Ratios are contentd over containerd for rates and containerd over contentd for "
         "seconds, so above 1 contentd is better either way; a ratio in parentheses is for "
@@ -351,6 +399,19 @@ def report(environment: dict[str, str], results: Sequence[Result]) -> str:
         "the daemon's VmHWM then, its peak since it started for this workload (setup "
         "included). CPU is user + system seconds of the daemon process over the same window.",
     ]
+    if any(r.server == CONTENTD_PAIR for r in results):
+        lines += [
+            "",
+            "With two contentd daemons on the one store, the clients are dealt across them in "
+            "turn; their RSS and CPU are the two daemons' added up.",
+        ]
+    if backend == S3PG:
+        lines += [
+            "",
+            "The engines' CPU is what SeaweedFS and PostgreSQL (every process of theirs) "
+            "spent over the same window, on the same cores: contentd's work that runs "
+            "outside its process. containerd's store is its own process.",
+        ]
     references = references_table(results)
     if references:
         lines += [
@@ -376,13 +437,14 @@ def write_json(
     path: Path,
     environment: dict[str, str],
     scale: Scale,
-    quick: bool,
+    args: argparse.Namespace,
     results: Sequence[Result],
     timings: dict[str, float],
 ) -> None:
     document = {
         "environment": environment,
-        "quick": quick,
+        "quick": args.quick,
+        "backend": args.backend,
         "scale": dataclasses.asdict(scale),
         "wall_seconds": timings,
         "results": [dataclasses.asdict(result) for result in results],
@@ -390,36 +452,57 @@ def write_json(
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def servers_for(workload: Workload, servers: Sequence[Server]) -> list[Server]:
+    """The servers that run `workload`: two daemons on one store run the small blobs only."""
+    return [s for s in servers if s.name != CONTENTD_PAIR or workload.name == "small"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     progress = Progress()
-    scale = QUICK if args.quick else FULL
+    scale = QUICK if args.quick else FULL_CLUSTER if args.backend == S3PG else FULL
     if args.populate_writers:
         scale = dataclasses.replace(scale, populate_writers=args.populate_writers)
     selected = [w for w in WORKLOADS if args.only is None or w.name in args.only]
 
     workdir = Path(tempfile.mkdtemp(prefix="contentd-bench-", dir=args.tmpdir))
-    servers: list[Server] = [Contentd(workdir / "contentd")]
-    if Containerd.available():
-        servers.append(Containerd(workdir / "containerd"))
-    else:
-        progress("containerd is not installed (no `containerd` on PATH): running contentd alone")
     environment = describe(workdir)
-    for key, value in environment.items():
-        progress(f"{key}: {value}")
-
     results: list[Result] = []
     timings: dict[str, float] = {}
-    with serving(servers, workdir, keep=args.keep, progress=progress):
+    servers: list[Server] = []
+    with serving(servers, workdir, keep=args.keep, progress=progress), ExitStack() as stack:
+        engines: Engines | None = None
+        if args.backend == S3PG:
+            engines = stack.enter_context(running_engines(workdir, progress, keep=args.keep))
+            # Registered after the engines start, so it runs before they stop.
+            stack.callback(lambda: [server.stop() for server in servers])
+            environment.update(engines.describe())
+            flags = engines.cluster("contentd").flags()
+            servers += [
+                Contentd(workdir / CONTENTD, flags),
+                ContentdPair(workdir / CONTENTD_PAIR, flags),
+            ]
+        else:
+            servers.append(Contentd(workdir / CONTENTD))
+        if Containerd.available():
+            servers.append(Containerd(workdir / CONTAINERD))
+        else:
+            progress("containerd is not installed (no `containerd` on PATH): contentd alone")
+        for key, value in environment.items():
+            progress(f"{key}: {value}")
+
         data = Data(workdir / "data")
         for workload in selected:
             started = time.monotonic()
             workload.prepare(data, scale)
             timings[f"{workload.name}/prepare"] = time.monotonic() - started
-            for server in servers:
+            for server in servers_for(workload, servers):
                 started = time.monotonic()
-                results += run_workload(workload, server, scale, data, progress)
+                results += run_workload(workload, server, scale, data, progress, engines)
                 timings[f"{workload.name}/{server.name}"] = time.monotonic() - started
+            if engines is not None:
+                # The references measure the local store and gRPC: the local run has them.
+                continue
             started = time.monotonic()
             measured = workload.references(References(workdir, scale, data, progress))
             if measured:
@@ -427,9 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timings[f"{workload.name}/references"] = time.monotonic() - started
     finish_timings(timings, environment, progress)
 
-    print(report(environment, results))
+    print(report(environment, results, args.backend))
     if args.json:
-        write_json(args.json, environment, scale, args.quick, results, timings)
+        write_json(args.json, environment, scale, args, results, timings)
         progress(f"raw numbers written to {args.json}")
     return 0
 

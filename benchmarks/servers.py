@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -39,15 +40,27 @@ STOP_TIMEOUT: Final = 60.0
 CONTENTD: Final = "contentd"
 CONTAINERD: Final = "containerd"
 NULL_SERVER: Final = "null-server"
+#: Two contentd daemons serving one cluster store, clients dealt across them.
+CONTENTD_PAIR: Final = "contentd-x2"
 
 
 @dataclass
 class Running:
-    """A started server: where to reach it and which process to measure."""
+    """A started server: where to reach it and which process to measure; `peers`, further
+    daemons serving the same store (clients are dealt across all, all are measured)."""
 
     name: str
     address: str
     pid: int
+    peers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.address, *(address for address, _ in self.peers))
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.pid, *(pid for _, pid in self.peers))
 
 
 class Server(ABC):
@@ -73,17 +86,21 @@ class Server(ABC):
 
 
 class Contentd(Server):
-    """`contentd serve` with its root under the work directory."""
+    """`contentd serve` with its root under the work directory, or on the store that
+    `store_flags` name (`--blobs ... --metadata ...`: a cluster store)."""
 
     name = CONTENTD
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, store_flags: Sequence[str] = ()) -> None:
         super().__init__(workdir)
+        self.store_flags = tuple(store_flags)
         self._daemon: DaemonProcess | None = None
         self._last_log = ""
 
     def start(self) -> Running:
-        self._daemon = start_daemon(self.workdir / "root", timeout=START_TIMEOUT, collect=True)
+        self._daemon = start_daemon(
+            self.workdir / "root", *self.store_flags, timeout=START_TIMEOUT, collect=True
+        )
         return Running(self.name, self._daemon.address, self._daemon.process.pid)
 
     def stop(self) -> None:
@@ -100,6 +117,33 @@ class Contentd(Server):
         daemon = self._daemon
         text = daemon.logged() if daemon is not None else self._last_log
         return "\n".join(text.splitlines()[-40:]) or "(nothing logged)"
+
+
+class ContentdPair(Server):
+    """Two `contentd serve` daemons on one cluster store (`store_flags`): what scale-out buys."""
+
+    name = CONTENTD_PAIR
+
+    def __init__(self, workdir: Path, store_flags: Sequence[str]) -> None:
+        super().__init__(workdir)
+        self._daemons = [Contentd(workdir / f"daemon-{n}", store_flags) for n in (1, 2)]
+
+    def start(self) -> Running:
+        try:
+            first, second = (daemon.start() for daemon in self._daemons)
+        except BaseException:
+            self.stop()
+            raise
+        return Running(self.name, first.address, first.pid, ((second.address, second.pid),))
+
+    def stop(self) -> None:
+        for daemon in self._daemons:
+            daemon.stop()
+
+    def log(self) -> str:
+        return "\n".join(
+            f"--- daemon {n} ---\n{daemon.log()}" for n, daemon in enumerate(self._daemons, 1)
+        )
 
 
 class Containerd(Server):

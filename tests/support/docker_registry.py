@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Final
@@ -59,8 +60,16 @@ def free_port() -> int:
         return port
 
 
-def registry_config(root: Path, port: int) -> str:
-    """docker-registry's config.yml. Strings are JSON-quoted, which YAML reads as they are."""
+def registry_config(
+    root: Path, port: int, storage: Mapping[str, Mapping[str, object]] | None = None
+) -> str:
+    """docker-registry's config.yml: filesystem storage under `root`, or `storage` (a driver's
+    name and its parameters). Values are JSON-quoted, which YAML reads as they are."""
+    drivers = storage or {"filesystem": {"rootdirectory": str(root)}}
+    storage_lines = []
+    for driver, parameters in drivers.items():
+        storage_lines.append(f"  {driver}:")
+        storage_lines += [f"    {key}: {json.dumps(value)}" for key, value in parameters.items()]
     return "\n".join(
         [
             "version: 0.1",
@@ -69,8 +78,7 @@ def registry_config(root: Path, port: int) -> str:
             "  accesslog:",
             "    disabled: true",
             "storage:",
-            "  filesystem:",
-            f"    rootdirectory: {json.dumps(str(root))}",
+            *storage_lines,
             "  delete:",
             "    enabled: true",
             "http:",
@@ -111,14 +119,21 @@ def available() -> bool:
     return shutil.which(DOCKER_REGISTRY) is not None
 
 
-def start_docker_registry(workdir: Path, *, timeout: float = 60) -> DockerRegistryProcess:
+def start_docker_registry(
+    workdir: Path,
+    *,
+    timeout: float = 60,
+    storage: Mapping[str, Mapping[str, object]] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> DockerRegistryProcess:
     """Start docker-registry with its config, storage and log (`registry.log`) under
-    `workdir`, and wait until it serves. Its content outlives it: a new start on the same
-    `workdir` serves it again."""
+    `workdir` (or the `storage` driver given, as `registry_config` takes it; `environment`
+    replaces the inherited one), and wait until it serves. Its content outlives it: a new
+    start on the same `workdir` serves it again."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(registry_config(workdir / "root", port))
+    config.write_text(registry_config(workdir / "root", port, storage))
     log_path = registry_log(workdir)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -126,6 +141,7 @@ def start_docker_registry(workdir: Path, *, timeout: float = 60) -> DockerRegist
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=None if environment is None else dict(environment),
         )
     running = DockerRegistryProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:

@@ -17,14 +17,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from support.backends import DSN_VARIABLE
 
-__all__ = ["DSN_VARIABLE", "PostgresCluster", "running_postgres"]
+__all__ = ["DSN_VARIABLE", "PostgresCluster", "binaries", "running_postgres"]
 _USER = "postgres"
 # Tests only: durability is the database's business, not what these tests test.
 _SETTINGS = {
@@ -36,7 +36,7 @@ _SETTINGS = {
 }
 
 
-def _binaries() -> Path | None:
+def binaries() -> Path | None:
     """The newest installed PostgreSQL's bin directory, or None."""
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
@@ -52,14 +52,20 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    """A running cluster: its `dsn`, and stop, start and restart for fault tests."""
+    """A running cluster: its `dsn`, and stop, start and restart for fault tests.
 
-    def __init__(self, bin_directory: Path, directory: Path) -> None:
+    `settings` override the tests' server settings (the benchmarks turn fsync back on).
+    """
+
+    def __init__(
+        self, bin_directory: Path, directory: Path, settings: Mapping[str, str] | None = None
+    ) -> None:
         self._bin = bin_directory
         self.directory = directory
         self.data = directory / "data"
         self.port = _free_port()
         self._as_user = os.geteuid() == 0
+        self.settings = {**_SETTINGS, **(settings or {})}
 
     @property
     def dsn(self) -> str:
@@ -93,7 +99,7 @@ class PostgresCluster:
     def start(self) -> None:
         options = " ".join(
             [f"-p {self.port}", f"-k {self.directory}"]
-            + [f"-c {name}={value}" for name, value in _SETTINGS.items()]
+            + [f"-c {name}={value}" for name, value in self.settings.items()]
         )
         self._run(
             str(self._bin / "pg_ctl"),
@@ -121,7 +127,7 @@ class PostgresCluster:
 @contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresCluster]:
     """A fresh cluster for as long as the block runs; skips the test when there is none to run."""
-    bin_directory = _binaries()
+    bin_directory = binaries()
     if bin_directory is None:
         pytest.skip("PostgreSQL's server binaries are not installed (apt install postgresql)")
     directory = Path(tempfile.mkdtemp(prefix="contentd-pg-"))
