@@ -49,7 +49,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -82,8 +82,11 @@ if TYPE_CHECKING:
 PART_SIZE: Final = 8 << 20
 #: S3's smallest part (except an upload's last).
 MIN_PART_SIZE: Final = 5 << 20
-#: The most bytes outside a part a manifest saved after a part went up carries: a
-#: larger tail waits for the next append (aligned writes leave none).
+#: Parts an ingest uploads between saves of its manifest while its writer streams:
+#: what a daemon dying mid-ingest may lose (each save waits for the part going up).
+CHECKPOINT_PARTS: Final = 4
+#: The most bytes outside a part such a save carries: a larger tail waits for the
+#: next append (aligned writes leave none).
 CHECKPOINT_TAIL: Final = 1 << 20
 #: The largest object one CopyObject copies; larger ones are copied in parts.
 COPY_LIMIT: Final = 5 << 30
@@ -231,6 +234,10 @@ class S3Blobs:
         self._open: dict[str, S3Ingest] = {}
         #: Bytes `store_ingest` keeps until their publish, by key.
         self._stored: dict[str, tuple[bytes, int]] = {}
+        #: Where ingests upload a part while their writer receives the next one.
+        self._part_uploads = ThreadPoolExecutor(
+            max_workers=max(1, pool_connections // 2), thread_name_prefix="contentd-s3-part"
+        )
         doing = f"opening bucket {bucket}"
         try:
             with self.translating(doing, _MISSING):
@@ -631,6 +638,7 @@ class S3Blobs:
             return keys | self._open.keys() | self._stored.keys()
 
     def close(self) -> None:
+        self._part_uploads.shutdown(wait=True)
         self._client.close()
 
 
@@ -638,10 +646,15 @@ class S3Ingest:
     """An ingest's bytes in S3, open for appending by its writer (see the module's layout).
 
     Appends fill a buffer; each full part goes up as a part of the ingest's
-    multipart upload. `sync` writes the manifest: the parts so far, the
-    buffer's bytes, and the writer's hash state of them all. A failed append
-    changes nothing: the buffer and the list of parts move only once every
-    part it filled is uploaded.
+    multipart upload, the last part an append fills in the background while
+    the writer receives the next (one at a time: the next full part waits for
+    it). `sync` writes the manifest: the parts so far, the buffer's bytes, and
+    the writer's hash state of them all. A failed append changes nothing: a
+    part going up in the background stays held in memory until S3 has it (an
+    upload that failed there is tried again, in the writer's thread, by the
+    next append that needs it settled, or by sync, which raise if it fails
+    again), and the buffer and the list of parts move only once every part an
+    append filled is uploaded.
     """
 
     def __init__(
@@ -664,8 +677,10 @@ class S3Ingest:
         self._dirty = False
         self._sealed = False
         self._closed = False
-        #: Parts uploaded since the manifest was last saved: the next append saves it.
+        #: Parts uploaded since the manifest was last saved: an append saves it past a few.
         self._unsaved_parts = 0
+        #: The part going up in the background: its number, bytes and upload.
+        self._inflight: tuple[int, bytes, Future[tuple[int, str]] | None] | None = None
 
     @classmethod
     def load(cls, blobs: S3Blobs, key: str, what: str) -> S3Ingest | None:
@@ -691,7 +706,38 @@ class S3Ingest:
 
     @property
     def size(self) -> int:
-        return self._base + sum(size for size, _ in self._parts) + len(self._buffer)
+        inflight = len(self._inflight[1]) if self._inflight is not None else 0
+        return self._base + sum(size for size, _ in self._parts) + inflight + len(self._buffer)
+
+    def _settle(self, doing: str) -> None:
+        """Wait for the part going up in the background, trying it again here if it failed.
+
+        Raises if it fails again; its bytes stay held, for the next try.
+        """
+        if self._inflight is None:
+            return
+        number, data, upload = self._inflight
+        part = None
+        if upload is not None:
+            try:
+                part = upload.result()
+            except (ContentdError, OSError) as exc:
+                _log.info("part %d of %s failed (%s); trying it again", number, self._what, exc)
+                self._inflight = (number, data, None)
+        if part is None:
+            part = self._upload_part(number, data, doing)
+        self._parts.append(part)
+        self._unsaved_parts += 1
+        self._inflight = None
+
+    def _drop_inflight(self) -> None:
+        """Forget the part going up (its upload is being aborted), once it is done."""
+        if self._inflight is not None:
+            upload = self._inflight[2]
+            self._inflight = None
+            if upload is not None:
+                with contextlib.suppress(ContentdError, OSError):
+                    upload.result()
 
     @property
     def modified_ns(self) -> int:
@@ -735,6 +781,7 @@ class S3Ingest:
             raise FailedPrecondition(f"{doing} {self._what}: its bytes are sealed for a commit")
 
     def chunks(self) -> Iterator[bytes]:
+        self._settle(f"reading {self._what}")
         if self._upload is not None and self._parts:
             self._complete_into_base()
         if self._base:
@@ -834,17 +881,19 @@ class S3Ingest:
     def append(self, data: bytes | bytearray | memoryview) -> None:
         doing = f"writing {self._what}"
         self._check_writable("writing")
-        if self._unsaved_parts and len(self._buffer) <= CHECKPOINT_TAIL:
+        if self._unsaved_parts >= CHECKPOINT_PARTS and len(self._buffer) <= CHECKPOINT_TAIL:
             # Parts went up since the last save and every byte held is hashed
-            # (this append's are not held yet): save now, one small PUT per
-            # part, so a daemon dying mid-ingest loses about a part, not all
-            # it uploaded since the writer opened.
+            # (this append's are not held yet): save now, one small PUT every
+            # few parts, so a daemon dying mid-ingest loses a few parts at
+            # most, not all it uploaded since the writer opened.
             self._save(doing)
         view = memoryview(data).cast("B")
         part_size = self._blobs.part_size
         if len(self._buffer) + len(view) < part_size:
             self._buffer += view
         else:
+            # This append fills a part: the one going up must be up first.
+            self._settle(doing)
             if self._upload is None:
                 self._start_upload(doing)
             # The first part is the buffer and the head of `data`; then whole
@@ -857,12 +906,16 @@ class S3Ingest:
             while len(rest) >= part_size:
                 pieces.append(rest[:part_size])
                 rest = rest[part_size:]
+            # All but the last go up now; the last while the writer receives more.
             parts = [
                 self._upload_part(len(self._parts) + number, piece, doing)
-                for number, piece in enumerate(pieces, 1)
+                for number, piece in enumerate(pieces[:-1], 1)
             ]
+            number, last = len(self._parts) + len(pieces), bytes(pieces[-1])
+            upload = self._blobs._part_uploads.submit(self._upload_part, number, last, doing)
             self._parts += parts
             self._unsaved_parts += len(parts)
+            self._inflight = (number, last, upload)
             self._buffer = bytearray(rest)
         self._modified_ns = time.time_ns()
         self._dirty = True
@@ -870,6 +923,7 @@ class S3Ingest:
     def truncate(self) -> None:
         doing = f"truncating {self._what}"
         self._check_writable("truncating")
+        self._drop_inflight()
         upload = self._upload
         self._base, self._upload, self._parts, self._buffer = 0, None, [], bytearray()
         self._modified_ns = time.time_ns()
@@ -884,6 +938,7 @@ class S3Ingest:
             self._save(f"committing {self._what}")
 
     def _save(self, doing: str) -> None:
+        self._settle(doing)
         manifest = self._manifest()
         self._blobs._write_manifest(self._key, manifest, doing)
         self._hash = manifest.hash
@@ -904,6 +959,7 @@ class S3Ingest:
         own objects go once the bytes are there; if they are not, it stays
         (resumable, and the caller removes it if the blob existed).
         """
+        self._settle(doing)
         if self._upload is None and not self._base:
             published = self._blobs._put_exclusive(target, bytes(self._buffer), doing)
         else:
@@ -928,6 +984,7 @@ class S3Ingest:
 
     def forget(self) -> None:
         """This ingest's objects are gone: nothing is left to save on close."""
+        self._drop_inflight()
         self._base, self._upload, self._parts, self._buffer = 0, None, [], bytearray()
         self._hash = None
         self._stored = True
@@ -944,10 +1001,11 @@ class S3Ingest:
             return
         self._closed = True
         try:
-            if self._dirty:
+            if self._dirty or self._inflight is not None:
                 self._save(f"closing {self._what}")
         except ContentdError as exc:
             _log.warning("could not save %s on close: %s", self._what, exc)
+            self._drop_inflight()
         finally:
             self._blobs._closed(self._key, self)
 

@@ -30,7 +30,7 @@ from contentd import errdefs
 from contentd.content import BackedStore, digest_of
 from contentd.content._hashstate import restore, resumable
 from contentd.content._records import ingest_key
-from contentd.content._s3 import MIN_PART_SIZE, S3Blobs
+from contentd.content._s3 import CHECKPOINT_PARTS, MIN_PART_SIZE, S3Blobs
 
 PART = MIN_PART_SIZE
 KEY = "k" * 64
@@ -190,14 +190,26 @@ def test_a_failed_append_leaves_the_bytes_as_they_were(
 ) -> None:
     ingest = blobs.open_ingest(KEY, "ingest under test")
     ingest.append(b"kept")
+    upload_part = blobs._client.upload_part
 
     def refuse(**_: Any) -> None:
         raise errdefs.Unavailable("object storage unavailable while writing")
 
     monkeypatch.setattr(blobs._client, "upload_part", refuse)
+    # The part it fills goes up in the background: the append takes the bytes, held.
+    first = b"x" * (PART + 1)
+    ingest.append(first)
+    assert ingest.size == 4 + len(first)
+    # The next part must wait for that one, which fails again: nothing of it is taken.
     with pytest.raises(errdefs.Unavailable):
-        ingest.append(b"x" * (PART + 1))
-    assert (ingest.size, b"".join(ingest.chunks())) == (4, b"kept")
+        ingest.append(b"y" * PART)
+    assert ingest.size == 4 + len(first)
+    with pytest.raises(errdefs.Unavailable):
+        ingest.sync()
+    # S3 is back: the held part goes up, and every byte taken is there.
+    monkeypatch.setattr(blobs._client, "upload_part", upload_part)
+    ingest.sync()
+    assert (ingest.size, b"".join(ingest.chunks())) == (4 + len(first), b"kept" + first)
     ingest.close()
 
 
@@ -279,26 +291,28 @@ def test_a_writer_resumed_by_another_daemon_reads_none_of_the_ingest(
     assert read_whole(blobs, digest, len(data)) == data
 
 
-def test_a_writer_that_dies_mid_ingest_loses_about_a_part_and_resumes_reading_nothing(
+def test_a_writer_that_dies_mid_ingest_loses_a_few_parts_and_resumes_reading_nothing(
     daemons: tuple[BackedStore, BackedStore],
 ) -> None:
     first, second = daemons
-    data = random.Random(14).randbytes(5 * PART)
+    data = random.Random(14).randbytes(12 * PART)
     digest = digest_of(data)
     step = 1 << 20  # as containerd's clients write: aligned with the parts
     dying = first.writer("dying", total=len(data), expected=digest)
-    sent = 4 * PART + 3 * step
+    sent = 10 * PART + 3 * step
     for offset in range(0, sent, step):
         dying.write(data[offset : offset + step])
     # The daemon dies here: no close, no sync, only its lock goes (with its process).
-    # What it saved after each part stands.
+    # What it saved every few parts stands.
     dying._lock.release()
     blobs = s3_of(second)
     data_key = blobs.data_key(ingest_key(second.namespace, "dying"))
     requests = Requests(blobs)
     with second.writer("dying", total=len(data), expected=digest) as resumed:
-        assert resumed.offset == 4 * PART
-        assert resumed.digest() == digest_of(data[: 4 * PART])
+        lost = sent - resumed.offset
+        assert 0 <= lost <= (CHECKPOINT_PARTS + 2) * PART
+        assert resumed.offset >= 4 * PART
+        assert resumed.digest() == digest_of(data[: resumed.offset])
         resumed.write(data[resumed.offset :])
         assert resumed.commit(len(data), digest) == digest
     assert requests.named("GetObject", data_key) == 0
