@@ -43,7 +43,7 @@ from support.tools import require_tool
 
 from contentd.client import PullEvent, pull
 from contentd.content import LocalStore, open_store
-from contentd.errdefs import DataLoss, NotFound, Unauthenticated, Unknown
+from contentd.errdefs import DataLoss, NotFound, Unauthenticated, Unavailable, Unknown
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
@@ -578,3 +578,37 @@ def cli_run(root: Path, reference: str, env: dict[str, str]) -> subprocess.Compl
         check=False,
         env={**os.environ, **env},
     )
+
+
+# TLS
+
+
+def test_a_registry_over_https_is_trusted_through_tls_ca(
+    tmp_path: Path, skopeo: Skopeo, image_layout: Layout, image: Image, store: LocalStore
+) -> None:
+    cert, key = tmp_path / "registry.pem", tmp_path / "registry.key"
+    subprocess.run(
+        [
+            require_tool("openssl", "openssl"), "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=registry",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    registry = start_daemon(
+        tmp_path / "registry",
+        "--http", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    try:
+        host = registry.http_url.split("://")[1]
+        skopeo.push(image_layout.reference("v1"), f"docker://{host}/{APP}:v1")
+
+        with pytest.raises(Unavailable, match="certificate"):
+            pull(store, f"{host}/{APP}:v1")
+        recorded = pull(store, f"{host}/{APP}:v1", tls_ca=cert)
+    finally:
+        registry.stop()
+
+    assert recorded.target.digest == image.manifest.digest
