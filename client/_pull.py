@@ -51,6 +51,7 @@ from contentd.content import (
     Descriptor,
     Image,
     Images,
+    Info,
     LeaseResource,
     MetadataStore,
     write_blob,
@@ -411,7 +412,7 @@ def _first(failed: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
-def _info_or_none(store: MetadataStore, digest: str) -> Any:
+def _info_or_none(store: MetadataStore, digest: str) -> Info | None:
     try:
         return store.info(digest)
     except NotFound:
