@@ -446,7 +446,10 @@ def test_a_layer_the_registry_fails_fails_the_pull_fast_and_cancels_the_rest(
 ) -> None:
     big, failing = image.layers[1], image.layers[2]
     # The big layer alone would take about 30 s.
-    proxy.configure(throttle={big.digest: 100_000}, fail={failing.digest: status})
+    # The failure waits for the big layer's download to begin: it has one to cancel.
+    proxy.configure(
+        throttle={big.digest: 100_000}, fail={failing.digest: status}, fail_after=big.digest
+    )
     threads_before = set(threading.enumerate())
     sockets_before = sockets()
     started = time.monotonic()

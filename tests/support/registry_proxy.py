@@ -6,6 +6,8 @@ returns a `RegistryProxy`, whose `configure(...)` sets, for blobs or manifests w
 holds a digest:
 - `throttle`: serve the body at that many bytes per second;
 - `fail`: answer that status with a registry error body instead of forwarding;
+- `fail_after`: the GET of another digest that must have begun before a failure is answered
+  (within 10 s), so that a failure meets a transfer under way;
 - `corrupt`: serve the body with its first byte changed;
 - `bearer`: demand `Authorization: Bearer <token>`, with the distribution spec's challenge
   naming the proxy's `/token` realm, which hands out tokens (to `user`/`password` by basic
@@ -41,6 +43,10 @@ class _Proxy:
         self.requests: list[dict[str, str]] = []
         self.tokens: set[str] = set()
         self.session: ClientSession | None = None
+
+    def began(self, digest: str) -> bool:
+        """Whether a GET of `digest` has come in."""
+        return any(r["method"] == "GET" and r["path"].endswith(digest) for r in self.requests)
 
     def rule(self, name: str, path: str) -> Any:
         for digest, value in self.config.get(name, {}).items():
@@ -100,6 +106,10 @@ class _Proxy:
                 )
         failure = self.rule("fail", path)
         if failure is not None:
+            awaited = self.config.get("fail_after")
+            deadline = time.monotonic() + 10
+            while awaited and time.monotonic() < deadline and not self.began(awaited):
+                await asyncio.sleep(0.01)
             code = {404: "BLOB_UNKNOWN", 500: "UNKNOWN"}.get(failure, "UNKNOWN")
             return web.json_response(
                 {"errors": [{"code": code, "message": f"injected failure {failure}"}]},
