@@ -7,6 +7,9 @@
         with store.reader_at(digest) as blob:
             head = blob.read(512)
 
+`pull(store, "registry.example/team/app:v1")` fetches an image from a
+registry into either kind of store and records it (see `contentd.client._pull`).
+
 `RemoteStore` talks to contentd or containerd (over TLS, given a `TLSConfig`);
 `open_store` opens a store directory with no daemon. `write_blob` and
 `open_writer` work on either: they wait out other writers of a ref, resume
@@ -28,14 +31,25 @@ from contentd.content import (
     write_blob,
 )
 
+from ._auth import Credentials
+from ._platforms import Platform, default_platform, parse_platform
+from ._pull import PullEvent, pull
+from ._reference import Reference, parse_reference
+from ._registry import RegistryClient, RegistryOptions
 from ._remote import RemoteReader, RemoteStore, RemoteWriter
 from ._tls import TLSConfig
 
 __all__ = [
     "Backoff",
+    "Credentials",
     "Info",
     "LocalStore",
+    "Platform",
+    "PullEvent",
     "ReaderAt",
+    "Reference",
+    "RegistryClient",
+    "RegistryOptions",
     "RemoteReader",
     "RemoteStore",
     "RemoteWriter",
@@ -43,8 +57,12 @@ __all__ = [
     "Store",
     "TLSConfig",
     "Writer",
+    "default_platform",
     "is_ref_locked",
     "open_store",
     "open_writer",
+    "parse_platform",
+    "parse_reference",
+    "pull",
     "write_blob",
 ]

@@ -15,7 +15,7 @@ from typing import IO, Any, Final, NoReturn
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 from rich.table import Table
 
 from contentd.content import (
@@ -59,6 +59,7 @@ from contentd.errdefs import (
 )
 from contentd.proto.wire import default_address
 
+from ._pull import DEFAULT_CONCURRENCY, PullEvent, pull
 from ._remote import RemoteStore
 from ._tls import TLSConfig
 
@@ -819,3 +820,113 @@ def remove_images(settings: _Settings, names: tuple[str, ...], sync: bool) -> No
     """Delete images (what they kept becomes collectable unless something else keeps it)."""
     store = settings.store()
     _each(settings, names, lambda name: store.images.delete(name, sync=sync))
+
+
+# Images from registries
+
+
+class _PullDisplay:
+    """What `pull` shows: a bar per blob on a terminal, JSON events with --json, else nothing."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+        self._bars: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _PullDisplay:
+        if not self._json and sys.stderr.isatty():
+            self._bars = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                console=Console(stderr=True),
+            )
+            self._bars.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+    def __call__(self, event: PullEvent) -> None:
+        if self._json:
+            if event.kind != "progress":
+                click.echo(json.dumps(event.as_json()))
+            return
+        bars = self._bars
+        if bars is None or event.kind in ("resolved", "recorded"):
+            return
+        task = self._tasks.get(event.digest)
+        if task is None:
+            label = event.ref.partition("-")[0]
+            description = f"{label:<8} {event.digest.partition(':')[2][:12]}"
+            task = self._tasks[event.digest] = bars.add_task(description, total=event.size)
+        if event.kind in ("started", "progress"):
+            bars.update(task, completed=event.offset)
+        elif event.kind in ("done", "skipped"):
+            bars.update(task, completed=event.size)
+
+
+@main.command(name="pull")
+@click.argument("reference")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Of an index, the platform to pull.")
+@click.option("--all-platforms", is_flag=True, help="Of an index, pull every platform.")
+@click.option("--plain-http", is_flag=True, help="Speak HTTP to the registry, not HTTPS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust the registry certificates these PEM CAs sign [default: the system's].",
+)
+@click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Credentials file [default: $REGISTRY_AUTH_FILE, then the usual ones].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Downloads at once.",
+)
+@click.option("--name", help="Record the image under NAME [default: the reference].")
+@pass_settings
+def pull_image(
+    settings: _Settings,
+    reference: str,
+    platform: str | None,
+    all_platforms: bool,
+    plain_http: bool,
+    tls_ca: Path | None,
+    auth_file: Path | None,
+    concurrency: int,
+    name: str | None,
+) -> None:
+    """Pull an image from a registry into the store and record it as an image.
+
+    REFERENCE is host[:port]/repository[:tag|@digest]. Blobs already stored
+    are not fetched, blobs another process is fetching are waited for, and an
+    interrupted pull resumes where it stopped when run again.
+    """
+    if platform is not None and all_platforms:
+        raise click.UsageError("give --platform or --all-platforms, not both")
+    store = settings.store()
+    try:
+        with _PullDisplay(settings.json) as display:
+            image = pull(
+                store,
+                reference,
+                name=name,
+                platform=platform,
+                all_platforms=all_platforms,
+                plain_http=plain_http,
+                tls_ca=tls_ca,
+                auth_file=auth_file,
+                concurrency=concurrency,
+                on_event=display,
+            )
+    except KeyboardInterrupt:
+        raise Canceled(f"pulling {reference}: interrupted; pull again to resume") from None
+    if not settings.json:
+        click.echo(f"{image.name}@{image.target.digest}")

@@ -165,6 +165,7 @@ def write_blob(
     cancel: threading.Event | None = None,
     backoff: Backoff | None = None,
     progress: Callable[[int], None] | None = None,
+    lazy: bool = False,
 ) -> str:
     """Store the bytes of `source` under `ref` and return their digest.
 
@@ -183,12 +184,17 @@ def write_blob(
     `timeout` bounds the whole call (DeadlineExceeded) and `cancel`, when set,
     stops it (Canceled); the ingest is kept for a later resume either way.
     `progress` is called with the number of bytes in the ingest as it grows.
+
+    `lazy` says `source` is costly to read (a download): nothing is read
+    from it before the ref's writer is held, so content another writer
+    stores meanwhile is never read, and a small source is not stored in one
+    step (`Store.put` needs its bytes before it can wait for the ref).
     """
     if size is not None and size < 0:
         raise InvalidArgument(f"size {size}: must not be negative")
     deadline = _Deadline(timeout, cancel, f"writing ref {ref}")
     backoff = backoff or Backoff()
-    small = _small(source, size)
+    small = None if lazy else _small(source, size)
     if small is not None:
         return _put(store, ref, small, size, digest, labels, deadline, backoff, progress)
     stream = _as_stream(source)

@@ -1,0 +1,564 @@
+"""Pull an image from a registry into a store, as containerd's fetch does.
+
+    from contentd.client import RemoteStore, pull
+
+    with RemoteStore("unix:///run/contentd/contentd.sock") as store:
+        image = pull(store, "registry.example/team/app:v1")
+
+The reference is resolved (HEAD on the manifests endpoint), then the tree
+under it (index, manifests, configs, layers) is fetched with at most
+`concurrency` downloads at once. Each download goes through `write_blob`
+under the ingest ref containerd's fetch uses (``layer-sha256:...``), so a
+blob another process is fetching is waited for and not fetched again, a
+blob stored meanwhile is not fetched at all, and an interrupted download
+resumes with an HTTP Range from the offset its ingest holds. The store
+verifies every size and digest when it commits. Parents are labelled with
+their children (``containerd.io/gc.ref.content.*``) and every blob with
+where it came from (``containerd.io/distribution.source.<host>``).
+
+Everything happens under a lease, so a collection meanwhile takes nothing
+of a pull in progress; the image (name -> target) is recorded under it and
+is the collection root afterwards, and the lease is deleted. A pull that
+fails or is interrupted leaves its lease to expire (after a day, as
+containerd's leases do), so its ingests survive for the next pull to resume.
+
+The downloads run on an asyncio event loop (aiohttp); the store's calls run
+on a small pool of threads beside it, one per transfer, the bytes handed
+over a chunk at a time. When one transfer fails for good the others are
+canceled: their downloads are closed at once, their threads stop at the
+next chunk, and the call returns only once every thread and connection of
+the pull has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Final, TypeVar, cast
+
+from contentd.content import (
+    CONTENT,
+    DEFAULT_LEASE_EXPIRY,
+    EXPIRE_LABEL,
+    Descriptor,
+    Image,
+    Images,
+    Info,
+    LeaseResource,
+    MetadataStore,
+    write_blob,
+)
+from contentd.errdefs import (
+    AlreadyExists,
+    Canceled,
+    ContentdError,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+from ._auth import Credentials
+from ._manifests import (
+    child_gc_labels,
+    distribution_source_label,
+    is_index,
+    is_manifest,
+    kind,
+    parse_manifest,
+    ref_key,
+    select_children,
+)
+from ._platforms import Platform, PlatformMatcher, default_platform, parse_platform
+from ._reference import Reference, parse_reference
+from ._registry import BlobResponse, RegistryClient, RegistryOptions
+
+#: Downloads at once, by default.
+DEFAULT_CONCURRENCY: Final = 4
+#: Bytes handed from a download to the store at a time.
+CHUNK: Final = 1 << 20
+#: How often a thread waiting for bytes looks whether the pull was canceled.
+_CANCEL_POLL: Final = 0.25
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PullEvent:
+    """Something that happened in a pull, for progress displays and ``--json``.
+
+    `kind` is one of:
+    - ``resolved``: the reference names `digest` (`name` is the image's name);
+    - ``started``: a download of `digest` began at byte `offset` (past 0: resumed);
+    - ``progress``: the ingest of `digest` holds `offset` bytes;
+    - ``done``: `digest` was fetched and stored;
+    - ``skipped``: `digest` was not fetched: `reason` says the namespace had it
+      already (``present``), or the store had it by the time the download would
+      have begun (``stored``: another writer stored it meanwhile, or another
+      namespace holds the same bytes);
+    - ``recorded``: the image `name` now names `digest`.
+    """
+
+    kind: str
+    digest: str
+    size: int = 0
+    media_type: str = ""
+    ref: str = ""
+    offset: int = 0
+    name: str = ""
+    reason: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as a flat object, without the fields it does not use."""
+        return {"event": self.kind} | {
+            key: value for key, value in asdict(self).items() if value and key != "kind"
+        }
+
+
+EventHandler = Callable[[PullEvent], None]
+
+
+def pull(
+    store: MetadataStore,
+    reference: str,
+    *,
+    name: str | None = None,
+    platform: str | Platform | None = None,
+    all_platforms: bool = False,
+    plain_http: bool = False,
+    tls_ca: str | os.PathLike[str] | None = None,
+    auth_file: str | os.PathLike[str] | None = None,
+    credentials: Credentials | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_event: EventHandler | None = None,
+) -> Image:
+    """Pull the image `reference` (``host[:port]/repository[:tag|@digest]``) into `store`.
+
+    Returns the image recorded in the store's namespace: `name` (by default
+    the reference, normalised) naming the resolved target. Of an index, only
+    the manifest for `platform` (``os/arch[/variant]``, by default this
+    machine's) is fetched, or every one with `all_platforms`. `plain_http`
+    speaks HTTP instead of HTTPS; `tls_ca` is a PEM file of CAs to trust in
+    place of the system's; credentials come from `credentials`, `auth_file`,
+    or the usual auth files. `on_event` hears of each step (see `PullEvent`),
+    from the pull's threads, one event at a time.
+
+    Errors are `contentd.errdefs` classes: the registry's own (NotFound,
+    Unauthenticated...), DataLoss (reason DIGEST_INVALID or SIZE_INVALID)
+    for content that does not match its descriptor, Canceled if interrupted.
+    """
+    if concurrency < 1:
+        raise InvalidArgument(f"concurrency {concurrency}: must be at least 1")
+    if all_platforms and platform is not None:
+        raise InvalidArgument("give a platform or all platforms, not both")
+    parsed = parse_reference(reference)
+    matcher = None
+    if not all_platforms:
+        wanted = parse_platform(platform) if isinstance(platform, str) else platform
+        matcher = PlatformMatcher(wanted or default_platform())
+    options = RegistryOptions(
+        plain_http=plain_http, tls_ca=tls_ca, auth_file=auth_file, credentials=credentials
+    )
+    job = _Pull(store, parsed, name or str(parsed), matcher, options, concurrency, on_event)
+    return _run(job.run())
+
+
+def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run `coroutine` on an event loop of its own (in a thread if this one runs a loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1, thread_name_prefix="contentd-pull-loop") as runner:
+        return runner.submit(asyncio.run, coroutine).result()
+
+
+def _record(images: Images, image: Image) -> Image:
+    """Name the target: a new image, or an existing one pointed at it (as containerd does)."""
+    try:
+        return images.create(image)
+    except AlreadyExists:
+        return images.update(image, ["target"])
+
+
+class _Pull:
+    """One pull: its registry client, its threads, its lease and what it has seen."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        reference: Reference,
+        name: str,
+        matcher: PlatformMatcher | None,
+        options: RegistryOptions,
+        concurrency: int,
+        on_event: EventHandler | None,
+    ) -> None:
+        self._store = store
+        self._reference = reference
+        self._name = name
+        self._matcher = matcher
+        self._options = options
+        self._concurrency = concurrency
+        self._on_event = on_event
+        self._events = threading.Lock()
+        self._cancel = threading.Event()
+        self._seen: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._registry: RegistryClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def _emit(self, event: PullEvent) -> None:
+        if self._on_event is not None:
+            with self._events:
+                self._on_event(event)
+
+    async def run(self) -> Image:
+        self._slots = asyncio.Semaphore(self._concurrency)
+        # Room for a thread per transfer, and for the short calls of the tasks waiting.
+        self._executor = ThreadPoolExecutor(
+            self._concurrency + 2, thread_name_prefix="contentd-pull"
+        )
+        try:
+            async with RegistryClient(self._reference.api_host, self._options) as registry:
+                self._registry = registry
+                target = await registry.resolve(self._reference)
+                self._emit(
+                    PullEvent(
+                        "resolved", target.digest, target.size, target.media_type, name=self._name
+                    )
+                )
+                expires = (datetime.now(UTC) + DEFAULT_LEASE_EXPIRY).isoformat(timespec="seconds")
+                lease = await self._call(self._store.leases.create, "", {EXPIRE_LABEL: expires})
+                leased = self._store.with_lease(lease.id)
+                await self._dispatch(leased, target)
+                image = await self._call(_record, leased.images, Image(self._name, target))
+                # The image keeps everything now. On failure the lease stays, until it
+                # expires, so that the next pull resumes the ingests it holds.
+                await self._call(self._store.leases.delete, lease.id)
+        finally:
+            self._cancel.set()
+            executor, self._executor = self._executor, None
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        self._emit(
+            PullEvent("recorded", target.digest, target.size, target.media_type, name=self._name)
+        )
+        return image
+
+    # Threads
+
+    async def _in_thread(
+        self, work: Callable[[], _T], on_cancel: Callable[[], None] | None = None
+    ) -> _T:
+        """`work()` on the pull's threads; if canceled, stop it and wait until it has."""
+        assert self._executor is not None
+        future = asyncio.wrap_future(self._executor.submit(work))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._cancel.set()
+            if on_cancel is not None:
+                on_cancel()
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # the thread's Canceled: expected, and not the pull's error
+            raise
+
+    async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await self._in_thread(lambda: function(*args))
+
+    # The tree
+
+    async def _dispatch(self, store: MetadataStore, root: Descriptor) -> None:
+        """Fetch `root` and what it names; the first failure cancels the rest and is raised."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._spawn(group, store, root)
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
+
+    def _spawn(
+        self, group: asyncio.TaskGroup, store: MetadataStore, descriptor: Descriptor
+    ) -> None:
+        if descriptor.digest not in self._seen:
+            self._seen.add(descriptor.digest)
+            group.create_task(self._handle(group, store, descriptor))
+
+    async def _handle(
+        self, group: asyncio.TaskGroup, store: MetadataStore, descriptor: Descriptor
+    ) -> None:
+        await self._fetch(store, descriptor)
+        if not (is_index(descriptor.media_type) or is_manifest(descriptor.media_type)):
+            return
+        data = await self._call(_read_all, store, descriptor.digest)
+        manifest = parse_manifest(descriptor, data)
+        labels = child_gc_labels(manifest.children)
+        if labels:
+            paths = [f"labels.{key}" for key in labels]
+            await self._call(store.update, descriptor.digest, labels, paths)
+        for child in select_children(manifest, self._matcher):
+            self._spawn(group, store, child.descriptor)
+
+    async def _fetch(self, store: MetadataStore, descriptor: Descriptor) -> None:
+        """Store `descriptor`'s content unless the namespace has it (then lease it)."""
+        digest = descriptor.digest
+        key, source = distribution_source_label(self._reference.host, self._reference.repository)
+        info = await self._call(_info_or_none, store, digest)
+        if info is not None:
+            # Leased before it is relied on, then looked at again: a collection
+            # between the two looks might have taken it.
+            assert store.lease_id is not None
+            resource = LeaseResource(digest, CONTENT)
+            await self._call(store.leases.add_resource, store.lease_id, resource)
+            info = await self._call(_info_or_none, store, digest)
+        if info is not None:
+            key, merged = distribution_source_label(
+                self._reference.host, self._reference.repository, info.labels.get(key, "")
+            )
+            if info.labels.get(key) != merged:
+                await self._call(store.update, digest, {key: merged}, [f"labels.{key}"])
+            self._emit(self._event("skipped", descriptor, reason="present"))
+            return
+        assert self._slots is not None
+        async with self._slots:
+            await self._transfer(store, descriptor, {key: source})
+
+    def _event(self, what: str, descriptor: Descriptor, **fields: Any) -> PullEvent:
+        return PullEvent(
+            what,
+            descriptor.digest,
+            descriptor.size,
+            descriptor.media_type,
+            ref=ref_key(descriptor),
+            **fields,
+        )
+
+    async def _transfer(
+        self, store: MetadataStore, descriptor: Descriptor, labels: dict[str, str]
+    ) -> None:
+        assert self._registry is not None
+        ref = ref_key(descriptor)
+        source = _BlobSource(
+            asyncio.get_running_loop(),
+            self._registry,
+            self._reference.repository,
+            descriptor,
+            self._cancel,
+            lambda offset: self._emit(self._event("started", descriptor, offset=offset)),
+        )
+        where = f"{kind(descriptor.media_type)} {descriptor.digest} from {self._reference.locator}"
+
+        def progress(done: int) -> None:
+            self._emit(self._event("progress", descriptor, offset=done))
+
+        def work() -> None:
+            try:
+                with source:
+                    write_blob(
+                        store,
+                        ref,
+                        cast(BinaryIO, source),
+                        size=descriptor.size,
+                        digest=descriptor.digest,
+                        labels=labels,
+                        cancel=self._cancel,
+                        progress=progress,
+                        lazy=True,
+                    )
+            except FailedPrecondition as exc:
+                if not source.opened:
+                    raise
+                # The store would not commit the registry's bytes: they are not the
+                # descriptor's. Nothing was committed; the bytes are no use to resume.
+                with suppress(ContentdError):
+                    store.abort(ref)
+                raise DataLoss(
+                    f"{where}: the registry served content that does not match its "
+                    f"digest ({exc.message})",
+                    reason="DIGEST_INVALID",
+                    metadata={"digest": descriptor.digest},
+                ) from exc
+
+        await self._in_thread(work, on_cancel=source.cancel)
+        if source.opened:
+            self._emit(self._event("done", descriptor))
+        else:
+            self._emit(self._event("skipped", descriptor, reason="stored"))
+
+
+def _first(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a failed pull reports: the first transfer's that failed for good."""
+    leaves: list[BaseException] = []
+
+    def collect(group: BaseExceptionGroup[BaseException]) -> None:
+        for error in group.exceptions:
+            if isinstance(error, BaseExceptionGroup):
+                collect(error)
+            else:
+                leaves.append(error)
+
+    collect(failed)
+    for error in leaves:
+        if not isinstance(error, Canceled):
+            return error
+    return leaves[0]
+
+
+def _info_or_none(store: MetadataStore, digest: str) -> Info | None:
+    try:
+        return store.info(digest)
+    except NotFound:
+        return None
+
+
+def _read_all(store: MetadataStore, digest: str) -> bytes:
+    with store.reader_at(digest) as reader:
+        return reader.read()
+
+
+class _BlobSource(io.BufferedIOBase):
+    """A registry's blob as a seekable file for `write_blob`, read on the pull's event loop.
+
+    Nothing is requested until the first read; a read from past 0 (a resumed
+    ingest) asks for a Range. Reads stop at the descriptor's size. It is used
+    from one of the pull's threads, never from the loop's.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        registry: RegistryClient,
+        repository: str,
+        descriptor: Descriptor,
+        cancel: threading.Event,
+        on_open: Callable[[int], None],
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._registry = registry
+        self._repository = repository
+        self._descriptor = descriptor
+        self._cancel = cancel
+        self._on_open = on_open
+        self._position = 0
+        self._response: BlobResponse | None = None
+        self._pending: concurrent.futures.Future[bytes] | None = None
+        #: Whether the registry was asked for any of the content.
+        self.opened = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._position
+        elif whence == os.SEEK_END:
+            offset += self._descriptor.size
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        if offset != self._position:
+            self._drop()
+            self._position = offset
+        return offset
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._descriptor.size - self._position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size <= 0:
+            return b""
+        data = self._wait(self._read(size))
+        self._position += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(min(size, CHUNK) if size >= 0 else CHUNK)
+
+    async def _read(self, size: int) -> bytes:
+        try:
+            if self._response is None:
+                self._response = await self._registry.open_blob(
+                    self._repository,
+                    self._descriptor,
+                    self._position,
+                    manifest=is_index(self._descriptor.media_type)
+                    or is_manifest(self._descriptor.media_type),
+                )
+                self.opened = True
+                self._on_open(self._position)
+                # A registry that ignores Range sends it all: skip what the ingest has.
+                skip = self._position - self._response.start
+                while skip > 0:
+                    skipped = await self._response.read(min(skip, CHUNK))
+                    if not skipped:
+                        break
+                    skip -= len(skipped)
+            data = await self._response.read(size)
+        except BaseException:
+            self._drop_now()
+            raise
+        if len(data) < size:
+            self._drop_now()
+            got = self._position + len(data)
+            raise DataLoss(
+                f"{kind(self._descriptor.media_type)} {self._descriptor.digest}: the registry's "
+                f"answer ended after {got} of its {self._descriptor.size} bytes",
+                reason="SIZE_INVALID",
+                metadata={"digest": self._descriptor.digest},
+            )
+        return data
+
+    def _wait(self, coroutine: Coroutine[Any, Any, bytes]) -> bytes:
+        """The result of `coroutine`, run on the loop; Canceled as soon as the pull is."""
+        if self._cancel.is_set():
+            coroutine.close()
+            raise Canceled(f"fetching {self._descriptor.digest}")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        self._pending = future
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_CANCEL_POLL)
+                except concurrent.futures.TimeoutError:
+                    if self._cancel.is_set():
+                        future.cancel()
+                        raise Canceled(f"fetching {self._descriptor.digest}") from None
+                except concurrent.futures.CancelledError:
+                    raise Canceled(f"fetching {self._descriptor.digest}") from None
+        finally:
+            self._pending = None
+
+    def cancel(self) -> None:
+        """Stop a read in progress at once (called from the loop)."""
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
+
+    def _drop_now(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
+
+    def _drop(self) -> None:
+        """Let the download go (from a pull thread: the loop closes it)."""
+        response, self._response = self._response, None
+        if response is not None:
+            self._loop.call_soon_threadsafe(response.close)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()

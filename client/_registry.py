@@ -1,0 +1,318 @@
+"""An OCI distribution (registry v2) client on aiohttp: resolve references, read manifests
+and blobs (from an offset, with Range), authorized as the registry asks.
+
+One `RegistryClient` talks to one registry host over one connection pool;
+it is asynchronous so that many transfers share a thread, and so that an
+asyncio server (a pull-through mirror) can use it as it is. Errors are
+`contentd.errdefs` classes: a registry's error answer is decoded from its
+body (``{"errors": [...]}``), prefixed with what was being done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from contentd.content import Descriptor, digest_of
+from contentd.errdefs import (
+    DataLoss,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+    from_http,
+    wrap,
+)
+
+from ._auth import Authorizer, Credentials, find_credentials
+from ._manifests import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES
+from ._reference import Reference
+
+#: Redirects followed per request (blob downloads may redirect to object storage).
+MAX_REDIRECTS: Final = 5
+#: Bytes of an error answer's body read to decode it.
+_MAX_ERROR_BODY: Final = 64 * 1024
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_USER_AGENT: Final = "contentd"
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach registries: plain HTTP (local ones), which CAs to trust, whose credentials.
+
+    `tls_ca` is a PEM file of certificates that may sign a registry's (None:
+    the system's). Credentials come from `auth_file` if given, else from the
+    usual auth files (see `contentd.client._auth`); `credentials` overrides both.
+    """
+
+    plain_http: bool = False
+    tls_ca: str | os.PathLike[str] | None = None
+    auth_file: str | os.PathLike[str] | None = None
+    credentials: Credentials | None = None
+    connect_timeout: float = 30.0
+    #: Seconds a read may wait for the next bytes before the transfer fails.
+    read_timeout: float = 300.0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.plain_http:
+            return None
+        try:
+            return ssl.create_default_context(
+                cafile=os.fspath(self.tls_ca) if self.tls_ca is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgument(f"TLS CA file {self.tls_ca}: {exc}") from None
+
+
+class BlobResponse:
+    """An open download of a blob: its body streams from `start` (0 if Range was ignored)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, start: int) -> None:
+        self._response = response
+        self.start = start
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes, fewer only at the end of the body."""
+        parts = []
+        wanted = limit
+        try:
+            while wanted > 0:
+                chunk = await self._response.content.read(wanted)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                wanted -= len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(
+                f"reading from {self._response.url.host}: {exc or 'timed out'}"
+            ) from None
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Let the connection go: back to the pool if the body was read out, else closed."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class RegistryClient:
+    """The registry v2 API of one host, for async with-blocks.
+
+    ``async with RegistryClient("registry.example", options) as registry:``
+    opens the connection pool; leaving the block closes every connection.
+    """
+
+    def __init__(self, host: str, options: RegistryOptions | None = None) -> None:
+        self.host = host
+        self.options = options or RegistryOptions()
+        scheme = "http" if self.options.plain_http else "https"
+        self.base = f"{scheme}://{host}"
+        self._ssl = self.options.ssl_context()
+        self._session: aiohttp.ClientSession | None = None
+        self._authorizers: dict[str, Authorizer] = {}
+
+    async def __aenter__(self) -> Self:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.options.connect_timeout,
+            sock_read=self.options.read_timeout,
+        )
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": _USER_AGENT},
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("RegistryClient used outside its async with-block")
+        return self._session
+
+    def _authorizer(self, repository: str) -> Authorizer:
+        found = self._authorizers.get(repository)
+        if found is None:
+            credentials = self.options.credentials or find_credentials(
+                self.host, repository, auth_file=self.options.auth_file
+            )
+            found = self._authorizers[repository] = Authorizer(self.session, credentials)
+        return found
+
+    async def request(
+        self,
+        method: str,
+        repository: str,
+        path: str,
+        *,
+        doing: str,
+        headers: Mapping[str, str] | None = None,
+        scope_actions: str = "pull",
+    ) -> aiohttp.ClientResponse:
+        """Send a request to ``/v2/<repository>/<path>``, authorized and redirected as asked.
+
+        Returns the open response for a 2xx answer; raises the registry's
+        error (decoded, prefixed with `doing`) for any other.
+        """
+        authorizer = self._authorizer(repository)
+        scope = f"repository:{repository}:{scope_actions}"
+        url = f"{self.base}/v2/{repository}/{path}"
+        sent_headers = dict(headers or {})
+        authorization = await authorizer.header(scope)
+        retried = False
+        redirects = 0
+        while True:
+            if authorization is not None:
+                sent_headers["Authorization"] = authorization
+            else:
+                sent_headers.pop("Authorization", None)
+            try:
+                response = await self.session.request(
+                    method, url, headers=sent_headers, allow_redirects=False
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Unavailable(f"{doing}: {exc or 'timed out'}") from None
+            if response.status == 401 and not retried and _same_origin(url, self.base):
+                challenge = response.headers.get("WWW-Authenticate", "")
+                await _discard(response)
+                retried = True
+                if await authorizer.challenged(challenge, scope, authorization):
+                    authorization = await authorizer.header(scope)
+                    continue
+                raise Unauthenticated(
+                    f"{doing}: the registry asks for authorization that no credentials found "
+                    "can give (see REGISTRY_AUTH_FILE)"
+                )
+            if response.status in _REDIRECTS and "Location" in response.headers:
+                redirects += 1
+                location = urljoin(url, response.headers["Location"])
+                await _discard(response)
+                if redirects > MAX_REDIRECTS:
+                    raise Unavailable(f"{doing}: more than {MAX_REDIRECTS} redirects")
+                url = location
+                # Credentials go to the registry only, never to where it redirects.
+                if not _same_origin(url, self.base):
+                    authorization = None
+                continue
+            if 200 <= response.status < 300:
+                return response
+            body = await response.content.read(_MAX_ERROR_BODY)
+            response.close()
+            raise wrap(from_http(response.status, body), doing)
+
+    async def resolve(self, reference: Reference) -> Descriptor:
+        """The descriptor a tag or digest names: HEAD, as containerd resolves, else GET."""
+        doing = f"resolving {reference}"
+        headers = {"Accept": MANIFEST_ACCEPT}
+        path = f"manifests/{reference.object}"
+        response = await self.request(
+            "HEAD", reference.repository, path, doing=doing, headers=headers
+        )
+        try:
+            media_type = _media_type(response)
+            digest = response.headers.get("Docker-Content-Digest", "")
+            length = response.headers.get("Content-Length", "")
+        finally:
+            response.close()
+        if reference.digest:
+            digest = reference.digest
+        if digest and media_type and length.isdigit() and int(length) > 0:
+            return Descriptor(media_type, digest, int(length))
+        # Some registries describe a manifest only in a GET's answer.
+        data, media_type = await self._get_manifest(reference.repository, reference.object, doing)
+        if reference.digest and digest_of(data, reference.digest.partition(":")[0]) != digest:
+            raise DataLoss(
+                f"{doing}: the registry's manifest does not match the digest",
+                reason="DIGEST_INVALID",
+            )
+        return Descriptor(media_type, digest or digest_of(data), len(data))
+
+    async def _get_manifest(self, repository: str, reference: str, doing: str) -> tuple[bytes, str]:
+        headers = {"Accept": MANIFEST_ACCEPT}
+        path = f"manifests/{reference}"
+        response = await self.request("GET", repository, path, doing=doing, headers=headers)
+        try:
+            data = await response.content.read(MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise InvalidArgument(
+                    f"{doing}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes",
+                    reason="MANIFEST_TOO_LARGE",
+                )
+            return data, _media_type(response)
+        finally:
+            response.close()
+
+    async def open_blob(
+        self, repository: str, descriptor: Descriptor, offset: int = 0, *, manifest: bool = False
+    ) -> BlobResponse:
+        """Start downloading `descriptor`'s content from `offset` (a Range request past 0).
+
+        A manifest or index (`manifest`) is read from the manifests endpoint,
+        anything else from the blobs endpoint. The answer's `start` is where
+        its body begins: 0 when the registry ignored the Range.
+        """
+        endpoint = "manifests" if manifest else "blobs"
+        headers = {"Accept": f"{descriptor.media_type}, {MANIFEST_ACCEPT}"} if manifest else {}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+        doing = f"fetching {descriptor.digest} from {self.host}/{repository}"
+        response = await self.request(
+            "GET", repository, f"{endpoint}/{descriptor.digest}", doing=doing, headers=headers
+        )
+        start = 0
+        if response.status == 206:
+            start = _range_start(response.headers.get("Content-Range", ""))
+            if start != offset:
+                response.close()
+                raise Unavailable(f"{doing}: asked for bytes from {offset}, got them from {start}")
+        return BlobResponse(response, start)
+
+
+def _same_origin(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _media_type(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("Content-Type", "").split(";")[0].strip()
+
+
+def _range_start(content_range: str) -> int:
+    unit, _, spec = content_range.partition(" ")
+    first = spec.partition("-")[0]
+    if unit != "bytes" or not first.isdigit():
+        raise Unavailable(f"the registry answered a Range with Content-Range {content_range!r}")
+    return int(first)
+
+
+async def _discard(response: aiohttp.ClientResponse) -> None:
+    """Read a small answer out so its connection can be reused; close it otherwise."""
+    with contextlib.suppress(aiohttp.ClientError):
+        await response.content.read(_MAX_ERROR_BODY)
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()

@@ -1,0 +1,223 @@
+"""A small registry proxy for pull tests, in a process of its own: it forwards every request
+to an upstream registry, logs what it was asked, and misbehaves as a test tells it to.
+
+`start_registry_proxy(upstream)` runs this file as a script on a free port of 127.0.0.1 and
+returns a `RegistryProxy`, whose `configure(...)` sets, for blobs or manifests whose path
+holds a digest:
+- `throttle`: serve the body at that many bytes per second;
+- `fail`: answer that status with a registry error body instead of forwarding;
+- `fail_after`: the GET of another digest that must have begun before a failure is answered
+  (within 10 s), so that a failure meets a transfer under way;
+- `corrupt`: serve the body with its first byte changed;
+- `bearer`: demand `Authorization: Bearer <token>`, with the distribution spec's challenge
+  naming the proxy's `/token` realm, which hands out tokens (to `user`/`password` by basic
+  auth when both are set, else to anyone) and logs each token request;
+and whose `log()` lists each request as `{"method", "path", "range", "authorization"}`.
+Running in its own process, its sockets and threads are never the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.request import Request, urlopen
+
+from aiohttp import ClientSession, web
+
+_CHUNK = 16 * 1024
+_FORWARDED = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Content-Range")
+
+
+class _Proxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.config: dict[str, Any] = {}
+        self.requests: list[dict[str, str]] = []
+        self.tokens: set[str] = set()
+        self.session: ClientSession | None = None
+
+    def began(self, digest: str) -> bool:
+        """Whether a GET of `digest` has come in."""
+        return any(r["method"] == "GET" and r["path"].endswith(digest) for r in self.requests)
+
+    def rule(self, name: str, path: str) -> Any:
+        for digest, value in self.config.get(name, {}).items():
+            if path.endswith(digest):
+                return value
+        return None
+
+    async def control(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            self.config = await request.json()
+            return web.json_response({})
+        return web.json_response(self.requests)
+
+    async def token(self, request: web.Request) -> web.Response:
+        bearer = self.config.get("bearer", {})
+        self.requests.append(
+            {
+                "method": "TOKEN",
+                "path": request.query.get("scope", ""),
+                "range": "",
+                "authorization": request.headers.get("Authorization", ""),
+            }
+        )
+        if bearer.get("user"):
+            pair = f"{bearer['user']}:{bearer['password']}".encode()
+            if request.headers.get("Authorization") != "Basic " + base64.b64encode(pair).decode():
+                return web.json_response(
+                    {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}, status=401
+                )
+        token = secrets.token_hex(16)
+        self.tokens.add(token)
+        return web.json_response({"token": token, "expires_in": 300})
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": path,
+                "range": request.headers.get("Range", ""),
+                "authorization": request.headers.get("Authorization", ""),
+            }
+        )
+        bearer = self.config.get("bearer")
+        if bearer is not None:
+            sent = request.headers.get("Authorization", "")
+            if sent.removeprefix("Bearer ") not in self.tokens:
+                realm = f"http://{request.host}/token"
+                repository = path.removeprefix("/v2/").rsplit("/", 2)[0]
+                challenge = (
+                    f'Bearer realm="{realm}",service="proxy",scope="repository:{repository}:pull"'
+                )
+                return web.json_response(
+                    {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                    status=401,
+                    headers={"WWW-Authenticate": challenge},
+                )
+        failure = self.rule("fail", path)
+        if failure is not None:
+            awaited = self.config.get("fail_after")
+            deadline = time.monotonic() + 10
+            while awaited and time.monotonic() < deadline and not self.began(awaited):
+                await asyncio.sleep(0.01)
+            code = {404: "BLOB_UNKNOWN", 500: "UNKNOWN"}.get(failure, "UNKNOWN")
+            return web.json_response(
+                {"errors": [{"code": code, "message": f"injected failure {failure}"}]},
+                status=failure,
+            )
+        headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
+        assert self.session is not None
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, allow_redirects=False
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            for name in _FORWARDED:
+                if name in upstream.headers:
+                    response.headers[name] = upstream.headers[name]
+            await response.prepare(request)
+            if request.method == "HEAD":
+                return response
+            rate = self.rule("throttle", path)
+            corrupt = self.rule("corrupt", path)
+            first = True
+            started = time.monotonic()
+            sent = 0
+            async for received in upstream.content.iter_chunked(_CHUNK):
+                chunk = received
+                if corrupt and first and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                first = False
+                await response.write(chunk)
+                sent += len(chunk)
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await response.write_eof()
+            return response
+
+
+def _serve(upstream: str) -> None:
+    proxy = _Proxy(upstream)
+    app = web.Application()
+    app.router.add_route("*", "/_proxy", proxy.control)
+    app.router.add_get("/token", proxy.token)
+    app.router.add_route("*", "/{tail:.*}", proxy.forward)
+
+    async def main() -> None:
+        proxy.session = ClientSession(auto_decompress=False)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"proxy on http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@dataclass
+class RegistryProxy:
+    """A running proxy: `url`, and its host (``127.0.0.1:PORT``) for references."""
+
+    process: subprocess.Popen[str]
+    url: str
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def configure(self, **config: Any) -> None:
+        """Replace the proxy's rules (see the module) and nothing else."""
+        body = json.dumps(config).encode()
+        request = Request(
+            f"{self.url}/_proxy", body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urlopen(request, timeout=10) as answer:
+            answer.read()
+
+    def log(self) -> list[dict[str, str]]:
+        with urlopen(f"{self.url}/_proxy", timeout=10) as answer:
+            found: list[dict[str, str]] = json.loads(answer.read())
+        return found
+
+    def gets(self, digest: str) -> list[dict[str, str]]:
+        """The GETs of blob or manifest `digest` so far."""
+        return [r for r in self.log() if r["method"] == "GET" and r["path"].endswith(digest)]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_registry_proxy(upstream: str) -> RegistryProxy:
+    """Run a proxy in front of the registry at `upstream` (``http://HOST:PORT``)."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), upstream],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("proxy on "):
+        process.kill()
+        raise RuntimeError(f"the registry proxy did not start: {line!r}")
+    return RegistryProxy(process, line.split()[-1])
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
