@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import servers  # noqa: F401 (puts tests/ on the path for `support`)
 from measure import cpu_seconds
+from servers import Server
 from support.backends import ClusterURLs
 from support.postgres import PostgresCluster, binaries
 from support.seaweedfs import BUCKET, REGION, SeaweedFS, weed_binary
@@ -182,3 +182,24 @@ def running_engines(
             progress(f"kept {pg_directory}")
         else:
             shutil.rmtree(pg_directory, ignore_errors=True)
+
+
+def engines_for(
+    backend: str,
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    progress: Callable[[str], None],
+    *,
+    keep: bool,
+    servers: list[Server],
+    environment: dict[str, str],
+) -> Engines | None:
+    """The engines `backend` needs (None for the local store), started on `stack` so that
+    they stop after every one of `servers` has; they describe themselves in `environment`."""
+    if backend != S3PG:
+        return None
+    engines = stack.enter_context(running_engines(workdir, progress, keep=keep))
+    # Registered after the engines start, so it runs before they stop.
+    stack.callback(lambda: [server.stop() for server in servers])
+    environment.update(engines.describe())
+    return engines

@@ -37,7 +37,7 @@ from typing import Final, TypeVar
 
 try:
     from clients import Blob, Timed
-    from engines import BACKENDS, LOCAL, S3PG, Engines, running_engines
+    from engines import BACKENDS, LOCAL, S3PG, Engines, engines_for
     from environment import describe
     from measure import Monitor, Usage
     from registry_client import (
@@ -468,12 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: dict[str, float] = {}
     servers: list[Server] = []
     with serving(servers, workdir, keep=args.keep, progress=progress), ExitStack() as stack:
-        engines: Engines | None = None
-        if args.backend == S3PG:
-            engines = stack.enter_context(running_engines(workdir, progress, keep=args.keep))
-            # Registered after the engines start, so it runs before they stop.
-            stack.callback(lambda: [server.stop() for server in servers])
-            environment.update(engines.describe())
+        engines = engines_for(
+            args.backend,
+            stack,
+            workdir,
+            progress,
+            keep=args.keep,
+            servers=servers,
+            environment=environment,
+        )
         if ContentdRegistry.available():
             flags = engines.cluster("contentd").flags() if engines else ()
             servers.append(ContentdRegistry(workdir / CONTENTD, flags))

@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Final
 
 try:
-    from engines import BACKENDS, LOCAL, S3PG, Engines, running_engines
+    from engines import BACKENDS, LOCAL, S3PG, Engines, engines_for
     from environment import describe, load_average
     from servers import (
         CONTAINERD,
@@ -471,12 +471,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: dict[str, float] = {}
     servers: list[Server] = []
     with serving(servers, workdir, keep=args.keep, progress=progress), ExitStack() as stack:
-        engines: Engines | None = None
-        if args.backend == S3PG:
-            engines = stack.enter_context(running_engines(workdir, progress, keep=args.keep))
-            # Registered after the engines start, so it runs before they stop.
-            stack.callback(lambda: [server.stop() for server in servers])
-            environment.update(engines.describe())
+        engines = engines_for(
+            args.backend,
+            stack,
+            workdir,
+            progress,
+            keep=args.keep,
+            servers=servers,
+            environment=environment,
+        )
+        if engines is not None:
             flags = engines.cluster("contentd").flags()
             servers += [
                 Contentd(workdir / CONTENTD, flags),

@@ -22,9 +22,8 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -36,6 +35,7 @@ from psycopg.types.string import StrDumperUnknown, TextLoader
 from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 
 from ._fs import STORE_IO_ERROR
+from ._group import GroupCommit, Pending, WriteTurn
 from ._records import (
     ContentRecord,
     Descriptor,
@@ -891,21 +891,6 @@ class Transaction:
         return [str(row[0]) for row in rows]
 
 
-class _Pending(Generic[_T]):
-    """One caller's part of a group commit."""
-
-    def __init__(self, body: Callable[[Transaction], _T]):
-        self.body = body
-        self.finished = False
-        self.result: _T | None = None
-        self.error: BaseException | None = None
-
-    def outcome(self) -> _T:
-        if self.error is not None:
-            raise self.error
-        return cast(_T, self.result)
-
-
 class PostgresMetadata:
     """A store's records in one schema of a PostgreSQL database, shared by many daemons.
 
@@ -935,10 +920,8 @@ class PostgresMetadata:
         self._write_key = _advisory_key(schema, "contentd metadata writes")
         # Writers in this process queue here, not in the pool: waiting for the
         # advisory lock would hold a connection that readers need.
-        self._write_lock = threading.Lock()
-        self._batch = threading.Condition()
-        self._queue: list[_Pending[Any]] = []
-        self._batch_running = False
+        self._write_turn = WriteTurn(self._busy_timeout, busy)
+        self._group = GroupCommit[Transaction](self._run_batch)
         self._pool: psycopg_pool.ConnectionPool[_Connection] = psycopg_pool.ConnectionPool(
             conninfo,
             connection_class=_Connection,
@@ -1035,21 +1018,6 @@ class PostgresMetadata:
                         connection.execute("ROLLBACK")
                 raise
 
-    @contextlib.contextmanager
-    def _write_turn(self, doing: str) -> Iterator[float]:
-        """This process's turn to write; yields the seconds of the busy bound left."""
-        if self._write_lock.acquire(blocking=False):
-            left = self._busy_timeout
-        else:
-            started = time.monotonic()
-            if not self._write_lock.acquire(timeout=self._busy_timeout):
-                raise busy(doing, self._busy_timeout)
-            left = max(0.0, self._busy_timeout - (time.monotonic() - started))
-        try:
-            yield left
-        finally:
-            self._write_lock.release()
-
     def commit(self, doing: str, body: Callable[[Transaction], _T]) -> _T:
         """Run `body` in a durable write transaction, shared with concurrent callers.
 
@@ -1060,50 +1028,23 @@ class PostgresMetadata:
         own savepoint only and its caller gets the exception; the others
         commit.
         """
-        pending = _Pending(body)
-        with self._batch:
-            self._queue.append(pending)
-            while not pending.finished and self._batch_running:
-                self._batch.wait()
-            if not pending.finished:
-                self._batch_running = True
-                batch, self._queue = self._queue, []
-            else:
-                batch = []
-        if batch:
-            try:
-                self._run_batch(doing, batch)
-            finally:
-                with self._batch:
-                    self._batch_running = False
-                    self._batch.notify_all()
-        return pending.outcome()
+        return self._group.commit(doing, body)
 
-    def _run_batch(self, doing: str, batch: list[_Pending[Any]]) -> None:
-        try:
-            with self.write(doing) as tx:
-                connection = tx.connection
-                connection.execute("SAVEPOINT caller")
-                for number, pending in enumerate(batch):
-                    try:
-                        pending.result = pending.body(tx)
-                    except Exception as exc:
-                        pending.error = translated(exc, doing, self._busy_timeout)
-                        undo = "ROLLBACK TO caller; "
-                    else:
-                        undo = ""
-                    # One round trip ends this caller's savepoint and opens the next's.
-                    more = " SAVEPOINT caller" if number + 1 < len(batch) else ""
-                    connection.execute(f"{undo}RELEASE caller;{more}", prepare=False)
-        except BaseException as exc:
-            for pending in batch:
-                if pending.error is None:
-                    pending.error = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for pending in batch:
-                pending.finished = True
+    def _run_batch(self, doing: str, batch: list[Pending[Transaction, Any]]) -> None:
+        with self.write(doing) as tx:
+            connection = tx.connection
+            connection.execute("SAVEPOINT caller")
+            for number, pending in enumerate(batch):
+                try:
+                    pending.result = pending.body(tx)
+                except Exception as exc:
+                    pending.error = translated(exc, doing, self._busy_timeout)
+                    undo = "ROLLBACK TO caller; "
+                else:
+                    undo = ""
+                # One round trip ends this caller's savepoint and opens the next's.
+                more = " SAVEPOINT caller" if number + 1 < len(batch) else ""
+                connection.execute(f"{undo}RELEASE caller;{more}", prepare=False)
 
     def close(self) -> None:
         """Close every connection."""

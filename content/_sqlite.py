@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 
 from ._fs import STORE_IO_ERROR, translate_os_errors
+from ._group import GroupCommit, Pending, WriteTurn
 from ._leases import INGEST_EXPIRY_NS
 from ._records import (
     ContentRecord,
@@ -725,21 +726,6 @@ class Transaction:
         return [str(row[0]) for row in rows]
 
 
-class _Pending(Generic[_T]):
-    """One caller's part of a group commit."""
-
-    def __init__(self, body: Callable[[Transaction], _T]):
-        self.body = body
-        self.finished = False
-        self.result: _T | None = None
-        self.error: BaseException | None = None
-
-    def outcome(self) -> _T:
-        if self.error is not None:
-            raise self.error
-        return cast(_T, self.result)
-
-
 class Metadata:
     """The metadata database of one store root, shared by the threads of a process.
 
@@ -762,11 +748,8 @@ class Metadata:
         # busy handler sleeps in steps of up to 100 ms while it waits for the
         # write lock, which wrecks throughput when many threads commit. Other
         # processes still meet SQLite's own wait; both share one bound.
-        self._write_lock = threading.Lock()
-        # Group commit (see `commit`): callers waiting for the next batch.
-        self._batch = threading.Condition()
-        self._queue: list[_Pending[Any]] = []
-        self._batch_running = False
+        self._write_turn = WriteTurn(self._busy_timeout, busy)
+        self._group = GroupCommit[Transaction](self._run_batch)
         self._closed = False
         with translate_errors("opening the metadata database", self._busy_timeout):
             connection = self._connection()
@@ -938,21 +921,6 @@ class Metadata:
                 if left < self._busy_timeout:
                     connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 
-    @contextlib.contextmanager
-    def _write_turn(self, doing: str) -> Iterator[float]:
-        """This process's turn to write; yields the seconds of the busy bound left for SQLite."""
-        if self._write_lock.acquire(blocking=False):
-            left = self._busy_timeout
-        else:
-            started = time.monotonic()
-            if not self._write_lock.acquire(timeout=self._busy_timeout):
-                raise busy(doing, self._busy_timeout)
-            left = max(0.0, self._busy_timeout - (time.monotonic() - started))
-        try:
-            yield left
-        finally:
-            self._write_lock.release()
-
     def commit(self, doing: str, body: Callable[[Transaction], _T]) -> _T:
         """Run `body` in a durable write transaction, shared with concurrent callers.
 
@@ -963,46 +931,19 @@ class Metadata:
         carries. A `body` that raises rolls back its own savepoint only and
         its caller gets the exception; the others commit.
         """
-        pending = _Pending(body)
-        with self._batch:
-            self._queue.append(pending)
-            while not pending.finished and self._batch_running:
-                self._batch.wait()
-            if not pending.finished:
-                self._batch_running = True
-                batch, self._queue = self._queue, []
-            else:
-                batch = []
-        if batch:
-            try:
-                self._run_batch(doing, batch)
-            finally:
-                with self._batch:
-                    self._batch_running = False
-                    self._batch.notify_all()
-        return pending.outcome()
+        return self._group.commit(doing, body)
 
-    def _run_batch(self, doing: str, batch: list[_Pending[Any]]) -> None:
-        try:
-            with self.write(doing) as tx:
-                connection = tx.connection
-                for pending in batch:
-                    connection.execute("SAVEPOINT caller")
-                    try:
-                        pending.result = pending.body(tx)
-                    except Exception as exc:
-                        connection.execute("ROLLBACK TO caller")
-                        pending.error = exc
-                    connection.execute("RELEASE caller")
-        except BaseException as exc:
+    def _run_batch(self, doing: str, batch: list[Pending[Transaction, Any]]) -> None:
+        with self.write(doing) as tx:
+            connection = tx.connection
             for pending in batch:
-                if pending.error is None:
+                connection.execute("SAVEPOINT caller")
+                try:
+                    pending.result = pending.body(tx)
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO caller")
                     pending.error = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for pending in batch:
-                pending.finished = True
+                connection.execute("RELEASE caller")
 
     def close(self) -> None:
         """Close every thread's connection."""

@@ -15,19 +15,27 @@ from support.tools import missing, require_path, require_tool
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_benchmark(
+    script: str, *arguments: str, report: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run benchmarks/`script` with `arguments`, its raw numbers in `report`; it must succeed."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *arguments, "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.conformance
 def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path) -> None:
     require_tool("containerd", "containerd")
     report = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--json", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run = run_benchmark("run.py", "--quick", report=report, timeout=280)
     results = json.loads(report.read_text())["results"]
     measured = {(r["case"], r["server"]) for r in results}
     for case in ("large-ingest", "large-read", "small/1", "small/8", "contention"):
@@ -47,22 +55,7 @@ def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path
 def test_quick_registry_benchmark_pushes_and_pulls_on_both_registries(tmp_path: Path) -> None:
     require_tool("docker-registry", "docker-registry")
     report = tmp_path / "registry.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "registry.py"),
-            "--quick",
-            "--rounds",
-            "1",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run = run_benchmark("registry.py", "--quick", "--rounds", "1", report=report, timeout=60)
     results = json.loads(report.read_text())["results"]
     measured = {(r["case"], r["server"]) for r in results if r["rounds"]}
     for case in ("push", "pull"):
@@ -85,26 +78,18 @@ def test_quick_cluster_benchmark_runs_contentd_on_s3_and_postgres_beside_contain
     require_tool("containerd", "containerd")
     require_cluster_engines()
     report = tmp_path / "bench.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--quick",
-            "--backend",
-            "s3pg",
-            "--only",
-            "large-ingest",
-            "large-read",
-            "small",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
+    run = run_benchmark(
+        "run.py",
+        "--quick",
+        "--backend",
+        "s3pg",
+        "--only",
+        "large-ingest",
+        "large-read",
+        "small",
+        report=report,
         timeout=280,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     document = json.loads(report.read_text())
     assert document["backend"] == "s3pg"
     measured = {(r["case"], r["server"]) for r in document["results"]}
@@ -127,24 +112,9 @@ def test_quick_registry_benchmark_on_s3_pushes_and_pulls_on_both_registries(
     require_tool("docker-registry", "docker-registry")
     require_cluster_engines()
     report = tmp_path / "registry.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "registry.py"),
-            "--quick",
-            "--backend",
-            "s3pg",
-            "--rounds",
-            "1",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    run = run_benchmark(
+        "registry.py", "--quick", "--backend", "s3pg", "--rounds", "1", report=report, timeout=120
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     document = json.loads(report.read_text())
     assert document["backend"] == "s3pg"
     assert document["targets"] == {"push": 1.5, "pull": 1.0}

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 from support.backends import ClusterURLs
-from support.daemon import DaemonProcess, contentd_command, start_daemon
+from support.daemon import DaemonProcess, contentd_command, remote, running_pair
 from support.registry_http import OCTET_STREAM, RegistryClient
 from support.store_actor import content as actor_content
 from support.store_actor import spawn as actor
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
+from contentd.client import write_blob
 from contentd.content import digest_of, open_store
 
 pytestmark = pytest.mark.slow
@@ -37,21 +37,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def daemons(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
-    first = start_daemon(tmp_path / "a", *cluster.flags())
-    try:
-        second = start_daemon(tmp_path / "b", *cluster.flags())
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
-
-
-def remote(daemon: DaemonProcess, namespace: str = "default") -> RemoteStore:
-    store = RemoteStore(daemon.address, namespace)
-    store.wait_ready(timeout=10)
-    return store
+    with running_pair(tmp_path, *cluster.flags()) as pair:
+        yield pair
 
 
 def test_what_one_daemon_stores_the_other_serves(
@@ -190,15 +177,8 @@ def test_the_command_line_works_on_a_cluster_store_without_a_daemon(
 def serving(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
     """Two daemons with registry faces on one cluster store."""
     http = ("--http", "127.0.0.1:0", "--log-level", "debug")
-    first = start_daemon(tmp_path / "a", *cluster.flags(), *http)
-    try:
-        second = start_daemon(tmp_path / "b", *cluster.flags(), *http)
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with running_pair(tmp_path, *cluster.flags(), *http) as pair:
+        yield pair
 
 
 @pytest.fixture

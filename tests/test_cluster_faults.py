@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from support.backends import ClusterURLs
-from support.daemon import DaemonProcess, start_daemon
+from support.daemon import DaemonProcess, remote, running_pair
 from support.postgres import PostgresCluster
 from support.seaweedfs import SeaweedFS
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
+from contentd.client import write_blob
 from contentd.content import digest_of, open_store
 
 pytestmark = pytest.mark.slow
@@ -33,21 +33,8 @@ RECOVERY = 30.0
 
 @pytest.fixture
 def daemons(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
-    first = start_daemon(tmp_path / "a", *cluster.flags())
-    try:
-        second = start_daemon(tmp_path / "b", *cluster.flags())
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
-
-
-def remote(daemon: DaemonProcess) -> RemoteStore:
-    store = RemoteStore(daemon.address, "default", timeout=60)
-    store.wait_ready(timeout=10)
-    return store
+    with running_pair(tmp_path, *cluster.flags()) as pair:
+        yield pair
 
 
 class Writers:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from support.backends import ClusterURLs
-from support.daemon import DaemonProcess, start_daemon
+from support.daemon import DaemonProcess, remote, running_pair
 
 from contentd import errdefs
-from contentd.client import RemoteStore, write_blob
+from contentd.client import write_blob
 from contentd.content import ROOT_LABEL, digest_of
 from contentd.content._s3 import S3Blobs
 
@@ -27,21 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def daemons(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
-    first = start_daemon(tmp_path / "a", *cluster.flags())
-    try:
-        second = start_daemon(tmp_path / "b", *cluster.flags())
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
-
-
-def remote(daemon: DaemonProcess) -> RemoteStore:
-    store = RemoteStore(daemon.address, "default", timeout=60)
-    store.wait_ready(timeout=10)
-    return store
+    with running_pair(tmp_path, *cluster.flags()) as pair:
+        yield pair
 
 
 def stored_digests(cluster: ClusterURLs) -> set[str]:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from support.backends import ClusterURLs
 from support.ctr import Ctr
-from support.daemon import DaemonProcess, start_daemon
+from support.daemon import DaemonProcess, running_pair
 from support.go_suite import CONTENT_LEASES_ENV, CONTENT_SUITE, run_suite
 from support.oci_layout import read_blobs, write_image_layout
 from support.skopeo import Skopeo
@@ -31,15 +31,8 @@ pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 @pytest.fixture
 def daemons(tmp_path: Path, cluster: ClusterURLs) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
     http = ("--http", "127.0.0.1:0", "--http-namespace", "registry")
-    first = start_daemon(tmp_path / "a", *cluster.flags(), *http)
-    try:
-        second = start_daemon(tmp_path / "b", *cluster.flags(), *http)
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with running_pair(tmp_path, *cluster.flags(), *http) as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("through", [0, 1])

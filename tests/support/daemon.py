@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contentd.client import RemoteStore
+
 _READY = re.compile(r"serving on (\S+)")
 _HTTP_READY = re.compile(r"serving HTTP on (\S+)")
 
@@ -157,3 +159,21 @@ def running_daemon(root: Path, *extra: str, collect: bool = False) -> Iterator[D
         yield daemon
     finally:
         daemon.stop()
+
+
+@contextmanager
+def running_pair(place: Path, *extra: str) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    """Two daemons with the same options (as two serving one cluster store), their roots
+    under `place`; both stopped with SIGTERM afterwards."""
+    with (
+        running_daemon(place / "a", *extra) as first,
+        running_daemon(place / "b", *extra) as second,
+    ):
+        yield first, second
+
+
+def remote(daemon: DaemonProcess, namespace: str = "default", timeout: float = 60) -> RemoteStore:
+    """The Python client on `daemon`, once it answers."""
+    store = RemoteStore(daemon.address, namespace, timeout=timeout)
+    store.wait_ready(timeout=10)
+    return store
