@@ -33,11 +33,12 @@ from contentd.content import (
 
 from ._auth import Credentials
 from ._platforms import Platform, default_platform, parse_platform
-from ._pull import PullEvent, pull
+from ._pull import pull
 from ._reference import Reference, parse_reference
 from ._registry import RegistryClient, RegistryOptions
 from ._remote import RemoteReader, RemoteStore, RemoteWriter
 from ._tls import TLSConfig
+from ._transfer import TransferEvent
 
 __all__ = [
     "Backoff",
@@ -45,7 +46,6 @@ __all__ = [
     "Info",
     "LocalStore",
     "Platform",
-    "PullEvent",
     "ReaderAt",
     "Reference",
     "RegistryClient",
@@ -56,6 +56,7 @@ __all__ = [
     "Status",
     "Store",
     "TLSConfig",
+    "TransferEvent",
     "Writer",
     "default_platform",
     "is_ref_locked",

@@ -59,9 +59,10 @@ from contentd.errdefs import (
 )
 from contentd.proto.wire import default_address
 
-from ._pull import DEFAULT_CONCURRENCY, PullEvent, pull
+from ._pull import pull
 from ._remote import RemoteStore
 from ._tls import TLSConfig
+from ._transfer import DEFAULT_CONCURRENCY, TransferEvent
 
 #: Entry-point group through which other packages add verbs (the daemon adds `serve`).
 COMMAND_GROUP: Final = "contentd.commands"
@@ -825,15 +826,16 @@ def remove_images(settings: _Settings, names: tuple[str, ...], sync: bool) -> No
 # Images from registries
 
 
-class _PullDisplay:
-    """What `pull` shows: a bar per blob on a terminal, JSON events with --json, else nothing."""
+class _TransferDisplay:
+    """What `pull` and `push` show: a bar per blob on a terminal, JSON events with --json,
+    else nothing."""
 
     def __init__(self, as_json: bool) -> None:
         self._json = as_json
         self._bars: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> _PullDisplay:
+    def __enter__(self) -> _TransferDisplay:
         if not self._json and sys.stderr.isatty():
             self._bars = Progress(
                 "[progress.description]{task.description}",
@@ -849,13 +851,13 @@ class _PullDisplay:
         if self._bars is not None:
             self._bars.stop()
 
-    def __call__(self, event: PullEvent) -> None:
+    def __call__(self, event: TransferEvent) -> None:
         if self._json:
             if event.kind != "progress":
                 click.echo(json.dumps(event.as_json()))
             return
         bars = self._bars
-        if bars is None or event.kind in ("resolved", "recorded"):
+        if bars is None or event.kind in ("resolved", "recorded", "pushed"):
             return
         task = self._tasks.get(event.digest)
         if task is None:
@@ -868,28 +870,38 @@ class _PullDisplay:
             bars.update(task, completed=event.size)
 
 
+def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `pull` and `push` share: how to reach the registry, and how many at once."""
+    options = [
+        click.option("--plain-http", is_flag=True, help="Speak HTTP to the registry, not HTTPS."),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Trust the registry certificates these PEM CAs sign [default: the system's].",
+        ),
+        click.option(
+            "--auth-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Credentials file [default: $REGISTRY_AUTH_FILE, then the usual ones].",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=DEFAULT_CONCURRENCY,
+            show_default=True,
+            help="Transfers at once.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command(name="pull")
 @click.argument("reference")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Of an index, the platform to pull.")
 @click.option("--all-platforms", is_flag=True, help="Of an index, pull every platform.")
-@click.option("--plain-http", is_flag=True, help="Speak HTTP to the registry, not HTTPS.")
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Trust the registry certificates these PEM CAs sign [default: the system's].",
-)
-@click.option(
-    "--auth-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Credentials file [default: $REGISTRY_AUTH_FILE, then the usual ones].",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Downloads at once.",
-)
+@_registry_options
 @click.option("--name", help="Record the image under NAME [default: the reference].")
 @pass_settings
 def pull_image(
@@ -913,7 +925,7 @@ def pull_image(
         raise click.UsageError("give --platform or --all-platforms, not both")
     store = settings.store()
     try:
-        with _PullDisplay(settings.json) as display:
+        with _TransferDisplay(settings.json) as display:
             image = pull(
                 store,
                 reference,
