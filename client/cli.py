@@ -60,6 +60,7 @@ from contentd.errdefs import (
 from contentd.proto.wire import default_address
 
 from ._pull import pull
+from ._push import push
 from ._remote import RemoteStore
 from ._tls import TLSConfig
 from ._transfer import DEFAULT_CONCURRENCY, TransferEvent
@@ -942,3 +943,54 @@ def pull_image(
         raise Canceled(f"pulling {reference}: interrupted; pull again to resume") from None
     if not settings.json:
         click.echo(f"{image.name}@{image.target.digest}")
+
+
+@main.command(name="push")
+@click.argument("reference")
+@click.option(
+    "--from",
+    "source",
+    metavar="NAME",
+    help="The stored image to push [default: the image named REFERENCE, as pull records it].",
+)
+@click.option(
+    "--platform",
+    metavar="OS/ARCH[/VARIANT]",
+    help="Of an index, push the manifests for this platform only [default: all].",
+)
+@_registry_options
+@pass_settings
+def push_image(
+    settings: _Settings,
+    reference: str,
+    source: str | None,
+    platform: str | None,
+    plain_http: bool,
+    tls_ca: Path | None,
+    auth_file: Path | None,
+    concurrency: int,
+) -> None:
+    """Push an image of the store to a registry as REFERENCE; prints REFERENCE@DIGEST.
+
+    REFERENCE is host[:port]/repository[:tag|@digest]. What the registry has
+    is not sent, blobs in another of its repositories are mounted from there,
+    manifests go once what they name is there, and the tag last.
+    """
+    store = settings.store()
+    try:
+        with _TransferDisplay(settings.json) as display:
+            target = push(
+                store,
+                reference,
+                source=source,
+                platform=platform,
+                plain_http=plain_http,
+                tls_ca=tls_ca,
+                auth_file=auth_file,
+                concurrency=concurrency,
+                on_event=display,
+            )
+    except KeyboardInterrupt:
+        raise Canceled(f"pushing {reference}: interrupted") from None
+    if not settings.json:
+        click.echo(f"{reference}@{target.digest}")
