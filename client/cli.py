@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -871,6 +871,18 @@ class _TransferDisplay:
             bars.update(task, completed=event.size)
 
 
+_T = TypeVar("_T")
+
+
+def _shown(settings: _Settings, interrupted: str, run: Callable[[_TransferDisplay], _T]) -> _T:
+    """Run a pull or a push with its display; Ctrl-C fails it as Canceled, saying `interrupted`."""
+    try:
+        with _TransferDisplay(settings.json) as display:
+            return run(display)
+    except KeyboardInterrupt:
+        raise Canceled(interrupted) from None
+
+
 def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options `pull` and `push` share: how to reach the registry, and how many at once."""
     options = [
@@ -907,14 +919,12 @@ def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @pass_settings
 def pull_image(
     settings: _Settings,
+    /,
     reference: str,
     platform: str | None,
     all_platforms: bool,
-    plain_http: bool,
-    tls_ca: Path | None,
-    auth_file: Path | None,
-    concurrency: int,
     name: str | None,
+    **registry: Any,
 ) -> None:
     """Pull an image from a registry into the store and record it as an image.
 
@@ -925,22 +935,19 @@ def pull_image(
     if platform is not None and all_platforms:
         raise click.UsageError("give --platform or --all-platforms, not both")
     store = settings.store()
-    try:
-        with _TransferDisplay(settings.json) as display:
-            image = pull(
-                store,
-                reference,
-                name=name,
-                platform=platform,
-                all_platforms=all_platforms,
-                plain_http=plain_http,
-                tls_ca=tls_ca,
-                auth_file=auth_file,
-                concurrency=concurrency,
-                on_event=display,
-            )
-    except KeyboardInterrupt:
-        raise Canceled(f"pulling {reference}: interrupted; pull again to resume") from None
+    image = _shown(
+        settings,
+        f"pulling {reference}: interrupted; pull again to resume",
+        lambda display: pull(
+            store,
+            reference,
+            name=name,
+            platform=platform,
+            all_platforms=all_platforms,
+            on_event=display,
+            **registry,
+        ),
+    )
     if not settings.json:
         click.echo(f"{image.name}@{image.target.digest}")
 
@@ -962,13 +969,11 @@ def pull_image(
 @pass_settings
 def push_image(
     settings: _Settings,
+    /,
     reference: str,
     source: str | None,
     platform: str | None,
-    plain_http: bool,
-    tls_ca: Path | None,
-    auth_file: Path | None,
-    concurrency: int,
+    **registry: Any,
 ) -> None:
     """Push an image of the store to a registry as REFERENCE; prints REFERENCE@DIGEST.
 
@@ -977,20 +982,12 @@ def push_image(
     manifests go once what they name is there, and the tag last.
     """
     store = settings.store()
-    try:
-        with _TransferDisplay(settings.json) as display:
-            target = push(
-                store,
-                reference,
-                source=source,
-                platform=platform,
-                plain_http=plain_http,
-                tls_ca=tls_ca,
-                auth_file=auth_file,
-                concurrency=concurrency,
-                on_event=display,
-            )
-    except KeyboardInterrupt:
-        raise Canceled(f"pushing {reference}: interrupted") from None
+    target = _shown(
+        settings,
+        f"pushing {reference}: interrupted",
+        lambda display: push(
+            store, reference, source=source, platform=platform, on_event=display, **registry
+        ),
+    )
     if not settings.json:
         click.echo(f"{reference}@{target.digest}")

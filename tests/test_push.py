@@ -24,12 +24,13 @@ from support.image_registries import (
     MULTI,
     Source,
     auth_file,
+    proxied,
     run_cli,
     skopeo_copy,
     sockets,
 )
 from support.oci_layout import Image, ImageIndex
-from support.registry_proxy import RegistryProxy, start_registry_proxy
+from support.registry_proxy import RegistryProxy
 from support.skopeo import Skopeo
 from support.tools import require_tool
 
@@ -66,11 +67,8 @@ def fresh_contentd_registry(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def fresh_proxy(fresh_docker_registry: str) -> Iterator[RegistryProxy]:
     """A logging proxy before an empty docker-registry."""
-    running = start_registry_proxy(f"http://{fresh_docker_registry}")
-    try:
+    with proxied(fresh_docker_registry) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def since(proxy: RegistryProxy, start: int) -> list[dict[str, str]]:

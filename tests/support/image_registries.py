@@ -142,13 +142,20 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
         yield opened
 
 
-@pytest.fixture
-def proxy(docker_registry: Source) -> Iterator[RegistryProxy]:
-    running = start_registry_proxy(f"http://{docker_registry.host}")
+@contextlib.contextmanager
+def proxied(host: str) -> Iterator[RegistryProxy]:
+    """A proxy (support/registry_proxy.py) before the registry at `host`, for a with-block."""
+    running = start_registry_proxy(f"http://{host}")
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def proxy(docker_registry: Source) -> Iterator[RegistryProxy]:
+    with proxied(docker_registry.host) as running:
+        yield running
 
 
 def skopeo_copy(skopeo: Skopeo, reference: str, out: Path, *flags: str) -> dict[str, bytes]:
