@@ -8,7 +8,8 @@
             head = blob.read(512)
 
 `pull(store, "registry.example/team/app:v1")` fetches an image from a
-registry into either kind of store and records it (see `contentd.client._pull`).
+registry into either kind of store and records it (see `contentd.client._pull`);
+`push(store, "registry.example/team/app:v1")` sends one back (`contentd.client._push`).
 
 `RemoteStore` talks to contentd or containerd (over TLS, given a `TLSConfig`);
 `open_store` opens a store directory with no daemon. `write_blob` and
@@ -33,11 +34,13 @@ from contentd.content import (
 
 from ._auth import Credentials
 from ._platforms import Platform, default_platform, parse_platform
-from ._pull import PullEvent, pull
+from ._pull import pull
+from ._push import push
 from ._reference import Reference, parse_reference
 from ._registry import RegistryClient, RegistryOptions
 from ._remote import RemoteReader, RemoteStore, RemoteWriter
 from ._tls import TLSConfig
+from ._transfer import TransferEvent
 
 __all__ = [
     "Backoff",
@@ -45,7 +48,6 @@ __all__ = [
     "Info",
     "LocalStore",
     "Platform",
-    "PullEvent",
     "ReaderAt",
     "Reference",
     "RegistryClient",
@@ -56,6 +58,7 @@ __all__ = [
     "Status",
     "Store",
     "TLSConfig",
+    "TransferEvent",
     "Writer",
     "default_platform",
     "is_ref_locked",
@@ -64,5 +67,6 @@ __all__ = [
     "parse_platform",
     "parse_reference",
     "pull",
+    "push",
     "write_blob",
 ]

@@ -130,6 +130,11 @@ def find_credentials(
     return None
 
 
+def repository_scope(repository: str, actions: str = "pull") -> str:
+    """The token scope for `actions` (``pull``, ``pull,push``) on `repository`."""
+    return f"repository:{repository}:{actions}"
+
+
 @dataclass(frozen=True)
 class Challenge:
     """A ``WWW-Authenticate`` challenge: its scheme (lower case) and parameters."""
@@ -165,9 +170,11 @@ class _Token:
 class Authorizer:
     """Answers one registry's challenges and authorizes requests per scope.
 
-    Once the registry has asked for bearer tokens, every request asks the
-    token cache for its scope first, so a pull makes one round trip to the
-    realm per scope, not one 401 per request.
+    A scope is one token scope, or several separated by spaces (a mount asks
+    to push to one repository and pull from another). Once the registry has
+    asked for bearer tokens, every request asks the token cache for its scope
+    first, so a transfer makes one round trip to the realm per scope, not one
+    401 per request.
     """
 
     def __init__(self, session: aiohttp.ClientSession, credentials: Credentials | None) -> None:
@@ -226,9 +233,10 @@ class Authorizer:
 
     async def _fetch_token(self, scope: str, challenge: Challenge) -> _Token:
         realm = challenge.params["realm"]
-        query = {"scope": scope}
+        # One parameter per scope, as the token spec has a request for several.
+        query = [("scope", each) for each in scope.split(" ")]
         if challenge.params.get("service"):
-            query["service"] = challenge.params["service"]
+            query.append(("service", challenge.params["service"]))
         headers = {}
         if self._credentials is not None:
             headers["Authorization"] = self._credentials.basic()

@@ -241,3 +241,16 @@ def select_children(manifest: Manifest, matcher: PlatformMatcher | None) -> Sequ
     if not unplatformed:
         raise NotFound(f"no manifest for platform {matcher.wanted} in the index")
     return unplatformed[:1]
+
+
+def matching_children(manifest: Manifest, matcher: PlatformMatcher | None) -> Sequence[Child]:
+    """The children a push sends: all of a manifest's; of an index's, all with no
+    `matcher`, else every one for its platform and every one without a platform
+    (containerd's FilterPlatforms)."""
+    if not is_index(manifest.media_type) or matcher is None:
+        return manifest.children
+    return [
+        child
+        for child in manifest.children
+        if child.platform is None or matcher.rank(child.platform) is not None
+    ]

@@ -22,12 +22,11 @@ is the collection root afterwards, and the lease is deleted. A pull that
 fails or is interrupted leaves its lease to expire (after a day, as
 containerd's leases do), so its ingests survive for the next pull to resume.
 
-The downloads run on an asyncio event loop (aiohttp); the store's calls run
-on a small pool of threads beside it, one per transfer, the bytes handed
-over a chunk at a time. When one transfer fails for good the others are
-canceled: their downloads are closed at once, their threads stop at the
-next chunk, and the call returns only once every thread and connection of
-the pull has ended.
+The downloads run on an asyncio event loop, the store's calls on threads
+beside it, the bytes handed over a chunk at a time (`contentd.client._transfer`).
+When one transfer fails for good the others are canceled: their downloads
+are closed at once, their threads stop at the next chunk, and the call
+returns only once every thread and connection of the pull has ended.
 """
 
 from __future__ import annotations
@@ -38,11 +37,9 @@ import io
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Final, TypeVar, cast
+from typing import Any, BinaryIO, Final, cast
 
 from contentd.content import (
     CONTENT,
@@ -51,7 +48,6 @@ from contentd.content import (
     Descriptor,
     Image,
     Images,
-    Info,
     LeaseResource,
     MetadataStore,
     write_blob,
@@ -63,7 +59,6 @@ from contentd.errdefs import (
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
 )
 
 from ._auth import Credentials
@@ -80,50 +75,21 @@ from ._manifests import (
 from ._platforms import Platform, PlatformMatcher, default_platform, parse_platform
 from ._reference import Reference, parse_reference
 from ._registry import BlobResponse, RegistryClient, RegistryOptions
+from ._transfer import (
+    CHUNK,
+    DEFAULT_CONCURRENCY,
+    EventHandler,
+    Transfer,
+    TransferEvent,
+    check_concurrency,
+    first_error,
+    info_or_none,
+    read_all,
+    run_transfer,
+)
 
-#: Downloads at once, by default.
-DEFAULT_CONCURRENCY: Final = 4
-#: Bytes handed from a download to the store at a time.
-CHUNK: Final = 1 << 20
 #: How often a thread waiting for bytes looks whether the pull was canceled.
 _CANCEL_POLL: Final = 0.25
-
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class PullEvent:
-    """Something that happened in a pull, for progress displays and ``--json``.
-
-    `kind` is one of:
-    - ``resolved``: the reference names `digest` (`name` is the image's name);
-    - ``started``: a download of `digest` began at byte `offset` (past 0: resumed);
-    - ``progress``: the ingest of `digest` holds `offset` bytes;
-    - ``done``: `digest` was fetched and stored;
-    - ``skipped``: `digest` was not fetched: `reason` says the namespace had it
-      already (``present``), or the store had it by the time the download would
-      have begun (``stored``: another writer stored it meanwhile, or another
-      namespace holds the same bytes);
-    - ``recorded``: the image `name` now names `digest`.
-    """
-
-    kind: str
-    digest: str
-    size: int = 0
-    media_type: str = ""
-    ref: str = ""
-    offset: int = 0
-    name: str = ""
-    reason: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        """The event as a flat object, without the fields it does not use."""
-        return {"event": self.kind} | {
-            key: value for key, value in asdict(self).items() if value and key != "kind"
-        }
-
-
-EventHandler = Callable[[PullEvent], None]
 
 
 def pull(
@@ -148,15 +114,14 @@ def pull(
     machine's) is fetched, or every one with `all_platforms`. `plain_http`
     speaks HTTP instead of HTTPS; `tls_ca` is a PEM file of CAs to trust in
     place of the system's; credentials come from `credentials`, `auth_file`,
-    or the usual auth files. `on_event` hears of each step (see `PullEvent`),
+    or the usual auth files. `on_event` hears of each step (see `TransferEvent`),
     from the pull's threads, one event at a time.
 
     Errors are `contentd.errdefs` classes: the registry's own (NotFound,
     Unauthenticated...), DataLoss (reason DIGEST_INVALID or SIZE_INVALID)
     for content that does not match its descriptor, Canceled if interrupted.
     """
-    if concurrency < 1:
-        raise InvalidArgument(f"concurrency {concurrency}: must be at least 1")
+    check_concurrency(concurrency)
     if all_platforms and platform is not None:
         raise InvalidArgument("give a platform or all platforms, not both")
     parsed = parse_reference(reference)
@@ -168,17 +133,7 @@ def pull(
         plain_http=plain_http, tls_ca=tls_ca, auth_file=auth_file, credentials=credentials
     )
     job = _Pull(store, parsed, name or str(parsed), matcher, options, concurrency, on_event)
-    return _run(job.run())
-
-
-def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run `coroutine` on an event loop of its own (in a thread if this one runs a loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(1, thread_name_prefix="contentd-pull-loop") as runner:
-        return runner.submit(asyncio.run, coroutine).result()
+    return run_transfer(job.run())
 
 
 def _record(images: Images, image: Image) -> Image:
@@ -189,8 +144,8 @@ def _record(images: Images, image: Image) -> Image:
         return images.update(image, ["target"])
 
 
-class _Pull:
-    """One pull: its registry client, its threads, its lease and what it has seen."""
+class _Pull(Transfer):
+    """One pull: its registry client, its lease and what it has seen."""
 
     def __init__(
         self,
@@ -202,78 +157,42 @@ class _Pull:
         concurrency: int,
         on_event: EventHandler | None,
     ) -> None:
-        self._store = store
+        super().__init__(store, concurrency, on_event, "contentd-pull")
         self._reference = reference
         self._name = name
         self._matcher = matcher
         self._options = options
-        self._concurrency = concurrency
-        self._on_event = on_event
-        self._events = threading.Lock()
-        self._cancel = threading.Event()
         self._seen: set[str] = set()
-        self._executor: ThreadPoolExecutor | None = None
         self._registry: RegistryClient | None = None
-        self._slots: asyncio.Semaphore | None = None
-
-    def _emit(self, event: PullEvent) -> None:
-        if self._on_event is not None:
-            with self._events:
-                self._on_event(event)
 
     async def run(self) -> Image:
-        self._slots = asyncio.Semaphore(self._concurrency)
-        # Room for a thread per transfer, and for the short calls of the tasks waiting.
-        self._executor = ThreadPoolExecutor(
-            self._concurrency + 2, thread_name_prefix="contentd-pull"
-        )
-        try:
-            async with RegistryClient(self._reference.api_host, self._options) as registry:
-                self._registry = registry
-                target = await registry.resolve(self._reference)
-                self._emit(
-                    PullEvent(
-                        "resolved", target.digest, target.size, target.media_type, name=self._name
-                    )
-                )
-                expires = (datetime.now(UTC) + DEFAULT_LEASE_EXPIRY).isoformat(timespec="seconds")
-                lease = await self._call(self._store.leases.create, "", {EXPIRE_LABEL: expires})
-                leased = self._store.with_lease(lease.id)
-                await self._dispatch(leased, target)
-                image = await self._call(_record, leased.images, Image(self._name, target))
-                # The image keeps everything now. On failure the lease stays, until it
-                # expires, so that the next pull resumes the ingests it holds.
-                await self._call(self._store.leases.delete, lease.id)
-        finally:
-            self._cancel.set()
-            executor, self._executor = self._executor, None
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        self._emit(
-            PullEvent("recorded", target.digest, target.size, target.media_type, name=self._name)
+        image = await self.run_threads(self._pull())
+        target = image.target
+        self.emit(
+            TransferEvent(
+                "recorded", target.digest, target.size, target.media_type, name=self._name
+            )
         )
         return image
 
-    # Threads
-
-    async def _in_thread(
-        self, work: Callable[[], _T], on_cancel: Callable[[], None] | None = None
-    ) -> _T:
-        """`work()` on the pull's threads; if canceled, stop it and wait until it has."""
-        assert self._executor is not None
-        future = asyncio.wrap_future(self._executor.submit(work))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self._cancel.set()
-            if on_cancel is not None:
-                on_cancel()
-            await asyncio.wait([future])
-            if not future.cancelled():
-                future.exception()  # the thread's Canceled: expected, and not the pull's error
-            raise
-
-    async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
-        return await self._in_thread(lambda: function(*args))
+    async def _pull(self) -> Image:
+        async with RegistryClient(self._reference.api_host, self._options) as registry:
+            self._registry = registry
+            target = await registry.resolve(self._reference)
+            self.emit(
+                TransferEvent(
+                    "resolved", target.digest, target.size, target.media_type, name=self._name
+                )
+            )
+            expires = (datetime.now(UTC) + DEFAULT_LEASE_EXPIRY).isoformat(timespec="seconds")
+            lease = await self.call(self.store.leases.create, "", {EXPIRE_LABEL: expires})
+            leased = self.store.with_lease(lease.id)
+            await self._dispatch(leased, target)
+            image = await self.call(_record, leased.images, Image(self._name, target))
+            # The image keeps everything now. On failure the lease stays, until it
+            # expires, so that the next pull resumes the ingests it holds.
+            await self.call(self.store.leases.delete, lease.id)
+            return image
 
     # The tree
 
@@ -283,7 +202,7 @@ class _Pull:
             async with asyncio.TaskGroup() as group:
                 self._spawn(group, store, root)
         except BaseExceptionGroup as failed:
-            raise _first(failed) from None
+            raise first_error(failed) from None
 
     def _spawn(
         self, group: asyncio.TaskGroup, store: MetadataStore, descriptor: Descriptor
@@ -298,48 +217,33 @@ class _Pull:
         await self._fetch(store, descriptor)
         if not (is_index(descriptor.media_type) or is_manifest(descriptor.media_type)):
             return
-        data = await self._call(_read_all, store, descriptor.digest)
+        data = await self.call(read_all, store, descriptor.digest)
         manifest = parse_manifest(descriptor, data)
         labels = child_gc_labels(manifest.children)
         if labels:
             paths = [f"labels.{key}" for key in labels]
-            await self._call(store.update, descriptor.digest, labels, paths)
+            await self.call(store.update, descriptor.digest, labels, paths)
         for child in select_children(manifest, self._matcher):
             self._spawn(group, store, child.descriptor)
 
     async def _fetch(self, store: MetadataStore, descriptor: Descriptor) -> None:
         """Store `descriptor`'s content unless the namespace has it (then lease it)."""
         digest = descriptor.digest
-        key, source = distribution_source_label(self._reference.host, self._reference.repository)
-        info = await self._call(_info_or_none, store, digest)
+        info = await self.call(info_or_none, store, digest)
         if info is not None:
             # Leased before it is relied on, then looked at again: a collection
             # between the two looks might have taken it.
             assert store.lease_id is not None
             resource = LeaseResource(digest, CONTENT)
-            await self._call(store.leases.add_resource, store.lease_id, resource)
-            info = await self._call(_info_or_none, store, digest)
+            await self.call(store.leases.add_resource, store.lease_id, resource)
+            info = await self.call(info_or_none, store, digest)
         if info is not None:
-            key, merged = distribution_source_label(
-                self._reference.host, self._reference.repository, info.labels.get(key, "")
-            )
-            if info.labels.get(key) != merged:
-                await self._call(store.update, digest, {key: merged}, [f"labels.{key}"])
-            self._emit(self._event("skipped", descriptor, reason="present"))
+            await self.record_source(store, info, self._reference.host, self._reference.repository)
+            self.emit(self.event("skipped", descriptor, reason="present"))
             return
-        assert self._slots is not None
-        async with self._slots:
+        key, source = distribution_source_label(self._reference.host, self._reference.repository)
+        async with self.slots:
             await self._transfer(store, descriptor, {key: source})
-
-    def _event(self, what: str, descriptor: Descriptor, **fields: Any) -> PullEvent:
-        return PullEvent(
-            what,
-            descriptor.digest,
-            descriptor.size,
-            descriptor.media_type,
-            ref=ref_key(descriptor),
-            **fields,
-        )
 
     async def _transfer(
         self, store: MetadataStore, descriptor: Descriptor, labels: dict[str, str]
@@ -351,13 +255,13 @@ class _Pull:
             self._registry,
             self._reference.repository,
             descriptor,
-            self._cancel,
-            lambda offset: self._emit(self._event("started", descriptor, offset=offset)),
+            self.cancel,
+            lambda offset: self.emit(self.event("started", descriptor, offset=offset)),
         )
         where = f"{kind(descriptor.media_type)} {descriptor.digest} from {self._reference.locator}"
 
         def progress(done: int) -> None:
-            self._emit(self._event("progress", descriptor, offset=done))
+            self.emit(self.event("progress", descriptor, offset=done))
 
         def work() -> None:
             try:
@@ -369,7 +273,7 @@ class _Pull:
                         size=descriptor.size,
                         digest=descriptor.digest,
                         labels=labels,
-                        cancel=self._cancel,
+                        cancel=self.cancel,
                         progress=progress,
                         lazy=True,
                     )
@@ -387,41 +291,11 @@ class _Pull:
                     metadata={"digest": descriptor.digest},
                 ) from exc
 
-        await self._in_thread(work, on_cancel=source.cancel)
+        await self.in_thread(work, on_cancel=source.cancel)
         if source.opened:
-            self._emit(self._event("done", descriptor))
+            self.emit(self.event("done", descriptor))
         else:
-            self._emit(self._event("skipped", descriptor, reason="stored"))
-
-
-def _first(failed: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error a failed pull reports: the first transfer's that failed for good."""
-    leaves: list[BaseException] = []
-
-    def collect(group: BaseExceptionGroup[BaseException]) -> None:
-        for error in group.exceptions:
-            if isinstance(error, BaseExceptionGroup):
-                collect(error)
-            else:
-                leaves.append(error)
-
-    collect(failed)
-    for error in leaves:
-        if not isinstance(error, Canceled):
-            return error
-    return leaves[0]
-
-
-def _info_or_none(store: MetadataStore, digest: str) -> Info | None:
-    try:
-        return store.info(digest)
-    except NotFound:
-        return None
-
-
-def _read_all(store: MetadataStore, digest: str) -> bytes:
-    with store.reader_at(digest) as reader:
-        return reader.read()
+            self.emit(self.event("skipped", descriptor, reason="stored"))
 
 
 class _BlobSource(io.BufferedIOBase):

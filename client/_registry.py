@@ -1,5 +1,6 @@
 """An OCI distribution (registry v2) client on aiohttp: resolve references, read manifests
-and blobs (from an offset, with Range), authorized as the registry asks.
+and blobs (from an offset, with Range), write them (uploads, mounts, manifests), authorized
+as the registry asks.
 
 One `RegistryClient` talks to one registry host over one connection pool;
 it is asynchronous so that many transfers share a thread, and so that an
@@ -13,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -25,14 +26,15 @@ from contentd.content import Descriptor, digest_of
 from contentd.errdefs import (
     DataLoss,
     InvalidArgument,
+    NotFound,
     Unauthenticated,
     Unavailable,
     from_http,
     wrap,
 )
 
-from ._auth import Authorizer, Credentials, find_credentials
-from ._manifests import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES
+from ._auth import Authorizer, Credentials, find_credentials, repository_scope
+from ._manifests import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, is_index, is_manifest, kind
 from ._reference import Reference
 
 #: Redirects followed per request (blob downloads may redirect to object storage).
@@ -41,6 +43,9 @@ MAX_REDIRECTS: Final = 5
 _MAX_ERROR_BODY: Final = 64 * 1024
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT: Final = "contentd"
+
+#: A request's body: bytes, or chunks as they come.
+Body = bytes | AsyncIterable[bytes]
 
 
 @dataclass(frozen=True)
@@ -170,18 +175,24 @@ class RegistryClient:
         *,
         doing: str,
         headers: Mapping[str, str] | None = None,
-        scope_actions: str = "pull",
+        scope: str | None = None,
+        body: Callable[[], Body] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a request to ``/v2/<repository>/<path>``, authorized and redirected as asked.
 
-        Returns the open response for a 2xx answer; raises the registry's
-        error (decoded, prefixed with `doing`) for any other.
+        `path` may also be a URL or an absolute path (an upload's Location).
+        `scope` is the token scope asked for (by default pulling from
+        `repository`); `body` makes the request's body, afresh for each try
+        (a challenge answered, a redirect followed). Returns the open response
+        for a 2xx answer; raises the registry's error (decoded, prefixed with
+        `doing`) for any other.
         """
         authorizer = self._authorizer(repository)
-        scope = f"repository:{repository}:{scope_actions}"
-        url = f"{self.base}/v2/{repository}/{path}"
+        scope = scope or repository_scope(repository)
+        url = urljoin(f"{self.base}/v2/{repository}/", path)
         sent_headers = dict(headers or {})
-        authorization = await authorizer.header(scope)
+        # Credentials go to the registry only, never to where it sends an upload or a download.
+        authorization = await authorizer.header(scope) if _same_origin(url, self.base) else None
         retried = False
         redirects = 0
         while True:
@@ -191,7 +202,11 @@ class RegistryClient:
                 sent_headers.pop("Authorization", None)
             try:
                 response = await self.session.request(
-                    method, url, headers=sent_headers, allow_redirects=False
+                    method,
+                    url,
+                    headers=sent_headers,
+                    data=body() if body is not None else None,
+                    allow_redirects=False,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise Unavailable(f"{doing}: {exc or 'timed out'}") from None
@@ -213,15 +228,14 @@ class RegistryClient:
                 if redirects > MAX_REDIRECTS:
                     raise Unavailable(f"{doing}: more than {MAX_REDIRECTS} redirects")
                 url = location
-                # Credentials go to the registry only, never to where it redirects.
                 if not _same_origin(url, self.base):
                     authorization = None
                 continue
             if 200 <= response.status < 300:
                 return response
-            body = await response.content.read(_MAX_ERROR_BODY)
+            answer = await response.content.read(_MAX_ERROR_BODY)
             response.close()
-            raise wrap(from_http(response.status, body), doing)
+            raise wrap(from_http(response.status, answer), doing)
 
     async def resolve(self, reference: Reference) -> Descriptor:
         """The descriptor a tag or digest names: HEAD, as containerd resolves, else GET."""
@@ -289,6 +303,156 @@ class RegistryClient:
                 response.close()
                 raise Unavailable(f"{doing}: asked for bytes from {offset}, got them from {start}")
         return BlobResponse(response, start)
+
+    # Writing
+
+    async def exists(self, repository: str, descriptor: Descriptor, reference: str = "") -> bool:
+        """Whether `repository` holds `descriptor`'s content: a HEAD, as containerd's push asks.
+
+        A blob is asked for by digest, a manifest or index by `reference` (a
+        tag, which must then name this digest) or by digest.
+        """
+        manifest = is_index(descriptor.media_type) or is_manifest(descriptor.media_type)
+        reference = reference or descriptor.digest
+        path = f"{'manifests' if manifest else 'blobs'}/{reference}"
+        try:
+            response = await self.request(
+                "HEAD",
+                repository,
+                path,
+                doing=f"looking for {descriptor.digest} in {self.host}/{repository}",
+                headers={"Accept": f"{descriptor.media_type}, */*"},
+                scope=repository_scope(repository, "pull,push"),
+            )
+        except NotFound:
+            return False
+        found = response.headers.get("Docker-Content-Digest", "")
+        response.close()
+        return descriptor.digest in (reference, found)
+
+    async def mount_blob(self, repository: str, descriptor: Descriptor, source: str) -> str | None:
+        """Ask for `descriptor`'s blob in `repository` from `source`, another repository here.
+
+        None if the registry mounted it; else the Location of the upload
+        session it opened instead (the spec's answer to a mount it cannot do).
+        A source the credentials may not read is not asked of again: a plain
+        upload starts instead, as containerd's push does.
+        """
+        query = urlencode({"mount": descriptor.digest, "from": source})
+        doing = f"mounting {descriptor.digest} from {source} into {self.host}/{repository}"
+        scope = f"{repository_scope(repository, 'pull,push')} {repository_scope(source)}"
+        try:
+            response = await self.request(
+                "POST", repository, f"blobs/uploads/?{query}", doing=doing, scope=scope
+            )
+        except Unauthenticated:
+            return await self.start_upload(repository, descriptor)
+        return await _upload_location(response, doing)
+
+    async def start_upload(self, repository: str, descriptor: Descriptor) -> str:
+        """Open an upload session for `descriptor`'s blob; its Location."""
+        doing = (
+            f"pushing {kind(descriptor.media_type)} {descriptor.digest} to {self.host}/{repository}"
+        )
+        response = await self.request(
+            "POST",
+            repository,
+            "blobs/uploads/",
+            doing=doing,
+            scope=repository_scope(repository, "pull,push"),
+        )
+        location = await _upload_location(response, doing)
+        if location is None:
+            raise Unavailable(f"{doing}: the registry answered an upload's start with 201")
+        return location
+
+    async def upload_blob(
+        self,
+        repository: str,
+        location: str,
+        descriptor: Descriptor,
+        body: Callable[[], Body],
+        *,
+        stream: bool,
+    ) -> None:
+        """Send `descriptor`'s bytes (made by `body`) to the upload session at `location`.
+
+        In one PUT with its digest (a monolithic upload), or with `stream` in
+        one PATCH and then an empty PUT with its digest, as docker's client
+        sends a large blob (some registries, and proxies before them, limit
+        what one PUT may carry).
+        """
+        doing = (
+            f"pushing {kind(descriptor.media_type)} {descriptor.digest} to {self.host}/{repository}"
+        )
+        scope = repository_scope(repository, "pull,push")
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(descriptor.size),
+        }
+        if stream:
+            response = await self.request(
+                "PATCH", repository, location, doing=doing, headers=headers, scope=scope, body=body
+            )
+            location = response.headers.get("Location", location)
+            await _discard(response)
+            headers["Content-Length"] = "0"
+            body = _empty
+        response = await self.request(
+            "PUT",
+            repository,
+            _with_query(location, digest=descriptor.digest),
+            doing=doing,
+            headers=headers,
+            scope=scope,
+            body=body,
+        )
+        await _discard(response)
+
+    async def put_manifest(
+        self, repository: str, reference: str, descriptor: Descriptor, data: bytes
+    ) -> None:
+        """Store the manifest or index `data` (described by `descriptor`) under `reference`."""
+        doing = (
+            f"pushing {kind(descriptor.media_type)} {descriptor.digest} "
+            f"to {self.host}/{repository}:{reference}"
+        )
+        response = await self.request(
+            "PUT",
+            repository,
+            f"manifests/{reference}",
+            doing=doing,
+            headers={"Content-Type": descriptor.media_type},
+            scope=repository_scope(repository, "pull,push"),
+            body=lambda: data,
+        )
+        stored = response.headers.get("Docker-Content-Digest", descriptor.digest)
+        await _discard(response)
+        if stored != descriptor.digest:
+            raise DataLoss(f"{doing}: the registry stored it as {stored}", reason="DIGEST_INVALID")
+
+
+def _empty() -> bytes:
+    return b""
+
+
+async def _upload_location(response: aiohttp.ClientResponse, doing: str) -> str | None:
+    """Where an upload session continues (202), or None when the blob is there already (201)."""
+    location = response.headers.get("Location")
+    status = response.status
+    await _discard(response)
+    if status == 201:
+        return None
+    if not location:
+        raise Unavailable(f"{doing}: the registry answered {status} without a Location")
+    return location
+
+
+def _with_query(url: str, **params: str) -> str:
+    """`url` with `params` added to its query (an upload's Location keeps its own state there)."""
+    parts = urlsplit(url)
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params.items()])
+    return urlunsplit(parts._replace(query=query))
 
 
 def _same_origin(url: str, base: str) -> bool:

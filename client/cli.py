@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -59,9 +59,11 @@ from contentd.errdefs import (
 )
 from contentd.proto.wire import default_address
 
-from ._pull import DEFAULT_CONCURRENCY, PullEvent, pull
+from ._pull import pull
+from ._push import push
 from ._remote import RemoteStore
 from ._tls import TLSConfig
+from ._transfer import DEFAULT_CONCURRENCY, TransferEvent
 
 #: Entry-point group through which other packages add verbs (the daemon adds `serve`).
 COMMAND_GROUP: Final = "contentd.commands"
@@ -825,15 +827,16 @@ def remove_images(settings: _Settings, names: tuple[str, ...], sync: bool) -> No
 # Images from registries
 
 
-class _PullDisplay:
-    """What `pull` shows: a bar per blob on a terminal, JSON events with --json, else nothing."""
+class _TransferDisplay:
+    """What `pull` and `push` show: a bar per blob on a terminal, JSON events with --json,
+    else nothing."""
 
     def __init__(self, as_json: bool) -> None:
         self._json = as_json
         self._bars: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> _PullDisplay:
+    def __enter__(self) -> _TransferDisplay:
         if not self._json and sys.stderr.isatty():
             self._bars = Progress(
                 "[progress.description]{task.description}",
@@ -849,13 +852,13 @@ class _PullDisplay:
         if self._bars is not None:
             self._bars.stop()
 
-    def __call__(self, event: PullEvent) -> None:
+    def __call__(self, event: TransferEvent) -> None:
         if self._json:
             if event.kind != "progress":
                 click.echo(json.dumps(event.as_json()))
             return
         bars = self._bars
-        if bars is None or event.kind in ("resolved", "recorded"):
+        if bars is None or event.kind in ("resolved", "recorded", "pushed"):
             return
         task = self._tasks.get(event.digest)
         if task is None:
@@ -868,40 +871,60 @@ class _PullDisplay:
             bars.update(task, completed=event.size)
 
 
+_T = TypeVar("_T")
+
+
+def _shown(settings: _Settings, interrupted: str, run: Callable[[_TransferDisplay], _T]) -> _T:
+    """Run a pull or a push with its display; Ctrl-C fails it as Canceled, saying `interrupted`."""
+    try:
+        with _TransferDisplay(settings.json) as display:
+            return run(display)
+    except KeyboardInterrupt:
+        raise Canceled(interrupted) from None
+
+
+def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `pull` and `push` share: how to reach the registry, and how many at once."""
+    options = [
+        click.option("--plain-http", is_flag=True, help="Speak HTTP to the registry, not HTTPS."),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Trust the registry certificates these PEM CAs sign [default: the system's].",
+        ),
+        click.option(
+            "--auth-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Credentials file [default: $REGISTRY_AUTH_FILE, then the usual ones].",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=DEFAULT_CONCURRENCY,
+            show_default=True,
+            help="Transfers at once.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command(name="pull")
 @click.argument("reference")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Of an index, the platform to pull.")
 @click.option("--all-platforms", is_flag=True, help="Of an index, pull every platform.")
-@click.option("--plain-http", is_flag=True, help="Speak HTTP to the registry, not HTTPS.")
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Trust the registry certificates these PEM CAs sign [default: the system's].",
-)
-@click.option(
-    "--auth-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Credentials file [default: $REGISTRY_AUTH_FILE, then the usual ones].",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Downloads at once.",
-)
+@_registry_options
 @click.option("--name", help="Record the image under NAME [default: the reference].")
 @pass_settings
 def pull_image(
     settings: _Settings,
+    /,
     reference: str,
     platform: str | None,
     all_platforms: bool,
-    plain_http: bool,
-    tls_ca: Path | None,
-    auth_file: Path | None,
-    concurrency: int,
     name: str | None,
+    **registry: Any,
 ) -> None:
     """Pull an image from a registry into the store and record it as an image.
 
@@ -912,21 +935,59 @@ def pull_image(
     if platform is not None and all_platforms:
         raise click.UsageError("give --platform or --all-platforms, not both")
     store = settings.store()
-    try:
-        with _PullDisplay(settings.json) as display:
-            image = pull(
-                store,
-                reference,
-                name=name,
-                platform=platform,
-                all_platforms=all_platforms,
-                plain_http=plain_http,
-                tls_ca=tls_ca,
-                auth_file=auth_file,
-                concurrency=concurrency,
-                on_event=display,
-            )
-    except KeyboardInterrupt:
-        raise Canceled(f"pulling {reference}: interrupted; pull again to resume") from None
+    image = _shown(
+        settings,
+        f"pulling {reference}: interrupted; pull again to resume",
+        lambda display: pull(
+            store,
+            reference,
+            name=name,
+            platform=platform,
+            all_platforms=all_platforms,
+            on_event=display,
+            **registry,
+        ),
+    )
     if not settings.json:
         click.echo(f"{image.name}@{image.target.digest}")
+
+
+@main.command(name="push")
+@click.argument("reference")
+@click.option(
+    "--from",
+    "source",
+    metavar="NAME",
+    help="The stored image to push [default: the image named REFERENCE, as pull records it].",
+)
+@click.option(
+    "--platform",
+    metavar="OS/ARCH[/VARIANT]",
+    help="Of an index, push the manifests for this platform only [default: all].",
+)
+@_registry_options
+@pass_settings
+def push_image(
+    settings: _Settings,
+    /,
+    reference: str,
+    source: str | None,
+    platform: str | None,
+    **registry: Any,
+) -> None:
+    """Push an image of the store to a registry as REFERENCE; prints REFERENCE@DIGEST.
+
+    REFERENCE is host[:port]/repository[:tag|@digest]. What the registry has
+    is not sent, blobs in another of its repositories are mounted from there,
+    manifests go once what they name is there, and the tag last.
+    """
+    store = settings.store()
+    target = _shown(
+        settings,
+        f"pushing {reference}: interrupted",
+        lambda display: push(
+            store, reference, source=source, platform=platform, on_event=display, **registry
+        ),
+    )
+    if not settings.json:
+        click.echo(f"{reference}@{target.digest}")

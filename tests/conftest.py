@@ -27,6 +27,9 @@ from support.seaweedfs import SeaweedFS, running_seaweedfs
 
 from contentd.proto import content_pb2_grpc
 
+# Registries holding test images, for the modules that pull and push images.
+pytest_plugins = ["support.image_registries"]
+
 
 @pytest.fixture(scope="module")
 def channel(daemon: DaemonProcess) -> Iterator[grpc.Channel]:

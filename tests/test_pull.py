@@ -6,173 +6,46 @@ compared byte for byte with what `skopeo copy` puts in an OCI layout, and its la
 what `ctr content fetch` (containerd's own fetch code) records. Misbehaviour (throttled,
 failing, corrupt or token-guarded answers) comes from a proxy in a process of its own
 (tests/support/registry_proxy.py), which also logs every request, so the tests can count
-GETs and see Range requests.
+GETs and see Range requests. The registries and helpers are shared with the push tests
+(tests/support/image_registries.py).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
 from support.ctr import Ctr
 from support.daemon import DaemonProcess, contentd_command, start_daemon
-from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
-from support.oci_layout import (
-    Image,
-    ImageIndex,
-    Layout,
-    MiB,
-    read_blobs,
-    write_image_layout,
-    write_index_layout,
+from support.image_registries import (
+    APP,
+    MULTI,
+    Source,
+    auth_file,
+    run_cli,
+    skopeo_copy,
+    sockets,
+    stored,
 )
-from support.registry_proxy import RegistryProxy, start_registry_proxy
+from support.oci_layout import Image, ImageIndex, Layout, MiB
+from support.registry_proxy import RegistryProxy
 from support.skopeo import Skopeo
 from support.tools import require_tool
 
-from contentd.client import PullEvent, pull
+from contentd.client import TransferEvent, pull
 from contentd.content import LocalStore, open_store
 from contentd.errdefs import DataLoss, NotFound, Unauthenticated, Unavailable, Unknown
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
-APP, MULTI = "team/app", "team/multi"
 GC = "containerd.io/gc.ref.content"
-
-
-@dataclass(frozen=True)
-class Source:
-    """A registry holding APP:v1 (one image) and MULTI:v1 (a two-platform index)."""
-
-    kind: str
-    host: str
-
-    def ref(self, repository: str, tag: str = "v1") -> str:
-        return f"{self.host}/{repository}:{tag}"
-
-
-@pytest.fixture(scope="module")
-def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    require_tool("skopeo", "skopeo")
-    home = tmp_path_factory.mktemp("skopeo-home")
-    (home / "registries.conf").write_text("")
-    return Skopeo(home)
-
-
-@pytest.fixture(scope="module")
-def image_layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
-    return write_image_layout(tmp_path_factory.mktemp("layout") / "image", seed=23)
-
-
-@pytest.fixture(scope="module")
-def index_layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
-    return write_index_layout(tmp_path_factory.mktemp("layout") / "index", seed=230)
-
-
-@pytest.fixture(scope="module")
-def image(image_layout: Layout) -> Image:
-    tagged = image_layout.tags["v1"]
-    assert isinstance(tagged, Image)
-    return tagged
-
-
-@pytest.fixture(scope="module")
-def index(index_layout: Layout) -> ImageIndex:
-    tagged = index_layout.tags["v1"]
-    assert isinstance(tagged, ImageIndex)
-    return tagged
-
-
-def fill(skopeo: Skopeo, host: str, image_layout: Layout, index_layout: Layout) -> None:
-    skopeo.push(image_layout.reference("v1"), f"docker://{host}/{APP}:v1")
-    skopeo.push(index_layout.reference("v1"), f"docker://{host}/{MULTI}:v1", "--all")
-
-
-@pytest.fixture(scope="module")
-def docker_registry(
-    tmp_path_factory: pytest.TempPathFactory,
-    skopeo: Skopeo,
-    image_layout: Layout,
-    index_layout: Layout,
-) -> Iterator[Source]:
-    require_tool(DOCKER_REGISTRY, "docker-registry")
-    running: DockerRegistryProcess = start_docker_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        host = running.url.removeprefix("http://")
-        fill(skopeo, host, image_layout, index_layout)
-        yield Source("docker-registry", host)
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory,
-    skopeo: Skopeo,
-    image_layout: Layout,
-    index_layout: Layout,
-) -> Iterator[DaemonProcess]:
-    """A contentd serving gRPC, and a registry (namespace `registry`) holding the images."""
-    running = start_daemon(
-        tmp_path_factory.mktemp("contentd") / "root",
-        "--http",
-        "127.0.0.1:0",
-        "--http-namespace",
-        "registry",
-    )
-    try:
-        fill(skopeo, running.http_url.removeprefix("http://"), image_layout, index_layout)
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(params=["docker-registry", "contentd"])
-def source(request: pytest.FixtureRequest) -> Source:
-    if request.param == "docker-registry":
-        found: Source = request.getfixturevalue("docker_registry")
-        return found
-    running: DaemonProcess = request.getfixturevalue("daemon")
-    return Source("contentd", running.http_url.removeprefix("http://"))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    with open_store(tmp_path / "store") as opened:
-        yield opened
-
-
-@pytest.fixture
-def proxy(docker_registry: Source) -> Iterator[RegistryProxy]:
-    running = start_registry_proxy(f"http://{docker_registry.host}")
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def skopeo_copy(skopeo: Skopeo, reference: str, out: Path, *flags: str) -> dict[str, bytes]:
-    skopeo.pull(f"docker://{reference}", f"oci:{out}:v1", *flags)
-    return read_blobs(out)
-
-
-def stored(store: LocalStore) -> dict[str, bytes]:
-    found = {}
-    for info in store.walk():
-        with store.reader_at(info.digest) as reader:
-            found[info.digest] = reader.read()
-    return found
 
 
 def manifest_labels(image: Image) -> dict[str, str]:
@@ -255,17 +128,25 @@ def test_pulls_by_digest(docker_registry: Source, store: LocalStore, image: Imag
 
 
 def test_labels_what_it_stores_as_ctr_content_fetch_does(
-    docker_registry: Source, daemon: DaemonProcess, index: ImageIndex
+    docker_registry: Source, contentd_registry: DaemonProcess, index: ImageIndex
 ) -> None:
     require_tool("ctr", "containerd")
     reference = docker_registry.ref(MULTI)
-    Ctr(daemon.address, "by-ctr").run(
+    Ctr(contentd_registry.address, "by-ctr").run(
         "content", "fetch", "--plain-http", "--platform", "linux/amd64", reference
     )
-    run_cli(daemon, "by-contentd", "pull", "--plain-http", "--platform", "linux/amd64", reference)
+    run_cli(
+        contentd_registry,
+        "by-contentd",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "linux/amd64",
+        reference,
+    )
 
     def labels(namespace: str) -> dict[str, dict[str, str]]:
-        listed = json.loads(run_cli(daemon, namespace, "--json", "ls").stdout)
+        listed = json.loads(run_cli(contentd_registry, namespace, "--json", "ls").stdout)
         return {info["digest"]: info["labels"] for info in listed}
 
     by_ctr = labels("by-ctr")
@@ -274,31 +155,6 @@ def test_labels_what_it_stores_as_ctr_content_fetch_does(
 
 
 # The command line, through a daemon
-
-
-def run_cli(
-    daemon: DaemonProcess, namespace: str, *args: str, check: bool = True, **env: str
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*contentd_command(), "--address", daemon.address, "-n", namespace, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **env},
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-@pytest.fixture
-def empty_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    running = start_daemon(tmp_path / "daemon")
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_the_cli_pulls_through_a_daemon_and_prints_json_events(
@@ -331,12 +187,12 @@ def test_the_cli_pulls_through_a_daemon_and_prints_json_events(
 
 
 def test_bytes_another_namespace_holds_are_stored_without_a_download(
-    daemon: DaemonProcess, image: Image
+    contentd_registry: DaemonProcess, image: Image
 ) -> None:
     # The daemon's registry holds the image in its namespace `registry`.
-    reference = f"{daemon.http_url.removeprefix('http://')}/{APP}:v1"
+    reference = f"{contentd_registry.http_url.removeprefix('http://')}/{APP}:v1"
 
-    pulled = run_cli(daemon, "shared", "--json", "pull", "--plain-http", reference)
+    pulled = run_cli(contentd_registry, "shared", "--json", "pull", "--plain-http", reference)
 
     events = [json.loads(line) for line in pulled.stdout.splitlines()]
     assert {e["digest"]: e.get("reason") for e in events if e["event"] == "skipped"} == {
@@ -345,11 +201,11 @@ def test_bytes_another_namespace_holds_are_stored_without_a_download(
 
 
 def test_the_cli_prints_the_pinned_reference_and_nothing_on_stderr_in_a_pipe(
-    daemon: DaemonProcess, image: Image
+    contentd_registry: DaemonProcess, image: Image
 ) -> None:
-    reference = f"{daemon.http_url.removeprefix('http://')}/{APP}:v1"
+    reference = f"{contentd_registry.http_url.removeprefix('http://')}/{APP}:v1"
 
-    result = run_cli(daemon, "quiet", "pull", "--plain-http", "--name", "app", reference)
+    result = run_cli(contentd_registry, "quiet", "pull", "--plain-http", "--name", "app", reference)
 
     assert result.stdout == f"app@{image.manifest.digest}\n"
     assert result.stderr == ""
@@ -427,15 +283,6 @@ def wait_for_ingest(store: LocalStore, ref: str, offset: int, puller: subprocess
     raise AssertionError(f"ingest {ref} never reached {offset} bytes")
 
 
-def sockets() -> int:
-    fds = Path("/proc/self/fd")
-    count = 0
-    for fd in fds.iterdir():
-        with contextlib.suppress(OSError):
-            count += os.readlink(fd).startswith("socket:")
-    return count
-
-
 @pytest.mark.parametrize(("status", "error"), [(500, Unknown), (404, NotFound)], ids=["500", "404"])
 def test_a_layer_the_registry_fails_fails_the_pull_fast_and_cancels_the_rest(
     proxy: RegistryProxy,
@@ -488,7 +335,7 @@ def test_events_report_skips_of_what_is_present(
     docker_registry: Source, store: LocalStore, image: Image
 ) -> None:
     pull(store, docker_registry.ref(APP), plain_http=True)
-    events: list[PullEvent] = []
+    events: list[TransferEvent] = []
 
     pull(store, docker_registry.ref(APP), plain_http=True, on_event=events.append)
 
@@ -496,12 +343,6 @@ def test_events_report_skips_of_what_is_present(
 
 
 # Authorization
-
-
-def auth_file(path: Path, host: str, user: str, password: str) -> Path:
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    path.write_text(json.dumps({"auths": {host: {"auth": encoded}}}))
-    return path
 
 
 def test_bearer_tokens_are_fetched_with_the_auth_files_credentials_once_per_scope(

@@ -1,18 +1,22 @@
-"""A small registry proxy for pull tests, in a process of its own: it forwards every request
-to an upstream registry, logs what it was asked, and misbehaves as a test tells it to.
+"""A small registry proxy for pull and push tests, in a process of its own: it forwards every
+request (and its body) to an upstream registry, logs what it was asked, and misbehaves as a
+test tells it to.
 
 `start_registry_proxy(upstream)` runs this file as a script on a free port of 127.0.0.1 and
-returns a `RegistryProxy`, whose `configure(...)` sets, for blobs or manifests whose path
-holds a digest:
-- `throttle`: serve the body at that many bytes per second;
+returns a `RegistryProxy`, whose `configure(...)` sets rules keyed by a text the request's
+line (``METHOD /path?query``, the query decoded) must hold, such as a digest (in a blob's or
+manifest's path, or an upload's ``digest=``) or a method (``PATCH``):
+- `throttle`: serve the answer's body, and take the request's, at that many bytes per second;
 - `fail`: answer that status with a registry error body instead of forwarding;
-- `fail_after`: the GET of another digest that must have begun before a failure is answered
-  (within 10 s), so that a failure meets a transfer under way;
+- `fail_after`: a text another request's line must hold, that request having come in before
+  a failure is answered (within 10 s), so that a failure meets a transfer under way;
 - `corrupt`: serve the body with its first byte changed;
 - `bearer`: demand `Authorization: Bearer <token>`, with the distribution spec's challenge
   naming the proxy's `/token` realm, which hands out tokens (to `user`/`password` by basic
   auth when both are set, else to anyone) and logs each token request;
-and whose `log()` lists each request as `{"method", "path", "range", "authorization"}`.
+and whose `log()` lists each request as `{"method", "path", "query", "range", "authorization"}`
+(a token request as method TOKEN, its scopes as path). Upload sessions' Locations are
+rewritten to point at the proxy.
 Running in its own process, its sockets and threads are never the client's.
 """
 
@@ -25,15 +29,41 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 from urllib.request import Request, urlopen
 
 from aiohttp import ClientSession, web
+from multidict import CIMultiDict
 
 _CHUNK = 16 * 1024
-_FORWARDED = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Content-Range")
+_FORWARDED = (
+    "Content-Type",
+    "Content-Length",
+    "Docker-Content-Digest",
+    "Content-Range",
+    "Docker-Upload-UUID",
+    "Range",
+)
+_REQUEST_HEADERS = ("Accept", "Range", "Content-Type", "Content-Length", "Content-Range")
+
+
+def _line(entry: dict[str, str]) -> str:
+    return f"{entry['method']} {entry['path']}?{entry['query']}"
+
+
+async def _throttled(body: Any, rate: float) -> AsyncIterator[bytes]:
+    started = time.monotonic()
+    taken = 0
+    async for chunk in body.iter_chunked(_CHUNK):
+        yield chunk
+        taken += len(chunk)
+        ahead = taken / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 class _Proxy:
@@ -44,13 +74,14 @@ class _Proxy:
         self.tokens: set[str] = set()
         self.session: ClientSession | None = None
 
-    def began(self, digest: str) -> bool:
-        """Whether a GET of `digest` has come in."""
-        return any(r["method"] == "GET" and r["path"].endswith(digest) for r in self.requests)
+    def began(self, text: str) -> bool:
+        """Whether a request whose line holds `text` has come in."""
+        return any(text in _line(r) for r in self.requests)
 
-    def rule(self, name: str, path: str) -> Any:
-        for digest, value in self.config.get(name, {}).items():
-            if path.endswith(digest):
+    def rule(self, name: str, entry: dict[str, str]) -> Any:
+        line = _line(entry)
+        for text, value in self.config.get(name, {}).items():
+            if text in line:
                 return value
         return None
 
@@ -65,7 +96,8 @@ class _Proxy:
         self.requests.append(
             {
                 "method": "TOKEN",
-                "path": request.query.get("scope", ""),
+                "path": " ".join(request.query.getall("scope", [])),
+                "query": "",
                 "range": "",
                 "authorization": request.headers.get("Authorization", ""),
             }
@@ -82,53 +114,70 @@ class _Proxy:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        self.requests.append(
-            {
-                "method": request.method,
-                "path": path,
-                "range": request.headers.get("Range", ""),
-                "authorization": request.headers.get("Authorization", ""),
-            }
-        )
+        entry = {
+            "method": request.method,
+            "path": path,
+            "query": unquote(request.query_string),
+            "range": request.headers.get("Range", ""),
+            "authorization": request.headers.get("Authorization", ""),
+        }
+        self.requests.append(entry)
         bearer = self.config.get("bearer")
         if bearer is not None:
             sent = request.headers.get("Authorization", "")
             if sent.removeprefix("Bearer ") not in self.tokens:
                 realm = f"http://{request.host}/token"
-                repository = path.removeprefix("/v2/").rsplit("/", 2)[0]
+                repository = path.removeprefix("/v2/")
+                for endpoint in ("/blobs/", "/manifests/"):
+                    repository = repository.split(endpoint)[0]
+                actions = "pull" if request.method in ("GET", "HEAD") else "pull,push"
                 challenge = (
-                    f'Bearer realm="{realm}",service="proxy",scope="repository:{repository}:pull"'
+                    f'Bearer realm="{realm}",service="proxy",'
+                    f'scope="repository:{repository}:{actions}"'
                 )
                 return web.json_response(
                     {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
                     status=401,
                     headers={"WWW-Authenticate": challenge},
                 )
-        failure = self.rule("fail", path)
+        failure = self.rule("fail", entry)
         if failure is not None:
+            await request.read()
             awaited = self.config.get("fail_after")
             deadline = time.monotonic() + 10
             while awaited and time.monotonic() < deadline and not self.began(awaited):
                 await asyncio.sleep(0.01)
-            code = {404: "BLOB_UNKNOWN", 500: "UNKNOWN"}.get(failure, "UNKNOWN")
+            code = {400: "DIGEST_INVALID", 404: "BLOB_UNKNOWN"}.get(failure, "UNKNOWN")
             return web.json_response(
                 {"errors": [{"code": code, "message": f"injected failure {failure}"}]},
                 status=failure,
             )
-        headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
+        # Repeated headers (skopeo sends an Accept per media type) are all forwarded.
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k in _REQUEST_HEADERS)
+        rate = self.rule("throttle", entry)
+        body = None
+        if request.can_read_body:
+            body = _throttled(request.content, rate) if rate else request.content
         assert self.session is not None
         async with self.session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, allow_redirects=False
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
         ) as upstream:
             response = web.StreamResponse(status=upstream.status)
             for name in _FORWARDED:
                 if name in upstream.headers:
                     response.headers[name] = upstream.headers[name]
+            if "Location" in upstream.headers:
+                response.headers["Location"] = upstream.headers["Location"].replace(
+                    self.upstream, f"http://{request.host}"
+                )
             await response.prepare(request)
             if request.method == "HEAD":
                 return response
-            rate = self.rule("throttle", path)
-            corrupt = self.rule("corrupt", path)
+            corrupt = self.rule("corrupt", entry)
             first = True
             started = time.monotonic()
             sent = 0
