@@ -11,6 +11,7 @@ daemon counts the call as handled, so the checks wait (briefly) for the counts t
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.request
 import uuid
@@ -27,6 +28,7 @@ from contentd.content import ROOT_LABEL, digest_of
 from contentd.errdefs import NotFound, Unavailable
 
 CONTENT = "containerd.services.content.v1.Content"
+README = Path(__file__).resolve().parents[1] / "README.md"
 #: Labelled roots stay through the collections the tests run.
 KEPT = {ROOT_LABEL: "kept"}
 #: A sample: its name and its labels.
@@ -232,6 +234,29 @@ def test_process_metrics_are_exposed(daemon: DaemonProcess) -> None:
         "python_info",
     } <= names
     assert metrics[key("process_resident_memory_bytes")] > 0
+
+
+def test_the_readme_lists_every_metric_the_daemon_serves(
+    daemon: DaemonProcess, store: RemoteStore
+) -> None:
+    store.put("metrics-listed", b"listed", labels=KEPT)  # every namespace gauge has a sample
+    with urllib.request.urlopen(daemon.metrics_url, timeout=10) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+        served = {
+            (family.name, family.type)
+            for family in families
+            if family.name.startswith(("grpc_server_", "contentd_"))
+            # prometheus-client's companions of counters and histograms: when each began.
+            and not family.name.endswith("_created")
+        }
+    listed = set(
+        re.findall(
+            r"^\| `((?:grpc_server|contentd)_\w+?)(?:_total)?` \| (\w+) \|",
+            README.read_text(),
+            flags=re.MULTILINE,
+        )
+    )
+    assert served == listed
 
 
 def _listening_tcp_inodes() -> set[str]:
