@@ -46,6 +46,7 @@ from ._leases import (
     new_lease_id,
 )
 from ._local import LocalStore, default_root, open_store
+from ._meter import NamespaceUsage, StoreMeter
 from ._namespaces import Namespace, StoreNamespaces
 from ._reader import BlobReader, SeekableBlob
 from ._records import ContentRecord, Descriptor, ImageRecord, IngestRecord, LeaseRecord, Referrer
@@ -147,6 +148,7 @@ __all__ = [
     "MetadataStore",
     "MetadataTransaction",
     "Namespace",
+    "NamespaceUsage",
     "Namespaces",
     "ReaderAt",
     "RecordWalker",
@@ -159,6 +161,7 @@ __all__ = [
     "Store",
     "StoreImages",
     "StoreLeases",
+    "StoreMeter",
     "StoreNamespaces",
     "VerifyReport",
     "Writer",

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
+from ._meter import NamespaceUsage, StoreMeter
 from ._records import ContentRecord, ImageRecord, IngestRecord, LeaseRecord, Referrer
 from ._types import ReaderAt
 
@@ -315,6 +316,10 @@ class MetadataTransaction(Protocol):
         """The namespace's labels; None if it does not exist."""
         ...
 
+    def usage(self) -> list[NamespaceUsage]:
+        """Every namespace's blobs, their bytes and its ingests, by name, in one query."""
+        ...
+
     def set_namespace_labels(self, namespace: str, labels: Mapping[str, str], now: int) -> None:
         """Replace the namespace's labels, creating it if need be."""
         ...
@@ -443,6 +448,11 @@ class MetadataBackend(Protocol):
         A `body` that raises undoes its own changes only; its caller gets
         the exception, and the others' changes commit.
         """
+        ...
+
+    @property
+    def meter(self) -> StoreMeter:
+        """The hooks this backend's group commits call (see `StoreMeter`)."""
         ...
 
     def close(self) -> None: ...

@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from contentd.errdefs import Unavailable
 
+from ._meter import StoreMeter
+
 _T = TypeVar("_T")
 _Tx = TypeVar("_Tx")
 
@@ -49,8 +51,9 @@ class GroupCommit(Generic[_Tx]):
     gets the exception; when the transaction itself fails, every caller does.
     """
 
-    def __init__(self, run_batch: BatchRunner[_Tx]) -> None:
+    def __init__(self, run_batch: BatchRunner[_Tx], meter: StoreMeter) -> None:
         self._run_batch = run_batch
+        self._meter = meter
         self._batch = threading.Condition()
         self._queue: list[Pending[_Tx, Any]] = []
         self._running = False
@@ -67,6 +70,9 @@ class GroupCommit(Generic[_Tx]):
             else:
                 batch = []
         if batch:
+            counted = self._meter.batch_committed
+            if counted is not None:
+                counted(len(batch))
             try:
                 self._run(doing, batch)
             finally:

@@ -36,6 +36,7 @@ from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unava
 
 from ._fs import STORE_IO_ERROR
 from ._group import GroupCommit, Pending, WriteTurn
+from ._meter import USAGE_QUERY, NamespaceUsage, StoreMeter
 from ._records import (
     ContentRecord,
     Descriptor,
@@ -604,6 +605,13 @@ class Transaction:
         rows = self._all("SELECT name, labels FROM namespaces ORDER BY name", ())
         return [(row[0], json.loads(row[1])) for row in rows]
 
+    def usage(self) -> list[NamespaceUsage]:
+        # SUM of bigint is numeric in PostgreSQL: back to int.
+        return [
+            NamespaceUsage(name, int(blobs), int(size), int(ingests))
+            for name, blobs, size, ingests in self._all(USAGE_QUERY, ())
+        ]
+
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         row = self._one("SELECT labels FROM namespaces WHERE name = %s", (namespace,))
         return None if row is None else cast("dict[str, str]", json.loads(row[0]))
@@ -921,7 +929,9 @@ class PostgresMetadata:
         # Writers in this process queue here, not in the pool: waiting for the
         # advisory lock would hold a connection that readers need.
         self._write_turn = WriteTurn(self._busy_timeout, busy)
-        self._group = GroupCommit[Transaction](self._run_batch)
+        #: Hooks for whoever counts this store's commits (see `StoreMeter`).
+        self.meter = StoreMeter()
+        self._group = GroupCommit[Transaction](self._run_batch, self.meter)
         self._pool: psycopg_pool.ConnectionPool[_Connection] = psycopg_pool.ConnectionPool(
             conninfo,
             connection_class=_Connection,

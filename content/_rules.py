@@ -70,6 +70,7 @@ from ._leases import (
     leased,
     require_lease,
 )
+from ._meter import NamespaceUsage, StoreMeter
 from ._namespaces import StoreNamespaces
 from ._records import ContentRecord, IngestRecord, ingest_key
 from ._repositories import RepositoryIndex
@@ -267,6 +268,16 @@ class BackedStore(Closing):
         return self._changes
 
     @property
+    def meter(self) -> StoreMeter:
+        """Where whoever counts the store's work hooks in (every namespace view shares it)."""
+        return self._metadata.meter
+
+    def usage(self) -> list[NamespaceUsage]:
+        """Every namespace's blob count, their bytes and its ingests, from one query."""
+        with self._metadata.read("measuring the store") as tx:
+            return tx.usage()
+
+    @property
     def repositories(self) -> RepositoryIndex:
         """The registry's repositories, manifests and tags, kept in the store's metadata."""
         return self._repositories
@@ -447,6 +458,9 @@ class BackedStore(Closing):
         key = ingest_key(self._namespace, ref)
         lock = self._locks.try_lock(key)
         if lock is None:
+            refused = self._metadata.meter.lock_refused
+            if refused is not None:
+                refused()
             raise Unavailable(f"ref {ref} locked", reason=REF_LOCKED, metadata={"ref": ref})
         return key, lock
 

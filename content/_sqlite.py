@@ -25,6 +25,7 @@ from contentd.errdefs import DataLoss, InvalidArgument, ResourceExhausted, Unava
 from ._fs import STORE_IO_ERROR, translate_os_errors
 from ._group import GroupCommit, Pending, WriteTurn
 from ._leases import INGEST_EXPIRY_NS
+from ._meter import USAGE_QUERY, NamespaceUsage, StoreMeter
 from ._records import (
     ContentRecord,
     Descriptor,
@@ -460,6 +461,10 @@ class Transaction:
         rows = self._db.execute("SELECT name, labels FROM namespaces ORDER BY name").fetchall()
         return [(row[0], _decode_labels(row[1])[0]) for row in rows]
 
+    def usage(self) -> list[NamespaceUsage]:
+        rows = self._db.execute(USAGE_QUERY).fetchall()
+        return [NamespaceUsage(*row) for row in rows]
+
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         row = self._db.execute(
             "SELECT labels FROM namespaces WHERE name = ?", (namespace,)
@@ -749,7 +754,9 @@ class Metadata:
         # write lock, which wrecks throughput when many threads commit. Other
         # processes still meet SQLite's own wait; both share one bound.
         self._write_turn = WriteTurn(self._busy_timeout, busy)
-        self._group = GroupCommit[Transaction](self._run_batch)
+        #: Hooks for whoever counts this store's commits (see `StoreMeter`).
+        self.meter = StoreMeter()
+        self._group = GroupCommit[Transaction](self._run_batch, self.meter)
         self._closed = False
         with translate_errors("opening the metadata database", self._busy_timeout):
             connection = self._connection()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -66,8 +67,16 @@ class CollectedStore(MetadataStore, Protocol):
 class Collections:
     """Runs the store's garbage collections by `policy`, and on demand."""
 
-    def __init__(self, store: CollectedStore, policy: CollectionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: CollectedStore,
+        policy: CollectionPolicy | None = None,
+        collected: Callable[[CollectionReport | None, float], None] | None = None,
+    ) -> None:
+        """`collected`, when given, hears of each collection: its report (None if it failed)
+        and its seconds."""
         self._store = store
+        self._collected = collected
         self._policy = policy or CollectionPolicy()
         self._condition = threading.Condition()
         self._deletions = 0
@@ -168,6 +177,8 @@ class Collections:
             _log.exception("garbage collection failed")
             report = None
         elapsed = time.monotonic() - started
+        if self._collected is not None:
+            self._collected(report, elapsed)
         if report is not None and (report.content or report.leases or report.ingests):
             _log.info(
                 "garbage collection removed %d content records, %d leases, %d ingests and"

@@ -37,6 +37,7 @@ from ._collection import CollectedStore, CollectionPolicy, Collections
 from ._gc import GCService
 from ._images import ImagesService
 from ._leases import LeasesService
+from ._metrics import GRPC_API, MeteredStore, Metrics
 from ._namespaces import NamespacesService
 from ._service import ContentService, ListedStore
 from ._tls import TLSFiles, is_loopback
@@ -62,9 +63,10 @@ SOCKET_MODE = 0o660
 _log = logging.getLogger("contentd.daemon")
 
 
-class ServedStore(ListedStore, RegistryStore, CollectedStore, Protocol):
+class ServedStore(ListedStore, RegistryStore, CollectedStore, MeteredStore, Protocol):
     """What the daemon serves: a Store that lists its stored records, keeps containerd's
-    metadata and the registry's repositories, and tells its collector of its changes."""
+    metadata and the registry's repositories, tells its collector of its changes, and
+    lets its work be counted."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class ServerOptions:
     http: HttpOptions | None = None
     #: When garbage collections run (containerd's scheduler settings).
     collection: CollectionPolicy = field(default_factory=CollectionPolicy)
+    #: ``host:port`` to serve Prometheus metrics on (port 0 picks one); None: no metrics.
+    metrics: str | None = None
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
 
     def write_stream_limit(self) -> int:
@@ -157,8 +161,12 @@ class Daemon:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=options.workers, thread_name_prefix="contentd-rpc"
         )
+        # Without --metrics nothing is measured: no interceptor, hook or middleware.
+        self._metrics = None if options.metrics is None else Metrics(store, options.metrics)
+        metrics = self._metrics
         self._server = grpc.server(
             self._executor,
+            interceptors=None if metrics is None else [metrics.grpc],
             options=grpc_options,
             # Past this many RPCs at once, callers get RESOURCE_EXHAUSTED at
             # once instead of queueing behind long-lived Write streams.
@@ -169,9 +177,13 @@ class Daemon:
             max_write_streams=options.write_stream_limit(),
             write_idle_timeout=options.write_idle_timeout,
             max_write_streams_per_namespace=options.max_ingests_per_namespace,
+            ingested=None if metrics is None else metrics.ingested_bytes.labels(GRPC_API),
+            read=None if metrics is None else metrics.read_bytes.labels(GRPC_API),
         )
         add_service(self._content, CONTENT_DESCRIPTOR, self._server)
-        self._collections = Collections(store, options.collection)
+        self._collections = Collections(
+            store, options.collection, None if metrics is None else metrics.collected
+        )
         add_service(LeasesService(store, self._collections), LEASES_DESCRIPTOR, self._server)
         add_service(ImagesService(store, self._collections), IMAGES_DESCRIPTOR, self._server)
         add_service(NamespacesService(store.namespaces), NAMESPACES_DESCRIPTOR, self._server)
@@ -188,7 +200,19 @@ class Daemon:
             self.addresses.append(self._listen(address))
         self._http: HttpServer | None = None
         if options.http is not None:
-            self._http = HttpServer(store, options.http, grace=options.grace, tls=options.tls)
+            self._http = HttpServer(
+                store,
+                options.http,
+                grace=options.grace,
+                tls=options.tls,
+                observe=None if metrics is None else metrics.registry_requests.middleware,
+            )
+        if metrics is not None:
+            metrics.count_locks(self._content.held_locks)
+            if self._http is not None:
+                metrics.count_locks(self._http.held_writers)
+            # Last: nothing after it can fail and leave its server running.
+            metrics.serve()
 
     def _listen(self, address: str) -> str:
         path = _socket_path(address)
@@ -223,6 +247,14 @@ class Daemon:
 
     def start(self) -> None:
         """Start serving; logs one line per listening address once ready."""
+        if self._metrics is not None and self._options.metrics is not None:
+            if not is_loopback(self._options.metrics):
+                _log.warning(
+                    "serving metrics on %s, beyond this host: anyone who can reach it can read "
+                    "them",
+                    self._metrics.url,
+                )
+            _log.info("serving metrics on %s", self._metrics.url)
         if self._http is not None and self._options.http is not None:
             self._http.start()
             if self._http.url.startswith("http:") and not is_loopback(self._options.http.address):
@@ -269,6 +301,8 @@ class Daemon:
         self._executor.shutdown(wait=True)
         self._content.close()
         self._collections.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         for path in self._sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -50,6 +50,12 @@ _WRITE_ACTIONS = frozenset({api.STAT, api.WRITE, api.COMMIT})
 _log = logging.getLogger("contentd.daemon")
 
 
+class ByteCount(Protocol):
+    """Where bytes moved are counted (a Prometheus counter)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class ListedStore(MetadataStore, RecordWalker, Protocol):
     """A store the Content service serves: it lists its stored records (no Info built), and
     writes under leases."""
@@ -65,8 +71,13 @@ class ContentService(content_pb2_grpc.ContentServicer):
         max_write_streams: int,
         write_idle_timeout: float | None,
         max_write_streams_per_namespace: int | None = None,
+        ingested: ByteCount | None = None,
+        read: ByteCount | None = None,
     ) -> None:
+        """`ingested` and `read`, when given, count the bytes of Write and Read messages."""
         self._store = store
+        self._ingested = ingested
+        self._read = read
         self._streams = StreamRegistry(
             max_write_streams, write_idle_timeout, max_write_streams_per_namespace
         )
@@ -74,6 +85,10 @@ class ContentService(content_pb2_grpc.ContentServicer):
     def close(self) -> None:
         """Stop the service's background work (the idle Write stream watchdog)."""
         self._streams.close()
+
+    def held_locks(self) -> int:
+        """Ingest locks Write streams hold now."""
+        return self._streams.held()
 
     def _namespaced(self, context: grpc.ServicerContext) -> ListedStore:
         """The store as the request's namespace sees it, under the request's lease if any.
@@ -140,10 +155,13 @@ class ContentService(content_pb2_grpc.ContentServicer):
             if request.size and request.offset + request.size < end:
                 end = request.offset + request.size
             offset = request.offset
+            counted = self._read
             while offset < end:
                 data = reader.read_at(min(READ_CHUNK, end - offset), offset)
                 if not data:
                     break
+                if counted is not None:
+                    counted.inc(len(data))
                 yield api.ReadContentResponse(offset=offset, data=data)
                 offset += len(data)
 
@@ -200,6 +218,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
             # offset 0 restarts any ingest on the ref, as the API says.)
             labels = dict(request.labels) if request.labels else None
             data = request.data
+            if self._ingested is not None:
+                self._ingested.inc(len(data))
             digest = self._streams.open(
                 key,
                 lambda: store.put(ref, data, size=total, expected=expected, labels=labels),
@@ -232,7 +252,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
                     response.updated_at.CopyFrom(timestamp_from_datetime(status.updated_at))
                     response.total = total
                 else:
-                    response.offset = self._write(writer, request, writer.offset)
+                    response.offset = self._write(writer, request, writer.offset, self._ingested)
                     if request.action == api.COMMIT:
                         labels = dict(request.labels) if request.labels else None
                         writer.commit(total, expected, labels)
@@ -264,7 +284,9 @@ class ContentService(content_pb2_grpc.ContentServicer):
             validate_labels(request.labels)
 
     @staticmethod
-    def _write(writer: Writer, request: api.WriteContentRequest, offset: int) -> int:
+    def _write(
+        writer: Writer, request: api.WriteContentRequest, offset: int, ingested: ByteCount | None
+    ) -> int:
         """Apply a WRITE or COMMIT message's data; returns the ingest's new offset."""
         if request.offset > 0 and request.offset != offset:
             raise OutOfRange(f"write @{request.offset} must occur at current offset {offset}")
@@ -276,6 +298,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
         data = request.data
         if data:
             offset += writer.write(data)
+            if ingested is not None:
+                ingested.inc(len(data))
         return offset
 
     @staticmethod

@@ -163,6 +163,10 @@ class StreamRegistry:
                     del self._holders[key]
             state.ended.set()
 
+    def held(self) -> int:
+        """Refs Write streams hold now (each its ingest's lock), from any thread."""
+        return len(self._holders)
+
     @staticmethod
     def receive(state: StreamState, requests: Iterator[_T]) -> _T | None:
         """The stream's next request, or None once the client has closed its side.

@@ -218,6 +218,13 @@ def _http_options(
     help="Seconds an upload may sit untouched before the registry aborts it and frees its bytes.",
 )
 @click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics; port 0 picks one [default: off].",
+)
+@click.option(
     "--gc-scheduler/--no-gc-scheduler",
     default=True,
     show_default=True,
@@ -290,6 +297,7 @@ def serve(
     http_max_uploads: int,
     http_upload_ttl: float,
     http_redirect_blobs: bool,
+    metrics_address: str | None,
     gc_scheduler: bool,
     gc_pause_threshold: float,
     gc_deletion_threshold: int,
@@ -339,6 +347,7 @@ def serve(
             http_redirect_blobs,
             cluster=blobs is not None,
         ),
+        metrics=metrics_address,
         collection=CollectionPolicy(
             pause_threshold=gc_pause_threshold,
             deletion_threshold=gc_deletion_threshold,

@@ -18,7 +18,15 @@ keeps them (`RegistryStore`).
 """
 
 from .context import RegistryStore
+from .routes import ROUTE
 from .server import HttpOptions, HttpServer
 from .uploads import UploadSessions, upload_ref
 
-__all__ = ["HttpOptions", "HttpServer", "RegistryStore", "UploadSessions", "upload_ref"]
+__all__ = [
+    "ROUTE",
+    "HttpOptions",
+    "HttpServer",
+    "RegistryStore",
+    "UploadSessions",
+    "upload_ref",
+]

@@ -32,6 +32,9 @@ _NAME: Final = re.compile(
 )
 _MAX_NAME: Final = 255
 _TAG: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: Where `Router.dispatch` notes which route a request took ("base", "catalog", or one of
+#: `_ROUTES`' names), for whoever counts requests by route.
+ROUTE: Final = web.RequestKey("route", str)
 _ROUTES: Final = (
     ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)")),
     ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)")),
@@ -107,19 +110,22 @@ class Router:
         path = request.path
         method = request.method
         if path in ("/v2", "/v2/"):
+            request[ROUTE] = "base"
             if method not in ("GET", "HEAD"):
                 raise registry_error(Unimplemented, f"{method} /v2/", "UNSUPPORTED")
             return web.json_response({})
         if path == "/v2/_catalog" and method == "GET":
+            request[ROUTE] = "catalog"
             return await self._catalog.get(request)
         for route, pattern in _ROUTES:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
-            name = parse_name(match["name"])
             kind, arg = route, match.groupdict().get("arg")
             if kind == "blob" and arg == "uploads":
                 kind, arg = "upload", ""  # POST /v2/<name>/blobs/uploads, no slash
+            request[ROUTE] = kind
+            name = parse_name(match["name"])
             handler = self._handlers.get((kind, method, bool(arg)))
             if handler is None:
                 raise registry_error(Unimplemented, f"{method} {kind}", "UNSUPPORTED")

@@ -24,6 +24,7 @@ from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from contentd.content import BlobLocator
 from contentd.daemon._tls import TLSFiles
@@ -86,13 +87,16 @@ class HttpServer:
         *,
         grace: float = 10.0,
         tls: TLSFiles | None = None,
+        observe: Middleware | None = None,
     ) -> None:
+        """`observe`, when given, sees every request first (the daemon's metrics)."""
         host, sep, port = options.address.rpartition(":")
         if not sep or not port.isdigit():
             raise InvalidArgument(f"HTTP address {options.address!r}: expected host:port")
         host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
         self._options = options
         self._grace = grace
+        self._observe = observe
         self._executor = futures.ThreadPoolExecutor(
             max_workers=options.workers, thread_name_prefix="contentd-http"
         )
@@ -158,7 +162,10 @@ class HttpServer:
         self._purger = asyncio.get_running_loop().create_task(self._purge())
 
     def _application(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_MANIFEST_BYTES)
+        middlewares: list[Middleware] = [self._middleware]
+        if self._observe is not None:
+            middlewares.insert(0, self._observe)
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_MANIFEST_BYTES)
         app.router.add_route("*", "/{path:.*}", self._router.dispatch)
         return app
 
@@ -197,6 +204,10 @@ class HttpServer:
         if not response.prepared:
             response.headers.update(REGISTRY_HEADERS)
         return response
+
+    def held_writers(self) -> int:
+        """Upload writers open now, each holding its ingest's lock."""
+        return self._uploads.held_writers()
 
     async def _sweep(self) -> None:
         while True:

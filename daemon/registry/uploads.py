@@ -128,6 +128,10 @@ class UploadSessions:
         self._busy_wait = busy_wait
         self._open: dict[str, OpenUpload] = {}
 
+    def held_writers(self) -> int:
+        """Writers open now; callable from any thread (it reads a copy of the table)."""
+        return sum(1 for entry in list(self._open.values()) if entry.writer is not None)
+
     @property
     def hold_writers(self) -> bool:
         """Whether writers stay open between an upload's requests."""

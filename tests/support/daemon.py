@@ -20,6 +20,7 @@ from contentd.client import RemoteStore
 
 _READY = re.compile(r"serving on (\S+)")
 _HTTP_READY = re.compile(r"serving HTTP on (\S+)")
+_METRICS_READY = re.compile(r"serving metrics on (\S+)")
 
 
 @dataclass
@@ -84,6 +85,15 @@ class DaemonProcess:
         found = _HTTP_READY.search(self.logged())
         if found is None:
             raise RuntimeError(f"contentd serves no HTTP:\n{self.logged()}")
+        return found[1]
+
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus scrapes the daemon (``http://127.0.0.1:PORT/metrics``), with
+        ``--metrics``."""
+        found = _METRICS_READY.search(self.logged())
+        if found is None:
+            raise RuntimeError(f"contentd serves no metrics:\n{self.logged()}")
         return found[1]
 
 
