@@ -20,23 +20,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
 from support.ctr import Ctr
 from support.daemon import DaemonProcess, contentd_command, start_daemon
-from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
-from support.oci_layout import (
-    Image,
-    ImageIndex,
-    Layout,
-    MiB,
-    read_blobs,
-    write_image_layout,
-    write_index_layout,
-)
+from support.oci_layout import Image, ImageIndex, Layout, MiB
+from support.pull_sources import APP, MULTI, Source, fill, skopeo_copy
 from support.registry_proxy import RegistryProxy, start_registry_proxy
 from support.skopeo import Skopeo
 from support.tools import require_tool
@@ -47,73 +38,7 @@ from contentd.errdefs import DataLoss, NotFound, Unauthenticated, Unavailable, U
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
-APP, MULTI = "team/app", "team/multi"
 GC = "containerd.io/gc.ref.content"
-
-
-@dataclass(frozen=True)
-class Source:
-    """A registry holding APP:v1 (one image) and MULTI:v1 (a two-platform index)."""
-
-    kind: str
-    host: str
-
-    def ref(self, repository: str, tag: str = "v1") -> str:
-        return f"{self.host}/{repository}:{tag}"
-
-
-@pytest.fixture(scope="module")
-def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    require_tool("skopeo", "skopeo")
-    home = tmp_path_factory.mktemp("skopeo-home")
-    (home / "registries.conf").write_text("")
-    return Skopeo(home)
-
-
-@pytest.fixture(scope="module")
-def image_layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
-    return write_image_layout(tmp_path_factory.mktemp("layout") / "image", seed=23)
-
-
-@pytest.fixture(scope="module")
-def index_layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
-    return write_index_layout(tmp_path_factory.mktemp("layout") / "index", seed=230)
-
-
-@pytest.fixture(scope="module")
-def image(image_layout: Layout) -> Image:
-    tagged = image_layout.tags["v1"]
-    assert isinstance(tagged, Image)
-    return tagged
-
-
-@pytest.fixture(scope="module")
-def index(index_layout: Layout) -> ImageIndex:
-    tagged = index_layout.tags["v1"]
-    assert isinstance(tagged, ImageIndex)
-    return tagged
-
-
-def fill(skopeo: Skopeo, host: str, image_layout: Layout, index_layout: Layout) -> None:
-    skopeo.push(image_layout.reference("v1"), f"docker://{host}/{APP}:v1")
-    skopeo.push(index_layout.reference("v1"), f"docker://{host}/{MULTI}:v1", "--all")
-
-
-@pytest.fixture(scope="module")
-def docker_registry(
-    tmp_path_factory: pytest.TempPathFactory,
-    skopeo: Skopeo,
-    image_layout: Layout,
-    index_layout: Layout,
-) -> Iterator[Source]:
-    require_tool(DOCKER_REGISTRY, "docker-registry")
-    running: DockerRegistryProcess = start_docker_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        host = running.url.removeprefix("http://")
-        fill(skopeo, host, image_layout, index_layout)
-        yield Source("docker-registry", host)
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +85,6 @@ def proxy(docker_registry: Source) -> Iterator[RegistryProxy]:
         yield running
     finally:
         running.stop()
-
-
-def skopeo_copy(skopeo: Skopeo, reference: str, out: Path, *flags: str) -> dict[str, bytes]:
-    skopeo.pull(f"docker://{reference}", f"oci:{out}:v1", *flags)
-    return read_blobs(out)
 
 
 def stored(store: LocalStore) -> dict[str, bytes]:
