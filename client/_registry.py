@@ -100,6 +100,21 @@ class BlobResponse:
             ) from None
         return b"".join(parts)
 
+    async def read_any(self, limit: int) -> bytes:
+        """What has arrived of the body, up to `limit` bytes, waiting only when nothing has;
+        empty at its end. For passing bytes on as they come (a mirror's clients)."""
+        try:
+            return await self._response.content.read(limit)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(
+                f"reading from {self._response.url.host}: {exc or 'timed out'}"
+            ) from None
+
+    @property
+    def length(self) -> int | None:
+        """The body's length, if the registry said (Content-Length)."""
+        return self._response.content_length
+
     def close(self) -> None:
         """Let the connection go: back to the pool if the body was read out, else closed."""
         if self._response.content.at_eof():
@@ -256,7 +271,7 @@ class RegistryClient:
         if digest and media_type and length.isdigit() and int(length) > 0:
             return Descriptor(media_type, digest, int(length))
         # Some registries describe a manifest only in a GET's answer.
-        data, media_type = await self._get_manifest(reference.repository, reference.object, doing)
+        data, media_type = await self.get_manifest(reference.repository, reference.object, doing)
         if reference.digest and digest_of(data, reference.digest.partition(":")[0]) != digest:
             raise DataLoss(
                 f"{doing}: the registry's manifest does not match the digest",
@@ -264,7 +279,14 @@ class RegistryClient:
             )
         return Descriptor(media_type, digest or digest_of(data), len(data))
 
-    async def _get_manifest(self, repository: str, reference: str, doing: str) -> tuple[bytes, str]:
+    async def get_manifest(
+        self, repository: str, reference: str, doing: str = ""
+    ) -> tuple[bytes, str]:
+        """The bytes and media type of the manifest `reference` (a tag or digest) names.
+
+        The bytes are not checked against a digest; `doing` prefixes errors.
+        """
+        doing = doing or f"fetching manifest {reference} from {self.host}/{repository}"
         headers = {"Accept": MANIFEST_ACCEPT}
         path = f"manifests/{reference}"
         response = await self.request("GET", repository, path, doing=doing, headers=headers)
@@ -278,6 +300,16 @@ class RegistryClient:
             return data, _media_type(response)
         finally:
             response.close()
+
+    async def blob_size(self, repository: str, digest: str) -> int:
+        """The size of blob `digest` in `repository` (a HEAD); NotFound if it has none."""
+        doing = f"looking up {digest} in {self.host}/{repository}"
+        response = await self.request("HEAD", repository, f"blobs/{digest}", doing=doing)
+        length = response.content_length
+        response.close()
+        if length is None:
+            raise Unavailable(f"{doing}: the registry gave no Content-Length")
+        return length
 
     async def open_blob(
         self, repository: str, descriptor: Descriptor, offset: int = 0, *, manifest: bool = False

@@ -27,7 +27,7 @@ from ._collection import CollectionPolicy
 from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
-from .registry import HttpOptions
+from .registry import HttpOptions, Upstream
 
 #: How long a blob download's redirect into object storage stays valid (docker
 #: distribution's S3 middleware default).
@@ -68,16 +68,34 @@ def _http_options(
     upload_ttl: float,
     redirect_blobs: bool,
     cluster: bool,
+    upstream: str | None = None,
+    upstream_ca: Path | None = None,
+    upstream_auth_file: Path | None = None,
 ) -> HttpOptions | None:
     if address is None:
         for flag, given in (
             ("--http-htpasswd", htpasswd),
             ("--http-read-only", read_only),
             ("--http-redirect-blobs", redirect_blobs),
+            ("--http-upstream", upstream),
         ):
             if given:
                 raise click.UsageError(f"{flag} needs --http")
+    if upstream is None:
+        for flag, given in (
+            ("--http-upstream-ca", upstream_ca),
+            ("--http-upstream-auth-file", upstream_auth_file),
+        ):
+            if given:
+                raise click.UsageError(f"{flag} needs --http-upstream")
+    if address is None:
         return None
+    mirrored = None
+    if upstream is not None:
+        try:
+            mirrored = Upstream(upstream, ca=upstream_ca, auth_file=upstream_auth_file)
+        except InvalidArgument as exc:
+            raise click.UsageError(f"--http-upstream: {exc.message}") from None
     if redirect_blobs and not cluster:
         raise click.UsageError("--http-redirect-blobs needs --blobs: blobs in object storage")
     try:
@@ -92,6 +110,7 @@ def _http_options(
         max_open_uploads=max_uploads,
         upload_ttl=upload_ttl,
         redirect_blobs=REDIRECT_VALIDITY if redirect_blobs else None,
+        upstream=mirrored,
     )
 
 
@@ -218,6 +237,28 @@ def _http_options(
     help="Seconds an upload may sit untouched before the registry aborts it and frees its bytes.",
 )
 @click.option(
+    "--http-upstream",
+    metavar="URL",
+    default=None,
+    help="Make the registry a pull-through mirror of this one (https://HOST[:PORT], or "
+    "http:// for a local one): what is pulled and missing is fetched from it and kept; "
+    "pushes and deletes are UNSUPPORTED.",
+)
+@click.option(
+    "--http-upstream-ca",
+    type=_PEM_FILE,
+    default=None,
+    help="PEM CA certificates the upstream's certificate may chain to [default: the system's].",
+)
+@click.option(
+    "--http-upstream-auth-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    default=None,
+    help="Credentials for the upstream, in docker's config.json format [default: those "
+    "`contentd pull` finds: $REGISTRY_AUTH_FILE, then containers' auth.json, then "
+    "~/.docker/config.json].",
+)
+@click.option(
     "--metrics",
     "metrics_address",
     metavar="HOST:PORT",
@@ -297,6 +338,9 @@ def serve(
     http_max_uploads: int,
     http_upload_ttl: float,
     http_redirect_blobs: bool,
+    http_upstream: str | None,
+    http_upstream_ca: Path | None,
+    http_upstream_auth_file: Path | None,
     metrics_address: str | None,
     gc_scheduler: bool,
     gc_pause_threshold: float,
@@ -346,6 +390,9 @@ def serve(
             http_upload_ttl,
             http_redirect_blobs,
             cluster=blobs is not None,
+            upstream=http_upstream,
+            upstream_ca=http_upstream_ca,
+            upstream_auth_file=http_upstream_auth_file,
         ),
         metrics=metrics_address,
         collection=CollectionPolicy(

@@ -10,7 +10,8 @@ modules split it by concern, as docker distribution splits its handlers:
 - `context`: what every resource's handlers share;
 - `blobs`, `uploads`, `manifests`, `listing`: each resource's handlers (uploads
   with their sessions, manifests with their parsing);
-- `auth`: htpasswd basic auth.
+- `auth`: htpasswd basic auth;
+- `mirror`: the pull-through mirror of an upstream registry (`Upstream`).
 
 Repositories, manifests and tags are records in the store's own metadata
 (`contentd.content.RepositoryIndex`), so the registry takes any `Store` that
@@ -18,6 +19,7 @@ keeps them (`RegistryStore`).
 """
 
 from .context import RegistryStore
+from .mirror import Upstream
 from .routes import ROUTE
 from .server import HttpOptions, HttpServer
 from .uploads import UploadSessions, upload_ref
@@ -28,5 +30,6 @@ __all__ = [
     "HttpServer",
     "RegistryStore",
     "UploadSessions",
+    "Upstream",
     "upload_ref",
 ]

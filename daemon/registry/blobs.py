@@ -1,4 +1,7 @@
-"""Blobs: GET and HEAD of ``/v2/<name>/blobs/<digest>`` (Range, If-Range, sendfile), and DELETE."""
+"""Blobs: GET and HEAD of ``/v2/<name>/blobs/<digest>`` (Range, If-Range, sendfile), and DELETE.
+
+A mirror (see `mirror`) fetches what the repository lacks from its upstream.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +78,12 @@ class BlobHandler(ResourceHandler):
     async def get(self, request: web.Request, name: str, arg: str) -> web.StreamResponse:
         """GET or HEAD a blob."""
         digest = parse_digest(arg)
-        if not await self._run(self._index.has_blob, self._namespace, name, digest):
+        if self._mirror is not None:
+            if not await self._present(name, digest):
+                answer = await self._mirror.blob(request, name, digest)
+                if answer is not None:
+                    return answer
+        elif not await self._run(self._index.has_blob, self._namespace, name, digest):
             raise blob_unknown(digest)
         if self._redirect_blobs is not None and request.method == "GET":
             return await self._redirect(digest, self._redirect_blobs)

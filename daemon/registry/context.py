@@ -14,10 +14,13 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, Protocol, TypeVar
 
-from contentd.content import RepositoryHolder, RepositoryIndex, Store
+from contentd.content import MetadataStore, RepositoryHolder, RepositoryIndex
 from contentd.errdefs import NotFound
+
+if TYPE_CHECKING:  # the mirror is built on a context without one
+    from .mirror import Mirror
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -35,8 +38,9 @@ REGISTRY_HEADERS: Final = MappingProxyType(
 IO_CHUNK: Final = 1 << 20
 
 
-class RegistryStore(Store, RepositoryHolder, Protocol):
-    """What the registry serves: a Store that keeps repositories, manifests and tags."""
+class RegistryStore(MetadataStore, RepositoryHolder, Protocol):
+    """What the registry serves: a Store that keeps repositories, manifests and tags, and
+    leases (a mirror fetches under one)."""
 
     @property
     def shared_across_hosts(self) -> bool:
@@ -49,12 +53,14 @@ class RegistryContext:
     """The store, index and thread pool one registry's handlers work with."""
 
     #: The store as the served namespace sees it.
-    store: Store
+    store: MetadataStore
     #: The repositories, manifests and tags, in the store's metadata.
     index: RepositoryIndex
     executor: futures.ThreadPoolExecutor
     #: Seconds a blob GET's redirect into object storage stays valid; None: no redirects.
     redirect_blobs: float | None = None
+    #: The upstream registry this one mirrors, if it is a pull-through mirror.
+    mirror: Mirror | None = None
 
     def run(
         self, function: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
@@ -73,6 +79,7 @@ class ResourceHandler:
         self._index = context.index
         self._run = context.run
         self._redirect_blobs = context.redirect_blobs
+        self._mirror = context.mirror
 
     def _stored(self, digest: str) -> bool:
         try:

@@ -6,25 +6,38 @@ serves, of which media type, and which other content they name, so a push
 can be refused before anything it depends on is missing.
 
 `ManifestHandler` serves ``/v2/<name>/manifests/<reference>``, by tag or
-digest: GET, HEAD, PUT and DELETE.
+digest: GET, HEAD, PUT and DELETE. A mirror (see `mirror`) brings what is
+asked for in from its upstream first, and keeps it as a push would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
 
-from contentd.content import REF_CONTENT, Referrer, validate_digest
-from contentd.errdefs import AlreadyExists, ContentdError, InvalidArgument, NotFound
+from contentd.client import Reference
+from contentd.content import REF_CONTENT, Referrer, Store, digest_of, validate_digest
+from contentd.errdefs import (
+    AlreadyExists,
+    ContentdError,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 
 from .context import ResourceHandler
 from .errors import digest_invalid, manifest_unknown, registry_error
+from .mirror import Mirror, upstream_failure
 from .routes import is_tag, parse_digest
 from .uploads import new_session_id, upload_ref
+
+_log = logging.getLogger("contentd.daemon")
 
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
@@ -197,6 +210,8 @@ class ManifestHandler(ResourceHandler):
 
     async def get(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
         """GET or HEAD a manifest by tag or digest, with the media type it was pushed with."""
+        if self._mirror is not None:
+            await self._pull_through(self._mirror, name, reference)
         digest, media_type = await self._resolve(name, reference)
         try:
             body = await self._run(self._read_blob, digest)
@@ -204,6 +219,69 @@ class ManifestHandler(ResourceHandler):
             raise manifest_unknown(reference) from None
         headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
         return web.Response(body=body, headers=headers, content_type=media_type)
+
+    async def _pull_through(self, mirror: Mirror, name: str, reference: str) -> None:
+        """Bring the manifest `reference` names in from the upstream, unless it is here.
+
+        By digest, what the repository holds is served as it is. By tag, the
+        upstream is asked where its tag points, and the local tag pointed
+        there; if the upstream cannot say, the local tag serves as it is.
+        """
+        if ":" in reference:
+            digest = parse_digest(reference)
+        elif not is_tag(reference):
+            raise manifest_unknown(reference[:80])
+        else:
+            try:
+                found = await mirror.registry.resolve(
+                    Reference(mirror.upstream.host, name, tag=reference)
+                )
+            except NotFound:
+                raise manifest_unknown(reference) from None
+            except ContentdError as exc:
+                if await self._run(self._index.resolve_tag, self._namespace, name, reference):
+                    _log.info("mirror: serving the tag %s:%s held here: %s", name, reference, exc)
+                    return
+                raise upstream_failure(exc) from None
+            digest = found.digest
+        if not await self._holds_manifest(name, digest):
+            await mirror.once((name, digest), lambda: self._fetch(mirror, name, digest))
+        if ":" not in reference:
+            tagged = await self._run(self._index.resolve_tag, self._namespace, name, reference)
+            if tagged != digest:
+                media_type = await self._run(
+                    self._index.manifest_media_type, self._namespace, name, digest
+                )
+                assert media_type is not None
+                await self._run(
+                    self._index.put_manifest, self._namespace, name, digest, media_type, reference
+                )
+
+    async def _holds_manifest(self, name: str, digest: str) -> bool:
+        known = await self._run(self._index.manifest_media_type, self._namespace, name, digest)
+        return known is not None and await self._present(name, digest)
+
+    async def _fetch(self, mirror: Mirror, name: str, digest: str) -> None:
+        """Fetch manifest `digest` of `name` from the upstream, check it, and keep it."""
+        try:
+            body, content_type = await mirror.registry.get_manifest(name, digest)
+        except ContentdError as exc:
+            failure = upstream_failure(exc)
+            raise (manifest_unknown(digest) if isinstance(failure, NotFound) else failure) from None
+        where = f"manifest {digest} from {mirror.upstream.host}/{name}"
+        if digest_of(body, digest.partition(":")[0]) != digest:
+            raise DataLoss(
+                f"{where}: the upstream served content that does not match its digest",
+                reason="DIGEST_INVALID",
+            )
+        try:
+            manifest = parse_manifest(body, content_type)
+        except InvalidArgument as exc:
+            raise Unavailable(
+                f"{where}: not a manifest this registry serves: {exc.message}"
+            ) from None
+        async with mirror.leased() as leased:
+            await self._keep(leased, name, digest, body, manifest, None)
 
     def _read_blob(self, digest: str) -> bytes:
         with self._store.reader_at(digest) as reader:
@@ -257,12 +335,31 @@ class ManifestHandler(ResourceHandler):
                     "MANIFEST_BLOB_UNKNOWN",
                     digest=needed,
                 )
+        await self._keep(self._store, name, digest, body, manifest, tag)
+        headers = {
+            "Location": f"/v2/{name}/manifests/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        if manifest.subject is not None:
+            headers["OCI-Subject"] = manifest.subject
+        return web.Response(status=201, headers=headers)
+
+    async def _keep(
+        self,
+        store: Store,
+        name: str,
+        digest: str,
+        body: bytes,
+        manifest: Manifest,
+        tag: str | None,
+    ) -> None:
+        """Store a checked manifest's bytes in `store` and record it in `name` (under `tag`)."""
         # Labelled as containerd labels what it fetches, so a collection keeps what a
         # manifest names for as long as the manifest is kept.
         labels = manifest.reference_labels()
         try:
             await self._run(
-                self._store.put,
+                store.put,
                 upload_ref(name, new_session_id()),
                 body,
                 expected=digest,
@@ -271,7 +368,7 @@ class ManifestHandler(ResourceHandler):
         except AlreadyExists:
             if labels:
                 paths = [f"labels.{key}" for key in labels]
-                await self._run(self._store.update, digest, labels, paths)
+                await self._run(store.update, digest, labels, paths)
         referrer = None
         if manifest.subject is not None:
             descriptor: dict[str, Any] = {
@@ -293,13 +390,6 @@ class ManifestHandler(ResourceHandler):
             tag,
             referrer,
         )
-        headers = {
-            "Location": f"/v2/{name}/manifests/{digest}",
-            "Docker-Content-Digest": digest,
-        }
-        if manifest.subject is not None:
-            headers["OCI-Subject"] = manifest.subject
-        return web.Response(status=201, headers=headers)
 
     async def delete(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
         """DELETE a manifest by digest (its tags go with it), or only a tag."""

@@ -4,7 +4,7 @@ Blobs are the store's blobs in one namespace, upload sessions are its ingests
 (see `uploads`), and repositories, manifests and tags are records in the
 store's own metadata (its `RepositoryIndex`). Requests are served by aiohttp
 on an event loop of its own thread, through one middleware (authentication,
-read-only mode, errors as registry errors) to the `Router`; every blocking
+read-only mode and a mirror's, errors as registry errors) to the `Router`; every blocking
 store call runs on a small thread pool, and blob GETs go out with sendfile, so
 no blob is ever held in memory whole.
 """
@@ -12,6 +12,7 @@ no blob is ever held in memory whole.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import threading
@@ -36,6 +37,7 @@ from .context import REGISTRY_HEADERS, RegistryContext, RegistryStore
 from .errors import ServerLog, error_answer, one_line, registry_error
 from .listing import CatalogHandler, ReferrersHandler, TagsHandler
 from .manifests import MANIFEST_INVALID, MAX_MANIFEST_BYTES, ManifestHandler
+from .mirror import Mirror, Upstream
 from .routes import Router
 from .uploads import UploadHandler, UploadSessions
 
@@ -75,6 +77,9 @@ class HttpOptions:
     #: Answer blob GETs with a redirect to a URL valid this many seconds, straight
     #: into object storage, when the store keeps blobs there (a `BlobLocator`).
     redirect_blobs: float | None = None
+    #: Be a pull-through mirror of this registry: fetch what is pulled and missing from
+    #: it, keep it, and refuse pushes and deletes (UNSUPPORTED).
+    upstream: Upstream | None = None
 
 
 class HttpServer:
@@ -106,6 +111,10 @@ class HttpServer:
         context = RegistryContext(
             served, store.repositories, self._executor, redirect_blobs=options.redirect_blobs
         )
+        self._mirror: Mirror | None = None
+        if options.upstream is not None:
+            self._mirror = Mirror(context, options.upstream)
+            context = dataclasses.replace(context, mirror=self._mirror)
         self._run = context.run
         self._auth = Htpasswd(options.htpasswd) if options.htpasswd else None
         hold = options.hold_upload_writers
@@ -156,6 +165,8 @@ class HttpServer:
             logger=ServerLog(logging.getLogger("contentd.http"), {}),
         )
         await self._runner.setup()
+        if self._mirror is not None:
+            await self._mirror.open()
         site = web.SockSite(self._runner, self._socket, ssl_context=self._ssl)
         await site.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -169,7 +180,8 @@ class HttpServer:
         app.router.add_route("*", "/{path:.*}", self._router.dispatch)
         return app
 
-    # Every request: authentication, read-only mode, and errors as registry errors.
+    # Every request: authentication, read-only mode (a mirror's too), and errors as
+    # registry errors.
 
     @web.middleware
     async def _middleware(
@@ -180,10 +192,18 @@ class HttpServer:
                 user = await self._run(self._auth.check, request.headers.get("Authorization"))
                 if user is None:
                     raise registry_error(Unauthenticated, "authentication required", "UNAUTHORIZED")
-            if self._options.read_only and request.method not in ("GET", "HEAD"):
-                raise registry_error(
-                    Unimplemented, f"{request.method}: the registry is read-only", "UNSUPPORTED"
-                )
+            if request.method not in ("GET", "HEAD"):
+                if self._mirror is not None:
+                    raise registry_error(
+                        Unimplemented,
+                        f"{request.method}: the registry is a mirror of "
+                        f"{self._mirror.upstream.url}",
+                        "UNSUPPORTED",
+                    )
+                if self._options.read_only:
+                    raise registry_error(
+                        Unimplemented, f"{request.method}: the registry is read-only", "UNSUPPORTED"
+                    )
             response = await handler(request)
         except web.HTTPException:
             raise
@@ -250,4 +270,6 @@ class HttpServer:
             started = time.monotonic()
             await self._runner.cleanup()
             _log.debug("HTTP requests drained in %.2fs", time.monotonic() - started)
+        if self._mirror is not None:
+            await self._mirror.close()
         await self._uploads.close_all()

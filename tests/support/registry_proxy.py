@@ -11,6 +11,8 @@ manifest's path, or an upload's ``digest=``) or a method (``PATCH``):
 - `fail_after`: a text another request's line must hold, that request having come in before
   a failure is answered (within 10 s), so that a failure meets a transfer under way;
 - `corrupt`: serve the body with its first byte changed;
+- `stall`: serve that many bytes of the body, then nothing more until a later `configure`
+  drops the rule (a transfer held mid-way for as long as a test needs, with no clock);
 - `bearer`: demand `Authorization: Bearer <token>`, with the distribution spec's challenge
   naming the proxy's `/token` realm, which hands out tokens (to `user`/`password` by basic
   auth when both are set, else to anyone) and logs each token request;
@@ -186,6 +188,14 @@ class _Proxy:
                 if corrupt and first and chunk:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 first = False
+                stall = self.rule("stall", entry)
+                if stall is not None and sent + len(chunk) > stall:
+                    before = max(0, stall - sent)
+                    await response.write(chunk[:before])
+                    chunk = chunk[before:]
+                    sent += before
+                    while self.rule("stall", entry) is not None:
+                        await asyncio.sleep(0.01)
                 await response.write(chunk)
                 sent += len(chunk)
                 if rate:
