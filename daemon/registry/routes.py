@@ -66,6 +66,30 @@ def parse_digest(text: str) -> str:
         raise digest_invalid(f"digest {text[:80]!r} is not <algorithm>:<hex>") from None
 
 
+#: Each route as a request line names it: its path with the parts that vary as <words>.
+_ROUTE_TEMPLATES: Final = {
+    "upload": "/v2/<name>/blobs/uploads/<session>",
+    "blob": "/v2/<name>/blobs/<digest>",
+    "manifest": "/v2/<name>/manifests/<reference>",
+    "tags": "/v2/<name>/tags/list",
+    "referrers": "/v2/<name>/referrers/<digest>",
+}
+
+
+def route_of(path: str) -> str:
+    """The route `path` takes, as a template (``/v2/<name>/blobs/<digest>``), for logs that
+    group requests by route; "-" for a path no route serves."""
+    if path in ("/v2", "/v2/", "/v2/_catalog"):
+        return path
+    for route, pattern in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            if route == "blob" and match["arg"] == "uploads":
+                return "/v2/<name>/blobs/uploads/"
+            return _ROUTE_TEMPLATES[route]
+    return "-"
+
+
 #: Serves one route: the request, the repository's name, and the route's last
 #: part (a digest, tag or upload session; "" where the route has none).
 RouteHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
