@@ -28,7 +28,7 @@ from ._backends import (
     MetadataTransaction,
     RefLock,
 )
-from ._cluster import ClusterStore
+from ._cluster import ClusterStore, redact_url
 from ._fs import BLOB_MISSING, BLOB_UNREADABLE, STORE_IO_ERROR
 from ._gc import REF_CONTENT, ROOT_LABEL, CollectionReport
 from ._images import Image, StoreImages
@@ -174,6 +174,7 @@ __all__ = [
     "new_lease_id",
     "open_store",
     "open_writer",
+    "redact_url",
     "validate_digest",
     "validate_labels",
     "validate_namespace",

@@ -14,6 +14,8 @@ never loads them.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
 from contentd.errdefs import FailedPrecondition, InvalidArgument
 
 from ._rules import DEFAULT_NAMESPACE, BackedStore, Backends
@@ -37,6 +39,47 @@ def check_cluster_urls(blobs: str, metadata: str) -> None:
         raise InvalidArgument("blobs: give an s3://BUCKET[/PREFIX] URL")
     if _scheme(metadata) not in METADATA_SCHEMES:
         raise InvalidArgument("metadata: give a postgresql:// URL")
+
+
+#: Words that, in a URL's query parameter names, mark the value as a secret
+#: (libpq's password and sslpassword among them).
+_SECRET_PARAMETER_WORDS = ("password", "secret", "token")
+#: What a secret in a shown URL becomes.
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to show (in a log of the daemon's settings): its password, and the values of
+    query parameters that name a password, secret or token, become ``***``, also in URLs
+    given as parameter values (``?endpoint=https://user:pass@...``). Anything that does not
+    parse as a URL is hidden whole: it may be a mistyped one with a password in it."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
+    shown = [(name, _redact_parameter(name, value)) for name, value in query]
+    if netloc == parts.netloc and shown == query:
+        return url  # nothing to hide: as given, not as urlunsplit would respell it
+    return urlunsplit(
+        parts._replace(
+            netloc=netloc,
+            query="&".join(
+                f"{quote(name, safe='')}={quote(value, safe=':/@*')}" for name, value in shown
+            ),
+        )
+    )
+
+
+def _redact_parameter(name: str, value: str) -> str:
+    if any(word in name.lower() for word in _SECRET_PARAMETER_WORDS):
+        return REDACTED
+    return redact_url(value) if "://" in value else value
 
 
 class ClusterStore(BackedStore):

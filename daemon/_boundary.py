@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Final, TypeVar
@@ -14,8 +15,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from contentd.errdefs import InvalidArgument, to_grpc_status
+from contentd.proto.wire import NAMESPACE_HEADER
 
 _log = logging.getLogger("contentd.daemon")
+#: Each served class's full gRPC service name, as `add_service` registered it: request
+#: lines name the full method (/containerd.services.content.v1.Content/Info).
+_SERVICE_NAMES: dict[type, str] = {}
 
 _Service = TypeVar("_Service")
 _Request = TypeVar("_Request")
@@ -68,24 +73,70 @@ def decoded(requests: Iterator[_Message | Undecodable]) -> Iterator[_Message]:
         yield request
 
 
-def _log_done(method: str, started: float) -> None:
-    _log.debug("%s OK in %.1f ms", method, (time.monotonic() - started) * 1000)
+class _Call:
+    """One call as its request line tells it: made when the handler starts, logged once at
+    its end with its id, full method, namespace, code and duration (`REQUEST_FIELDS`).
+
+    Request lines are debug lines: below that level a call costs one clock reading, since
+    this runs on every call of the small-blob path.
+    """
+
+    __slots__ = ("context", "name", "service", "started")
+
+    def __init__(self, service: object, name: str, context: grpc.ServicerContext) -> None:
+        self.started = time.monotonic()
+        self.service = service
+        self.name = name
+        self.context = context
+
+    def _namespace(self) -> str:
+        # The header as sent, or "" (the handler refuses a call without one, and says so).
+        return next(
+            (
+                value
+                for key, value in self.context.invocation_metadata() or ()
+                if key == NAMESPACE_HEADER and isinstance(value, str)
+            ),
+            "",
+        )
+
+    def log(self, code: str, outcome: str = "") -> None:
+        if not _log.isEnabledFor(logging.DEBUG):
+            return
+        duration_ms = round((time.monotonic() - self.started) * 1000, 3)
+        service = type(self.service)
+        method = f"/{_SERVICE_NAMES.get(service, service.__name__)}/{self.name}"
+        namespace = self._namespace()
+        request_id = secrets.token_hex(8)
+        _log.debug(
+            "%s %s in %.1f ms%s (namespace %r, request %s)",
+            method,
+            code,
+            duration_ms,
+            outcome,
+            namespace,
+            request_id,
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "namespace": namespace,
+                "code": code,
+                "duration_ms": duration_ms,
+            },
+        )
+
+    def abandoned(self) -> None:
+        # Canceled, past its deadline, or disconnected: the caller left without an answer.
+        self.log(grpc.StatusCode.CANCELLED.name, ", abandoned by the caller")
 
 
-def _log_abandoned(method: str, started: float) -> None:
-    elapsed_ms = (time.monotonic() - started) * 1000
-    _log.debug("%s abandoned by the caller after %.1f ms", method, elapsed_ms)
-
-
-def _answer(method: str, started: float, exc: Exception, context: grpc.ServicerContext) -> None:
+def _answer(call: _Call, exc: Exception, context: grpc.ServicerContext) -> None:
     """Abort the RPC with the status for `exc`; return quietly if the caller already left."""
     if not context.is_active():
-        # Canceled, past its deadline, or disconnected: no one to answer.
-        _log_abandoned(method, started)
+        call.abandoned()
         return
     status = to_grpc_status(exc)
-    elapsed_ms = (time.monotonic() - started) * 1000
-    _log.debug("%s %s in %.1f ms: %s", method, status.code.name, elapsed_ms, status.details)
+    call.log(status.code.name, f": {status.details}")
     context.abort_with_status(status)
 
 
@@ -97,15 +148,15 @@ def unary(
 
     @functools.wraps(method)
     def handler(self: _Service, request: _Request, context: grpc.ServicerContext) -> _Response:
-        started = time.monotonic()
+        call = _Call(self, name, context)
         try:
             if isinstance(request, Undecodable):
                 raise request.error()
             response = method(self, request, context)
         except Exception as exc:
-            _answer(name, started, exc, context)
+            _answer(call, exc, context)
             return None  # type: ignore[return-value]  # the caller is gone
-        _log_done(name, started)
+        call.log(grpc.StatusCode.OK.name)
         return response
 
     return handler
@@ -121,7 +172,7 @@ def streaming(
     def handler(
         self: _Service, request: _Request, context: grpc.ServicerContext
     ) -> Iterator[_Response]:
-        started = time.monotonic()
+        call = _Call(self, name, context)
         try:
             if isinstance(request, Undecodable):
                 raise request.error()
@@ -129,12 +180,12 @@ def streaming(
         except GeneratorExit:
             # gRPC drops a stream whose caller left while it waited at a
             # yield; closing the generator still runs the handler's cleanup.
-            _log_abandoned(name, started)
+            call.abandoned()
             raise
         except Exception as exc:
-            _answer(name, started, exc, context)
+            _answer(call, exc, context)
             return  # the caller is gone
-        _log_done(name, started)
+        call.log(grpc.StatusCode.OK.name)
 
     return handler
 
@@ -154,6 +205,7 @@ def add_service(service: object, described: ServiceDescriptor, server: grpc.Serv
     Requests reach the handlers through `request_decoder`, so bytes that are no
     valid message are answered InvalidArgument, not gRPC's INTERNAL.
     """
+    _SERVICE_NAMES[type(service)] = described.full_name
     handlers = {}
     for method in described.methods:
         make_handler = _METHOD_HANDLERS[method.client_streaming, method.server_streaming]

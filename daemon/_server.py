@@ -32,6 +32,7 @@ from contentd.proto.wire import (
     NAMESPACES_SERVICE,
 )
 
+from ._activation import SocketRelay, socket_address
 from ._boundary import add_service
 from ._collection import CollectedStore, CollectionPolicy, Collections
 from ._gc import GCService
@@ -95,6 +96,9 @@ class ServerOptions:
     #: ``host:port`` to serve Prometheus metrics on (port 0 picks one); None: no metrics.
     metrics: str | None = None
     extra_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
+    #: Listening unix sockets systemd passed (socket activation); an address naming one's
+    #: path is served through it rather than bound anew.
+    activated: Sequence[socket.socket] = field(default_factory=tuple)
 
     def write_stream_limit(self) -> int:
         """The number of Write streams the daemon runs at once."""
@@ -140,7 +144,7 @@ class Daemon:
     """contentd serving one store: create, `start`, then `stop` (or `wait` for a signal)."""
 
     def __init__(self, store: ServedStore, options: ServerOptions) -> None:
-        if not options.addresses:
+        if not options.addresses and not options.activated:
             raise InvalidArgument("no address to listen on")
         self._store = store
         self._options = options
@@ -196,8 +200,23 @@ class Daemon:
         self._credentials = options.tls.server_credentials() if options.tls else None
         self.addresses: list[str] = []
         self._sockets: list[Path] = []
+        activated = [socket_address(sock) for sock in options.activated]
         for address in options.addresses:
-            self.addresses.append(self._listen(address))
+            path = _socket_path(address)
+            if path is None or f"unix://{path.absolute()}" not in activated:
+                self.addresses.append(self._listen(address))
+        self._relay: SocketRelay | None = None
+        if options.activated:
+            self._relay = SocketRelay(options.activated)
+            previous = os.umask(0o177)  # the private socket: the daemon's user only
+            try:
+                bound = self._server.add_insecure_port(self._relay.private_address)
+            finally:
+                os.umask(previous)
+            if bound == 0:
+                raise FailedPrecondition("cannot listen on the socket activation's relay")
+            self.addresses += activated
+        self._activated = activated
         self._http: HttpServer | None = None
         if options.http is not None:
             self._http = HttpServer(
@@ -264,6 +283,8 @@ class Daemon:
                 )
             _log.info("serving HTTP on %s", self._http.url)
         self._server.start()
+        if self._relay is not None:
+            self._relay.start()
         self._collections.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for service in SERVICES:
@@ -279,7 +300,8 @@ class Daemon:
                     "store; use --tls-cert/--tls-key",
                     address,
                 )
-            _log.info("serving on %s", address)
+            passed = " (socket passed by systemd)" if address in self._activated else ""
+            _log.info("serving on %s%s", address, passed)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, give running ones `grace` seconds, then cancel the rest.
@@ -294,11 +316,15 @@ class Daemon:
         if self._http is not None:
             self._http.stop()
         grace = self._options.grace if grace is None else grace
+        if self._relay is not None:
+            self._relay.stop_accepting()
         self._server.stop(grace).wait()
         # gRPC's stop returns while the threads of canceled calls are still
         # unwinding (closing writers, recording progress); the store must
         # outlive them.
         self._executor.shutdown(wait=True)
+        if self._relay is not None:
+            self._relay.close()
         self._content.close()
         self._collections.stop()
         if self._metrics is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import signal
-import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -23,7 +25,10 @@ from contentd.content import (
 from contentd.errdefs import ContentdError, InvalidArgument
 from contentd.proto.wire import default_address
 
+from ._activation import inherited_sockets
 from ._collection import CollectionPolicy
+from ._config import default_config, default_config_path, effective_config, keys_table, read_config
+from ._logs import LOG_FORMATS, configure_logging
 from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
@@ -114,7 +119,45 @@ def _http_options(
     )
 
 
+class _ConfigOption(click.Option):
+    """``--config FILE``: read before every other option, whose defaults the file sets.
+
+    Without it, the default file is read when it exists: /etc/contentd/config.toml for
+    root, else config.toml in the store root (named by --root, here or before the verb).
+    """
+
+    def handle_parse_result(
+        self, ctx: click.Context, opts: Mapping[str, Any], args: list[str]
+    ) -> tuple[Any, list[str]]:
+        value, args = super().handle_parse_result(ctx, opts, args)
+        # Not given, click 8.2+ has a sentinel of its own here, older ones None.
+        path = value if isinstance(value, Path) else None
+        if path is None:
+            parent = ctx.parent.params if ctx.parent is not None else {}
+            root = opts.get("root") or parent.get("root") or default_root()
+            found = default_config_path(Path(root))
+            path = found if found.is_file() else None
+        if path is not None:
+            ctx.default_map = {**(ctx.default_map or {}), **read_config(path, ctx.command)}
+        ctx.meta[_CONFIG_FILE] = path
+        return value, args
+
+
+#: Where `serve`'s context keeps the config file it read (None: none).
+_CONFIG_FILE = "contentd.config_file"
+
+
 @click.command()
+@click.option(
+    "--config",
+    cls=_ConfigOption,
+    is_eager=True,
+    expose_value=False,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML config file whose keys set any of these options; flags win over it "
+    "(`contentd config default` prints one) [default: /etc/contentd/config.toml as root, "
+    "else ROOT/config.toml, when it exists].",
+)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -313,6 +356,14 @@ def _http_options(
     show_default=True,
     help="debug logs one line per request.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="text: a line for people; json: an object a line (time, level, logger, message, "
+    "and a request's request_id, method, namespace, code, duration_ms).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -349,15 +400,10 @@ def serve(
     gc_schedule_delay: float,
     gc_startup_delay: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Serve the store over gRPC (containerd.services.content.v1.Content)."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # filelock narrates every acquire at debug; ours says what matters.
-    logging.getLogger("filelock").setLevel(logging.WARNING)
+    configure_logging(log_level, log_format)
     pin_allocator_thresholds()
     # `kill -USR1 PID` prints every thread's stack on stderr: what a stuck daemon is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -368,7 +414,13 @@ def serve(
     metadata = metadata or parent.get("metadata")
     if (blobs is None) != (metadata is None):
         raise click.UsageError("give --blobs and --metadata together")
-    addresses = addresses or (default_address(root),)
+    try:
+        activated = inherited_sockets()
+    except InvalidArgument as exc:
+        raise click.ClickException(exc.message) from None
+    # Sockets systemd passed stand in for the default address.
+    addresses = addresses or (() if activated else (default_address(root),))
+    _log_config(ctx, root=root, blobs=blobs, metadata=metadata, addresses=addresses)
     options = ServerOptions(
         addresses=addresses,
         # TLS covers the registry too: it is one more TCP listener.
@@ -403,6 +455,7 @@ def serve(
             startup_delay=gc_startup_delay,
             automatic=gc_scheduler,
         ),
+        activated=activated,
     )
     try:
         store: BackedStore = (
@@ -425,3 +478,32 @@ def serve(
     stop.wait()
     daemon.stop()
     store.close()
+
+
+def _log_config(ctx: click.Context, **resolved: Any) -> None:
+    """Log the settings the daemon runs with, by config key, secrets masked."""
+    shown = effective_config(ctx.command, {**ctx.params, **resolved})
+    source = ctx.meta.get(_CONFIG_FILE)
+    logging.getLogger("contentd.daemon").info(
+        "config%s: %s",
+        f" from {source}" if source else " (no config file)",
+        " ".join(f"{key}={json.dumps(value)}" for key, value in shown.items()),
+        extra={"config": shown, "config_file": str(source) if source else None},
+    )
+
+
+@click.group()
+def config() -> None:
+    """The config file of `contentd serve`: a TOML file of its options' keys."""
+
+
+@config.command(name="default")
+def config_default() -> None:
+    """Print a config file of every key, set to its default, with what it does."""
+    click.echo(default_config(serve), nl=False)
+
+
+@config.command(name="keys")
+def config_keys_table() -> None:
+    """Print the config keys as a Markdown table (the README's)."""
+    click.echo(keys_table(serve), nl=False)

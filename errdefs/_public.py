@@ -27,7 +27,9 @@ def public_error(err: BaseException, *, passthrough_remote: bool = False) -> Con
     found = find(err)
     if found is None:
         error_id = secrets.token_hex(6)
-        _log.error("internal error %s: %r", error_id, err, exc_info=err)
+        _log.error(
+            "internal error %s: %r", error_id, err, exc_info=err, extra={"error_id": error_id}
+        )
         return Internal(
             f"unexpected server error (error id {error_id})",
             reason=INTERNAL_ERROR_REASON,

@@ -1060,12 +1060,16 @@ def test_debug_log_has_one_line_per_request(tmp_path: Path) -> None:
         def all_logged() -> bool:
             requests.clear()
             requests.update(
-                re.findall(r"contentd\.daemon: (\w+) [A-Z_]+ in [0-9.]+ ms", running.logged())
+                re.findall(
+                    r"contentd\.daemon: /containerd\.services\.content\.v1\.Content/(\w+)"
+                    r" [A-Z_]+ in [0-9.]+ ms",
+                    running.logged(),
+                )
             )
             return requests == expected
 
         assert poll(all_logged, timeout=5), (requests, running.logged())
-        assert "Info NOT_FOUND in" in running.logged()
+        assert "/containerd.services.content.v1.Content/Info NOT_FOUND in" in running.logged()
 
 
 def test_debug_log_has_a_line_for_a_read_its_caller_cancels(tmp_path: Path) -> None:
@@ -1079,7 +1083,8 @@ def test_debug_log_has_a_line_for_a_read_its_caller_cancels(tmp_path: Path) -> N
         call = stub.Read(request, metadata=namespaced("default"), timeout=CALL_TIMEOUT)
         assert len(next(call).data) == MiB
         call.cancel()
-        assert poll(lambda: "contentd.daemon: Read " in running.logged(), timeout=2)
+        read_line = "contentd.daemon: /containerd.services.content.v1.Content/Read "
+        assert poll(lambda: read_line in running.logged(), timeout=2)
 
 
 def test_tcp_address_logs_its_port_and_serves(tmp_path: Path) -> None:

@@ -69,6 +69,25 @@ def parse_digest(text: str) -> str:
         raise digest_invalid(f"digest {text[:80]!r} is not <algorithm>:<hex>") from None
 
 
+#: Each route (`ROUTE`) as a request line names it: its path with the parts that vary as
+#: <words>.
+_ROUTE_TEMPLATES: Final = {
+    "base": "/v2/",
+    "catalog": "/v2/_catalog",
+    "upload": "/v2/<name>/blobs/uploads/<session>",
+    "blob": "/v2/<name>/blobs/<digest>",
+    "manifest": "/v2/<name>/manifests/<reference>",
+    "tags": "/v2/<name>/tags/list",
+    "referrers": "/v2/<name>/referrers/<digest>",
+}
+
+
+def route_template(request: web.Request) -> str:
+    """The route `request` took, as a template (``/v2/<name>/blobs/<digest>``), for logs
+    that group requests by route; "-" for a path no route serves."""
+    return _ROUTE_TEMPLATES.get(request.get(ROUTE, ""), "-")
+
+
 #: Serves one route: the request, the repository's name, and the route's last
 #: part (a digest, tag or upload session; "" where the route has none).
 RouteHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]

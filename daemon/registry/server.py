@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -38,7 +39,7 @@ from .errors import ServerLog, error_answer, one_line, registry_error
 from .listing import CatalogHandler, ReferrersHandler, TagsHandler
 from .manifests import MANIFEST_INVALID, MAX_MANIFEST_BYTES, ManifestHandler
 from .mirror import Mirror, Upstream
-from .routes import Router
+from .routes import Router, route_template
 from .uploads import UploadHandler, UploadSessions
 
 _log = logging.getLogger("contentd.daemon")
@@ -185,6 +186,33 @@ class HttpServer:
 
     @web.middleware
     async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await self._answer(request, handler)
+        if not _log.isEnabledFor(logging.DEBUG):
+            return response
+        duration_ms = round((time.monotonic() - started) * 1000, 3)
+        method = f"{request.method} {route_template(request)}"
+        request_id = secrets.token_hex(8)
+        _log.debug(
+            "%s %d in %.1f ms (namespace %r, request %s)",
+            method,
+            response.status,
+            duration_ms,
+            self._options.namespace,
+            request_id,
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "namespace": self._options.namespace,
+                "code": response.status,
+                "duration_ms": duration_ms,
+            },
+        )
+        return response
+
+    async def _answer(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:

@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from contentd.client import RemoteStore
 
-_READY = re.compile(r"serving on (\S+)")
-_HTTP_READY = re.compile(r"serving HTTP on (\S+)")
-_METRICS_READY = re.compile(r"serving metrics on (\S+)")
+# Addresses end at a space, or at the quote closing a JSON log line's message.
+_READY = re.compile(r"serving on ([^\s\"]+)")
+_HTTP_READY = re.compile(r"serving HTTP on ([^\s\"]+)")
+_METRICS_READY = re.compile(r"serving metrics on ([^\s\"]+)")
 
 
 @dataclass
@@ -124,22 +126,31 @@ def start_daemon(
     socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
     address = f"unix://{socket_dir / 'contentd.sock'}"
     scheduler = () if collect else ("--no-gc-scheduler",)
-    process = subprocess.Popen(
-        [
-            *contentd_command(),
-            "serve",
-            "--root",
-            str(root),
-            "--address",
-            address,
-            *scheduler,
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = [*contentd_command(), "serve", "--root", str(root), "--address", address]
+    return launch_daemon(
+        [*command, *scheduler, *extra],
+        address,
+        root,
+        socket_dir=socket_dir if owned else None,
+        timeout=timeout,
     )
-    daemon = DaemonProcess(address, root, process, socket_dir=socket_dir if owned else None)
+
+
+def launch_daemon(
+    command: list[str],
+    address: str,
+    root: Path,
+    *,
+    socket_dir: Path | None = None,
+    timeout: float = 20,
+    **popen: Any,
+) -> DaemonProcess:
+    """Run `command` (a `contentd serve`, with `popen`'s extra Popen arguments) and wait
+    until it logs that it serves; `socket_dir` is removed once it has exited."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen
+    )
+    daemon = DaemonProcess(address, root, process, socket_dir=socket_dir)
     ready = threading.Event()
 
     def pump() -> None:
