@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import servers  # noqa: F401 (it puts tests/ on the path, for support.go_suite)
 from clients import Window
 from support.go_suite import CONTAINERD_SOURCES, build_environment
 
