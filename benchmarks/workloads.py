@@ -1,4 +1,4 @@
-"""The five workloads of the side-by-side benchmark, each a set of measured cases.
+"""The workloads of the side-by-side benchmark, each a set of measured cases.
 
 A workload runs against one server at a time: the harness starts the server, calls
 `run`, and stops it. Each case launches its clients (see `clients`), measures the daemon
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Final, TypeVar
 
+import go_clients
 from clients import (
     Blob,
     Contend,
@@ -43,6 +44,7 @@ from clients import (
     span,
 )
 from clients import Client as ClientFunction
+from go_clients import GoRun
 from measure import Monitor, Usage, combined
 from servers import NULL_SERVER, NullServer, Running
 
@@ -75,6 +77,8 @@ class Scale:
     populate_writers: int
     contention_clients: int
     contention_size: int
+    #: Clients of the small-blob workload driven by the Go load client.
+    go_small_clients: tuple[int, ...]
 
     # Timeouts assume throughputs far below anything either server manages, so they only
     # catch a hang.
@@ -103,6 +107,7 @@ FULL: Final = Scale(
     populate_writers=8,
     contention_clients=16,
     contention_size=64 * MIB,
+    go_small_clients=(1, 8, 32),
 )
 #: The full run on a cluster store: populating 100,000 blobs through S3 and PostgreSQL
 #: takes a quarter of an hour here, so both servers list a fifth of that.
@@ -115,6 +120,7 @@ QUICK: Final = Scale(
     populate_writers=8,
     contention_clients=4,
     contention_size=8 * MIB,
+    go_small_clients=(1, 8, 32),
 )
 
 
@@ -150,6 +156,13 @@ class Data:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._blobs: dict[str, Blob] = {}
+        self._go_load: Path | None = None
+
+    def go_load(self) -> Path:
+        """The Go load client's binary, built the first time it is asked for."""
+        if self._go_load is None:
+            self._go_load = go_clients.build(self.directory / "goload")
+        return self._go_load
 
     def random_blob(self, name: str, size: int) -> Blob:
         """A file of `size` random bytes, written the first time it is asked for."""
@@ -194,6 +207,42 @@ class Context:
         """Run `client` once per job in processes of their own (dealt across the server's
         daemons), measuring the daemons (and the engines, if any) from the moment all are
         ready until all are done (unless `measure` is false)."""
+        return self.measured(
+            lambda on_ready: run_clients(
+                client,
+                jobs,
+                addresses=self.server.addresses,
+                namespace=namespace,
+                timeout=timeout,
+                on_ready=on_ready,
+            ),
+            measure=measure,
+        )
+
+    def go_load(
+        self, binary: Path, arguments: Sequence[str], *, namespace: str, timeout: float
+    ) -> tuple[GoRun, Usage]:
+        """Run the Go load client with `arguments` against the server's first daemon,
+        measuring the daemons (and the engines, if any) over its run."""
+        ran, usage = self.measured(
+            lambda on_ready: go_clients.run(
+                binary,
+                self.server.address,
+                namespace,
+                arguments,
+                timeout=timeout,
+                on_ready=on_ready,
+            )
+        )
+        assert usage is not None
+        return ran, usage
+
+    def measured(
+        self, run: Callable[[Callable[[], None]], R], *, measure: bool = True
+    ) -> tuple[R, Usage | None]:
+        """Call `run(on_ready)`, measuring the daemons (and the engines, if any) from
+        `on_ready()`, which it calls once its clients are ready, until it returns (unless
+        `measure` is false)."""
         # Bytes an earlier step left dirty would otherwise be written back on this one's time.
         os.sync()
         monitors = [Monitor(pid) for pid in self.server.pids]
@@ -207,14 +256,7 @@ class Context:
                 monitor.start()
 
         try:
-            results = run_clients(
-                client,
-                jobs,
-                addresses=self.server.addresses,
-                namespace=namespace,
-                timeout=timeout,
-                on_ready=on_ready if measure else lambda: None,
-            )
+            results = run(on_ready if measure else lambda: None)
         finally:
             for monitor in monitors:
                 monitor.stop()
@@ -246,6 +288,10 @@ class Workload(ABC):
 
     name: ClassVar[str]
     namespace: ClassVar[str]
+
+    def unavailable(self) -> str | None:
+        """Why the workload cannot run on this machine, or None when it can."""
+        return None
 
     def prepare(self, data: Data, scale: Scale) -> None:  # noqa: B027 (most need nothing)
         """Make source data, before any server starts."""
@@ -557,10 +603,112 @@ class ContentionWorkload(Workload):
         ]
 
 
+class GoWorkload(Workload):
+    """A workload driven by the Go load client (`go_clients`), built once per run."""
+
+    def unavailable(self) -> str | None:
+        return go_clients.unavailable()
+
+    def prepare(self, data: Data, scale: Scale) -> None:
+        data.go_load()
+
+
+class SmallBlobsGoWorkload(GoWorkload):
+    """4 KiB blobs as `small` writes them, by containerd's Go client instead: WriteBlob
+    (labelled, durable once answered) then Info, each client on a connection of its own."""
+
+    name = "small-go"
+    namespace = "bench-small-go"
+
+    def run(self, ctx: Context) -> list[Result]:
+        scale = ctx.scale
+        results = []
+        for clients in scale.go_small_clients:
+            arguments = go_clients.small_arguments(
+                clients, scale.small_seconds, SMALL_BLOB, gc_root_labels()
+            )
+            ran, usage = ctx.go_load(
+                ctx.data.go_load(),
+                arguments,
+                namespace=self.namespace,
+                timeout=scale.small_timeout(),
+            )
+            ran.check(f"{self.name} with {clients} clients")
+            seconds = ran.window.seconds
+            title = f"small blobs, Go clients: 4 KiB WriteBlob+Info, {_counted(clients, 'client')}"
+            results.append(
+                self.result(
+                    ctx,
+                    f"{clients}",
+                    title,
+                    ran.blobs / seconds,
+                    "blobs/s",
+                    usage,
+                    higher_is_better=True,
+                    blobs=ran.blobs,
+                    seconds=seconds,
+                    per_client=list(ran.counts),
+                    client_cpu_seconds=ran.cpu_seconds,
+                )
+            )
+        return results
+
+
+class ContentionGoWorkload(GoWorkload):
+    """`contention` by containerd's Go client: WriteBlob of one content under one ref, its
+    OpenWriter retrying the ref's lock, every client on a connection of its own."""
+
+    name = "contention-go"
+    namespace = "bench-contention-go"
+
+    def prepare(self, data: Data, scale: Scale) -> None:
+        super().prepare(data, scale)
+        # Content of its own: the shared policy would find `contention`'s in any namespace.
+        data.random_blob(self.name, scale.contention_size)
+
+    def run(self, ctx: Context) -> list[Result]:
+        scale = ctx.scale
+        blob = ctx.data.random_blob(self.name, scale.contention_size)
+        timeout = scale.contention_timeout()
+        arguments = go_clients.contend_arguments(
+            scale.contention_clients,
+            blob.path,
+            blob.digest,
+            CONTENTION_REF,
+            gc_root_labels(),
+            timeout,
+        )
+        ran, usage = ctx.go_load(
+            ctx.data.go_load(), arguments, namespace=self.namespace, timeout=timeout
+        )
+        ran.check(self.name)
+        if ran.listed != 1:
+            raise RuntimeError(f"{self.name}: {ran.listed} blobs listed with {blob.digest}, not 1")
+        title = (
+            f"lock contention, Go clients: {scale.contention_clients} clients, one ref, "
+            f"{human_bytes(blob.size)} (until all succeed)"
+        )
+        return [
+            self.result(
+                ctx,
+                "",
+                title,
+                ran.window.seconds,
+                "s",
+                usage,
+                higher_is_better=False,
+                per_client_seconds=[end - ran.start for end in ran.ends],
+                client_cpu_seconds=ran.cpu_seconds,
+            )
+        ]
+
+
 WORKLOADS: Final[tuple[Workload, ...]] = (
     LargeIngestWorkload(),
     LargeReadWorkload(),
     SmallBlobsWorkload(),
     ListingWorkload(),
     ContentionWorkload(),
+    SmallBlobsGoWorkload(),
+    ContentionGoWorkload(),
 )

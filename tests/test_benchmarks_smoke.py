@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.go_suite import CONTAINERD_SOURCES
 from support.postgres import binaries
 from support.seaweedfs import weed_binary
 from support.tools import missing, require_path, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
+#: The workloads contentd's Python client drives; the Go load client's have a test of their own.
+PYTHON_CLIENT_WORKLOADS = ("large-ingest", "large-read", "small", "listing", "contention")
 
 
 def run_benchmark(
@@ -32,10 +35,14 @@ def run_benchmark(
 
 @pytest.mark.slow
 @pytest.mark.conformance
-def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_every_python_client_workload_against_both_servers(
+    tmp_path: Path,
+) -> None:
     require_tool("containerd", "containerd")
     report = tmp_path / "bench.json"
-    run = run_benchmark("run.py", "--quick", report=report, timeout=280)
+    run = run_benchmark(
+        "run.py", "--quick", "--only", *PYTHON_CLIENT_WORKLOADS, report=report, timeout=280
+    )
     results = json.loads(report.read_text())["results"]
     measured = {(r["case"], r["server"]) for r in results}
     for case in ("large-ingest", "large-read", "small/1", "small/8", "contention"):
@@ -48,6 +55,32 @@ def test_quick_benchmark_runs_every_workload_against_both_servers(tmp_path: Path
     assert "| workload |" in run.stdout
     assert "| a gRPC server that stores nothing | 8 |" in run.stdout
     assert "| target: 5x containerd | 8 |" in run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_benchmark_drives_both_servers_with_the_go_load_client(tmp_path: Path) -> None:
+    require_tool("containerd", "containerd")
+    require_tool("go", "golang-go")
+    require_path(
+        CONTAINERD_SOURCES, "containerd's Go sources (golang-github-containerd-containerd-dev)"
+    )
+    report = tmp_path / "bench.json"
+    run = run_benchmark(
+        "run.py", "--quick", "--only", "small-go", "contention-go", report=report, timeout=180
+    )
+    results = json.loads(report.read_text())["results"]
+    by_case = {(r["case"], r["server"]): r for r in results}
+    for server in ("contentd", "containerd"):
+        for clients in (1, 8, 32):
+            small = by_case[(f"small-go/{clients}", server)]
+            assert small["raw"]["blobs"] > 0
+            assert len(small["raw"]["per_client"]) == clients
+            assert small["usage"]["cpu_seconds"] > 0
+        contention = by_case[("contention-go", server)]
+        assert len(contention["raw"]["per_client_seconds"]) == 4
+    assert "| small blobs, Go clients | clients | contentd CPU per blob |" in run.stdout
+    assert "Small blobs with 8 Go clients:" in run.stdout
 
 
 @pytest.mark.slow
