@@ -44,3 +44,9 @@ bench: $(BIN)/python
 bench-registry: $(BIN)/python
 	$(PIP) $(EDITABLE) -e .
 	$(BIN)/python benchmarks/registry.py $(ARGS)
+
+# contentd pull beside skopeo copy and ctr content fetch (benchmarks/README.md), e.g. ARGS=--quick.
+.PHONY: bench-pull
+bench-pull: $(BIN)/python
+	$(PIP) $(EDITABLE) -e .
+	$(BIN)/python benchmarks/pull.py $(ARGS)

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import grpc
@@ -83,11 +84,26 @@ def _journal(mount: list[str]) -> str:
     return ", without a journal" if task.strip() == "<none>" else ""
 
 
+def tool_version(*command: str) -> str:
+    """The first line a version command (`skopeo --version`) prints, or that the tool is
+    missing."""
+    if shutil.which(command[0]) is None:
+        return "not installed"
+    output = _run(*command)
+    return output.splitlines()[0] if output else "unknown"
+
+
 def containerd_version() -> str:
     """What `containerd --version` says, or that it is missing."""
-    if shutil.which("containerd") is None:
+    return tool_version("containerd", "--version")
+
+
+def package_version(name: str) -> str:
+    """The installed version of the Python distribution `name`, or that it is missing."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
         return "not installed"
-    return _run("containerd", "--version") or "unknown"
 
 
 def load_average() -> str:

@@ -31,14 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 try:
     from clients import Blob, Timed
     from engines import BACKENDS, LOCAL, S3PG, Engines, engines_for
-    from environment import describe
+    from environment import describe, package_version
     from measure import Monitor, Usage
     from registry_client import (
         Go,
@@ -52,7 +51,7 @@ try:
         run_client,
     )
     from registry_servers import ContentdRegistry, DockerRegistry, docker_registry_s3
-    from run import Progress, finish_timings, serving
+    from run import Progress, add_rounds_option, add_run_options, publish, serving
     from servers import CONTENTD, Running, Server
     from support.docker_registry import DOCKER_REGISTRY  # on the path once servers is imported
     from workloads import Data, human_bytes
@@ -88,12 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"a {human_bytes(QUICK_SIZE)} blob instead of {human_bytes(FULL_SIZE)}",
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        metavar="N",
-        help="rounds, each with fresh content (default: 3); the median is reported",
+    add_rounds_option(
+        parser, "rounds, each with fresh content (default: 3); the median is reported"
     )
     parser.add_argument(
         "--backend",
@@ -103,34 +98,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "SeaweedFS started for the run (contentd: a cluster store with PostgreSQL; "
         "docker-registry: its S3 driver)",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
-    parser.add_argument(
-        "--tmpdir",
-        type=Path,
-        default=None,
-        help="where the servers' roots go (default: the system's temporary directory)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the roots and logs (the path is printed)"
-    )
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    return args
+    add_run_options(parser)
+    return parser.parse_args(argv)
 
 
 @dataclass(frozen=True)
-class Round:
-    """One push or pull on one server."""
+class Moved:
+    """Bytes moved in a measured time."""
 
     seconds: float
     size: int
-    #: The server process over the measured window.
-    usage: Usage
-    #: For a push: how long the sync() right after it took (the server's unwritten bytes).
-    sync_seconds: float | None = None
-    #: For a push: seconds of its POST, PATCH and PUT, each from send to answer.
-    phases: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -138,17 +115,37 @@ class Round:
         return self.size / MB / self.seconds
 
 
+@dataclass(frozen=True)
+class Round(Moved):
+    """One push or pull on one server."""
+
+    #: The server process over the measured window.
+    usage: Usage
+    #: For a push: how long the sync() right after it took (the server's unwritten bytes).
+    sync_seconds: float | None = None
+    #: For a push: seconds of its POST, PATCH and PUT, each from send to answer.
+    phases: tuple[float, ...] = ()
+
+
+M = TypeVar("M", bound=Moved)
+
+
 @dataclass
-class Series:
-    """Every round of one case (push or pull) on one server."""
+class Series(Generic[M]):
+    """Every round of one case (push or pull) on one server, or of one tool's pull."""
 
     case: str
     server: str
-    rounds: list[Round] = dataclasses.field(default_factory=list)
+    rounds: list[M] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(r.rate for r in self.rounds)
+
+    @property
+    def best(self) -> M:
+        """The fastest round."""
+        return min(self.rounds, key=lambda r: r.seconds)
 
 
 def client_timeout(size: int) -> float:
@@ -255,7 +252,7 @@ def titles(size: int) -> dict[str, str]:
     }
 
 
-def format_rates(series: Series | None) -> str:
+def format_rates(series: Series[Round] | None) -> str:
     if series is None or not series.rounds:
         return "n/a"
     median = f"{series.median:,.1f} MB/s"
@@ -264,14 +261,16 @@ def format_rates(series: Series | None) -> str:
     return f"{median} ({' / '.join(f'{r.rate:,.1f}' for r in series.rounds)})"
 
 
-def ratio(ours: Series | None, theirs: Series | None) -> float | None:
+def ratio(ours: Series[Round] | None, theirs: Series[Round] | None) -> float | None:
     """contentd's median rate over docker-registry's."""
     if ours is None or theirs is None or not ours.rounds or not theirs.rounds:
         return None
     return ours.median / theirs.median
 
 
-def results_table(found: dict[tuple[str, str], Series], size: int, backend: str = LOCAL) -> str:
+def results_table(
+    found: dict[tuple[str, str], Series[Round]], size: int, backend: str = LOCAL
+) -> str:
     ours_name, theirs_name = column_names(backend)
     lines = [
         f"| case | {ours_name} | {theirs_name} | ratio (>1: contentd faster) | target |",
@@ -299,7 +298,7 @@ def column_names(backend: str) -> tuple[str, str]:
     return CONTENTD, DOCKER_REGISTRY
 
 
-def format_usage(series: Series | None) -> tuple[str, str, str]:
+def format_usage(series: Series[Round] | None) -> tuple[str, str, str]:
     """Peak RSS, and the median CPU seconds of the server and of its engines."""
     if series is None or not series.rounds:
         return "n/a", "n/a", "n/a"
@@ -313,7 +312,9 @@ def format_usage(series: Series | None) -> tuple[str, str, str]:
     return f"{peak / MIB:,.0f} MiB (HWM {hwm / MIB:,.0f})", f"{cpu:,.2f} s", engines
 
 
-def usage_table(found: dict[tuple[str, str], Series], size: int, backend: str = LOCAL) -> str:
+def usage_table(
+    found: dict[tuple[str, str], Series[Round]], size: int, backend: str = LOCAL
+) -> str:
     engines = backend == S3PG
     extra = " engines' CPU |"
     lines = [
@@ -330,7 +331,7 @@ def usage_table(found: dict[tuple[str, str], Series], size: int, backend: str = 
     return "\n".join(lines)
 
 
-def phases_line(found: dict[tuple[str, str], Series]) -> str:
+def phases_line(found: dict[tuple[str, str], Series[Round]]) -> str:
     """How each server's push divides between its requests (medians over the rounds)."""
     parts = []
     for server in (CONTENTD, DOCKER_REGISTRY):
@@ -347,7 +348,7 @@ def phases_line(found: dict[tuple[str, str], Series]) -> str:
     return "Push requests, send to answer (median): " + "; ".join(parts) + "."
 
 
-def sync_line(found: dict[tuple[str, str], Series]) -> str:
+def sync_line(found: dict[tuple[str, str], Series[Round]]) -> str:
     """What each server left for the disk after its push: the sync() right after it."""
     parts = []
     for server in (CONTENTD, DOCKER_REGISTRY):
@@ -368,7 +369,7 @@ def disk_line(disk: Sequence[float]) -> str:
 
 def report(
     environment: dict[str, str],
-    found: dict[tuple[str, str], Series],
+    found: dict[tuple[str, str], Series[Round]],
     size: int,
     disk: Sequence[float],
     backend: str = LOCAL,
@@ -405,7 +406,7 @@ def write_json(
     environment: dict[str, str],
     args: argparse.Namespace,
     size: int,
-    found: dict[tuple[str, str], Series],
+    found: dict[tuple[str, str], Series[Round]],
     disk: Sequence[float],
     timings: dict[str, float],
 ) -> None:
@@ -435,13 +436,6 @@ def write_json(
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def environment_lines(workdir: Path) -> dict[str, str]:
     """The main harness's lines, with contentd's HTTP stack after grpcio and
     docker-registry's version in containerd's place."""
@@ -463,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="contentd-registry-bench-", dir=args.tmpdir))
     environment = environment_lines(workdir)
-    found: dict[tuple[str, str], Series] = {}
+    found: dict[tuple[str, str], Series[Round]] = {}
     disk: list[float] = []
     timings: dict[str, float] = {}
     servers: list[Server] = []
@@ -507,12 +501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     found[(case, server.name)].rounds.append(done)
                 timings[f"round-{number}/{server.name}"] = time.monotonic() - started
             blob.path.unlink()
-    finish_timings(timings, environment, progress)
-
-    print(report(environment, found, size, disk, args.backend))
-    if args.json:
-        write_json(args.json, environment, args, size, found, disk, timings)
-        progress(f"raw numbers written to {args.json}")
+    publish(
+        timings,
+        environment,
+        progress,
+        lambda: report(environment, found, size, disk, args.backend),
+        args.json,
+        lambda path: write_json(path, environment, args, size, found, disk, timings),
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -113,13 +113,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="contentd's store: a local directory (default), or s3pg, a cluster store on "
         "S3 (SeaweedFS) and PostgreSQL started for the run; containerd's stays local",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
     parser.add_argument(
         "--populate-writers",
         type=int,
         metavar="N",
         help="writer processes populating the listing namespace (default: 8)",
     )
+    add_run_options(parser)
+    return parser.parse_args(argv)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every harness takes: --json, --tmpdir and --keep."""
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw number here")
     parser.add_argument(
         "--tmpdir",
         type=Path,
@@ -129,7 +135,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the roots and logs (the path is printed)"
     )
-    return parser.parse_args(argv)
+
+
+def add_rounds_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--rounds N (3 by default, at least 1), for the harnesses that repeat their cases."""
+
+    def count(text: str) -> int:
+        rounds = int(text)
+        if rounds < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        return rounds
+
+    parser.add_argument("--rounds", type=count, default=3, metavar="N", help=help_text)
 
 
 @contextmanager
@@ -166,13 +183,23 @@ def serving(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def finish_timings(
-    timings: dict[str, float], environment: dict[str, str], progress: Progress
+def publish(
+    timings: dict[str, float],
+    environment: dict[str, str],
+    progress: Progress,
+    report: Callable[[], str],
+    json_path: Path | None,
+    write_json: Callable[[Path], None],
 ) -> None:
-    """Record the run's total time and the load average it ended with."""
+    """End a run: record its total time and the load average it ended with, print
+    `report()` and, if `json_path` is given, `write_json` the raw numbers there."""
     timings["total"] = time.monotonic() - progress.started
     environment["load average at end (1/5/15 min)"] = load_average()
     progress(f"done in {timings['total']:.1f} s")
+    print(report())
+    if json_path:
+        write_json(json_path)
+        progress(f"raw numbers written to {json_path}")
 
 
 def run_workload(
@@ -582,12 +609,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if measured:
                 results += measured
                 timings[f"{workload.name}/references"] = time.monotonic() - started
-    finish_timings(timings, environment, progress)
-
-    print(report(environment, results, args.backend))
-    if args.json:
-        write_json(args.json, environment, scale, args, results, timings)
-        progress(f"raw numbers written to {args.json}")
+    publish(
+        timings,
+        environment,
+        progress,
+        lambda: report(environment, results, args.backend),
+        args.json,
+        lambda path: write_json(path, environment, scale, args, results, timings),
+    )
     return 0
 
 

