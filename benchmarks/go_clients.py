@@ -23,12 +23,11 @@ from typing import Final
 
 import servers  # noqa: F401 (it puts tests/ on the path, for support.go_suite)
 from clients import Window
-from support.go_suite import CONTAINERD_SOURCES, build_environment
+from support.go_suite import CONTAINERD_SOURCES, SuiteBuildError, go_build
 
 SOURCE_DIR: Final = Path(__file__).resolve().parent / "goload"
 # GOPATH mode builds only packages under GOPATH/src; the source is copied there.
 IMPORT_PATH: Final = "contentd.bench/goload"
-BUILD_TIMEOUT: Final = 240.0
 #: How long the client may take to dial every connection.
 READY_TIMEOUT: Final = 60.0
 
@@ -51,23 +50,12 @@ def unavailable() -> str | None:
 
 def build(workdir: Path) -> Path:
     """Compile goload into `workdir`; the binary's path."""
-    package = workdir / "gopath" / "src" / IMPORT_PATH
-    package.mkdir(parents=True, exist_ok=True)
-    for source in SOURCE_DIR.glob("*.go"):
-        shutil.copy2(source, package / source.name)
-    binary = workdir / "goload"
-    done = subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        check=False,
-        cwd=package,
-        env=build_environment(workdir / "gopath"),
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-    )
-    if done.returncode != 0:
-        raise GoLoadError(f"go build failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return binary
+    try:
+        return go_build(
+            workdir, IMPORT_PATH, SOURCE_DIR.glob("*.go"), ["go", "build"], workdir / "goload"
+        )
+    except SuiteBuildError as exc:
+        raise GoLoadError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +212,7 @@ _RESULT_LINE = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\S+) \(")
 
 
 class SuiteBuildError(RuntimeError):
-    """`go test -c` failed; the message carries the compiler's output."""
+    """A Go build failed; the message carries the compiler's output."""
 
 
 def go_cache_dir() -> Path:
@@ -248,15 +248,18 @@ def suite_sources() -> list[Path]:
     return sorted(SUITE_DIR.glob("*_suite_test.go"))
 
 
-def build_suite(workdir: Path, go: str = "go") -> Path:
-    """Compile the suites into one test binary under `workdir`; its path."""
-    package = workdir / "gopath" / "src" / IMPORT_PATH
+def go_build(
+    workdir: Path, import_path: str, sources: Iterable[Path], command: Sequence[str], binary: Path
+) -> Path:
+    """Copy `sources` into a GOPATH under `workdir` as package `import_path` and run the
+    go `command` there (its output flag naming `binary`); `binary`. Raises
+    SuiteBuildError with the compiler's output when it fails."""
+    package = workdir / "gopath" / "src" / import_path
     package.mkdir(parents=True, exist_ok=True)
-    for source in suite_sources():
+    for source in sources:
         shutil.copy2(source, package / source.name)
-    binary = workdir / "conformance-suites.test"
     result = subprocess.run(
-        [go, "test", "-c", "-o", str(binary), "."],
+        [*command, "-o", str(binary), "."],
         check=False,
         cwd=package,
         env=build_environment(workdir / "gopath"),
@@ -266,9 +269,21 @@ def build_suite(workdir: Path, go: str = "go") -> Path:
     )
     if result.returncode != 0:
         raise SuiteBuildError(
-            f"go test -c failed with status {result.returncode}:\n{result.stdout}{result.stderr}"
+            f"{' '.join(command)} failed with status {result.returncode}:\n"
+            f"{result.stdout}{result.stderr}"
         )
     return binary
+
+
+def build_suite(workdir: Path, go: str = "go") -> Path:
+    """Compile the suites into one test binary under `workdir`; its path."""
+    return go_build(
+        workdir,
+        IMPORT_PATH,
+        suite_sources(),
+        [go, "test", "-c"],
+        workdir / "conformance-suites.test",
+    )
 
 
 def parse_results(output: str) -> dict[str, str]:
