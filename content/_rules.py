@@ -56,7 +56,7 @@ from ._backends import (
     RefLock,
 )
 from ._fs import BLOB_MISSING
-from ._gc import CollectionReport, claim_ingest, collect, end_ingest
+from ._gc import CollectionReport, OrphanSearch, claim_ingest, collect, end_ingest
 from ._hashstate import Hasher, HashStateError
 from ._hashstate import restore as restore_hash
 from ._hashstate import resumable as resumable_hasher
@@ -151,6 +151,7 @@ class Backends:
     metadata: MetadataBackend
     locks: LockBackend
     changes: Changes = field(default_factory=Changes)
+    orphans: OrphanSearch = field(default_factory=OrphanSearch)
 
     def close(self) -> None:
         self.metadata.close()
