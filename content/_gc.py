@@ -135,9 +135,13 @@ def _writer_alive(backends: Backends, key: str) -> bool:
     return False
 
 
-def end_ingest(backends: Backends, key: str, lock: RefLock) -> None:
-    """Remove a finished ingest's bytes and its lock; the lock goes last, while held."""
-    backends.blobs.remove_ingest(key)
+def end_ingest(backends: Backends, key: str, lock: RefLock, *, bytes_left: bool = True) -> None:
+    """Remove a finished ingest's bytes and its lock; the lock goes last, while held.
+
+    `bytes_left=False`: its bytes were published as a blob, so none are left to remove.
+    """
+    if bytes_left:
+        backends.blobs.remove_ingest(key)
     lock.release(remove=True)
 
 

@@ -221,8 +221,12 @@ def _image(row: tuple[str, str, str, str, int, str, int, int]) -> ImageRecord:
     return ImageRecord(name, _decode_labels(labels)[0], target, created_at, updated_at)
 
 
+# json.dumps with any option makes a new encoder per call; labels are encoded per commit.
+_encode: Final = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _json(labels: Mapping[str, str]) -> str:
-    return json.dumps(dict(labels), ensure_ascii=False)
+    return _encode(dict(labels))
 
 
 # ListResources answers content first, then ingests, then snapshots by snapshotter.
