@@ -263,11 +263,15 @@ class FileBlobs:
 
     def store_ingest(self, key: str, what: str, data: bytes | bytearray | memoryview) -> None:
         path = self.ingest_path(key)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         with translate_os_errors(f"storing {what}"):
-            # Bytes a one-step commit that died left are read-only: replace, not truncate, them.
-            remove_quietly(path)
-            fd = os.open(path, flags, SEALED_MODE)
+            try:
+                fd = os.open(path, flags, SEALED_MODE)
+            except FileExistsError:
+                # Bytes a one-step commit that died left are read-only: replace, not
+                # truncate, them (rarely there: removing first would fail every time).
+                remove_quietly(path)
+                fd = os.open(path, flags, SEALED_MODE)
             try:
                 os.fchmod(fd, SEALED_MODE)  # whatever the umask, as a writer's sealed bytes are
                 write_all(fd, data)

@@ -13,13 +13,23 @@ Per namespace, what is reachable from a root stays; the rest goes:
   other content; an ingest that starts from a stored blob (the shared
   policy) references it.
 - **Sweep.** Unreached content records, expired leases and ingests nothing
-  keeps go; then the bytes of every blob no namespace records and no ingest
-  starts from.
+  keeps go; then the bytes of the blobs those records named (or those
+  ingests started from) that no namespace records and no ingest starts from
+  any more.
+- **Orphans.** Bytes no record names without this collection removing one
+  (a crash lost the record, or the ingest that started from a deleted blob
+  was aborted) are found by listing every blob and every record, which
+  grows with the store: a collection does it only when `OrphanSearch` says
+  it is due (the first collection of a store opened in this process, then
+  at most once every `ORPHAN_SEARCH_INTERVAL`; every dry run), and outside
+  the write transaction, so commits never wait for it.
 
 Marking and sweeping records happen in one metadata write transaction, which
 excludes every commit and delete (they write the metadata too), in any
 process: a commit publishes and records its blob in one such transaction,
-so a collection sees either none of it or all of it. Bytes are set aside
+so a collection sees either none of it or all of it. Whether a blob's bytes
+go is decided inside that transaction, blob by blob, so bytes a writer
+committed after the orphan search listed them stay. Bytes are set aside
 inside that transaction and freed once it has committed (put back if it did
 not). An ingest's record goes only with its lock taken, so a live writer's
 ingest is never collected under it.
@@ -28,6 +38,7 @@ ingest is never collected under it.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +58,32 @@ ROOT_LABEL: Final = "containerd.io/gc.root"
 #: Content labels naming other content: this key, or it followed by "." or "/" and more.
 REF_CONTENT: Final = "containerd.io/gc.ref.content"
 _PAGE: Final = 1000
+#: Seconds between searches for orphaned bytes by a store's collections (see the module).
+ORPHAN_SEARCH_INTERVAL: Final = 3600.0
+
+
+class OrphanSearch:
+    """When the collections of one store, in this process, next list every blob for orphans.
+
+    The first collection does, then one at most every `ORPHAN_SEARCH_INTERVAL`
+    seconds: a daemon finds what a crash left when it starts, and `contentd gc`
+    run on a store directory (a process of its own) always looks.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        """Whether the next collection should search."""
+        with self._guard:
+            last = self._last
+        return last is None or time.monotonic() - last >= ORPHAN_SEARCH_INTERVAL
+
+    def searched(self, started: float) -> None:
+        """A collection that began searching at `started` (monotonic) committed."""
+        with self._guard:
+            self._last = started if self._last is None else max(self._last, started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +135,13 @@ def _writer_alive(backends: Backends, key: str) -> bool:
     return False
 
 
-def end_ingest(backends: Backends, key: str, lock: RefLock) -> None:
-    """Remove a finished ingest's bytes and its lock; the lock goes last, while held."""
-    backends.blobs.remove_ingest(key)
+def end_ingest(backends: Backends, key: str, lock: RefLock, *, bytes_left: bool = True) -> None:
+    """Remove a finished ingest's bytes and its lock; the lock goes last, while held.
+
+    `bytes_left=False`: its bytes were published as a blob, so none are left to remove.
+    """
+    if bytes_left:
+        backends.blobs.remove_ingest(key)
     lock.release(remove=True)
 
 
@@ -142,8 +183,13 @@ class _Namespace:
         self._records = _records(tx, namespace)
 
     def collect(self, now: datetime, sweep: _Sweep, dry_run: bool) -> set[str]:
-        """Mark, then remove (unless `dry_run`) what is unreached; the digests removed."""
+        """Mark, then remove (unless `dry_run`) what is unreached.
+
+        The digests whose bytes may have lost their last reference: the
+        content removed, and the blobs removed ingests started from.
+        """
         tx, namespace = self._tx, self._namespace
+        released: set[str] = set()
         roots: set[str] = set()
         flat: set[str] = set()
         leased_ingests: set[str] = set()
@@ -163,18 +209,21 @@ class _Namespace:
             roots.update(content_references(image.labels))
         roots.update(tx.repository_digests(namespace))
         roots.update(digest for digest, labels in self._records.items() if ROOT_LABEL in labels)
-        roots.update(self._ingests(now, leased_ingests, sweep, dry_run))
+        roots.update(self._ingests(now, leased_ingests, sweep, dry_run, released))
         marked = self._reach(roots) | flat
         removed = {digest for digest in self._records if digest not in marked}
         sweep.content += len(removed)
         for digest in removed:
             tx.delete_content(namespace, digest)
-        return removed
+        return removed | released
 
     def _ingests(
-        self, now: datetime, leased: set[str], sweep: _Sweep, dry_run: bool
+        self, now: datetime, leased: set[str], sweep: _Sweep, dry_run: bool, released: set[str]
     ) -> Iterator[str]:
-        """Sweep the ingests nothing keeps; yield the blobs the kept ones start from."""
+        """Sweep the ingests nothing keeps; yield the blobs the kept ones start from.
+
+        The blobs the removed ones started from go into `released`.
+        """
         tx, namespace = self._tx, self._namespace
         now_ns = int(now.timestamp() * 1_000_000_000)
         for ingest in tx.ingests(namespace):
@@ -192,6 +241,8 @@ class _Namespace:
             if not kept:
                 sweep.ingests += 1
                 tx.delete_ingest(namespace, ingest.ref)
+                if ingest.base is not None:
+                    released.add(ingest.base)
             elif ingest.base is not None:
                 yield ingest.base
 
@@ -222,12 +273,24 @@ def _referenced(tx: MetadataTransaction) -> set[str]:
         after = page[-1][0]
 
 
+def _orphan_candidates(backends: Backends) -> set[str]:
+    """Blobs no record referenced a moment ago: orphans, and maybe blobs committed since.
+
+    Listed outside any write transaction (it reads the whole store): the
+    caller checks each again inside its own.
+    """
+    with backends.metadata.read("looking for orphaned blobs") as tx:
+        referenced = _referenced(tx)
+    return set(backends.blobs.digests()) - referenced
+
+
 def _free_bytes(
     backends: Backends, tx: MetadataTransaction, candidates: set[str], sweep: _Sweep, dry_run: bool
 ) -> None:
-    """Set aside the bytes of candidates nothing references any more (and of unrecorded blobs)."""
-    unreferenced = (candidates | set(backends.blobs.digests())) - _referenced(tx)
-    for digest in sorted(unreferenced):
+    """Set aside the bytes of the candidates that nothing references, as of `tx`."""
+    for digest in sorted(candidates):
+        if tx.blob_referenced(digest):
+            continue
         size = backends.blobs.stat(digest)
         if size is None:
             continue
@@ -253,12 +316,13 @@ def collect(backends: Backends, *, dry_run: bool = False) -> CollectionReport:
     started = time.monotonic()
     now = datetime.now(UTC)
     sweep = _Sweep()
+    search = dry_run or backends.orphans.due()
+    candidates = _orphan_candidates(backends) if search else set()
     try:
         with backends.metadata.write("collecting garbage") as tx:
-            removed: set[str] = set()
             for namespace, _ in tx.namespaces():
-                removed |= _Namespace(backends, tx, namespace).collect(now, sweep, dry_run)
-            _free_bytes(backends, tx, removed, sweep, dry_run)
+                candidates |= _Namespace(backends, tx, namespace).collect(now, sweep, dry_run)
+            _free_bytes(backends, tx, candidates, sweep, dry_run)
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -272,6 +336,8 @@ def collect(backends: Backends, *, dry_run: bool = False) -> CollectionReport:
             lock.release()
         raise
     if not dry_run:
+        if search:
+            backends.orphans.searched(started)
         for token, _ in sweep.set_aside:
             backends.blobs.drop(token)
         for key, lock in sweep.claimed:

@@ -52,14 +52,20 @@ class IngestLock:
         ingests) can take it between its creation and its locking and so
         refuse its writer. Without `create`, only a lock file that exists is
         taken (False when there is none).
+
+        With `create`, making the file is tried first: a writer's ref is
+        new far more often than it is being resumed or contended for, and
+        opening a lock file that is not there yet would fail every time.
         """
         for _ in range(_ATTEMPTS):
-            try:
-                taken = self._take(os.open(self._path, _OPEN_EXISTING))
-            except FileNotFoundError:
-                if not create:
-                    return False
-                taken = self._create_locked()
+            taken = self._create_locked() if create else None
+            if taken is None:
+                try:
+                    taken = self._take(os.open(self._path, _OPEN_EXISTING))
+                except FileNotFoundError:
+                    if not create:
+                        return False
+                    continue  # finished and unlinked since this found it there
             if taken is not None:
                 return taken
             # The file this opened was finished and unlinked, or another

@@ -56,7 +56,7 @@ from ._backends import (
     RefLock,
 )
 from ._fs import BLOB_MISSING
-from ._gc import CollectionReport, claim_ingest, collect, end_ingest
+from ._gc import CollectionReport, OrphanSearch, claim_ingest, collect, end_ingest
 from ._hashstate import Hasher, HashStateError
 from ._hashstate import restore as restore_hash
 from ._hashstate import resumable as resumable_hasher
@@ -90,6 +90,8 @@ from ._validate import (
 DEFAULT_NAMESPACE = "default"
 _PAGE = 1000
 _log = logging.getLogger("contentd.store")
+# One encoder for every commit's note: json.dumps with any option makes a new one per call.
+_encode_note = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def check_commit(size: int, expected: str, actual_size: int, digest: Callable[[], str]) -> str:
@@ -151,6 +153,7 @@ class Backends:
     metadata: MetadataBackend
     locks: LockBackend
     changes: Changes = field(default_factory=Changes)
+    orphans: OrphanSearch = field(default_factory=OrphanSearch)
 
     def close(self) -> None:
         self.metadata.close()
@@ -464,9 +467,9 @@ class BackedStore(Closing):
             raise Unavailable(f"ref {ref} locked", reason=REF_LOCKED, metadata={"ref": ref})
         return key, lock
 
-    def _end_ingest(self, key: str, lock: RefLock) -> None:
-        """Remove a finished ingest's bytes and its lock; the lock goes last, while held."""
-        end_ingest(self._backends, key, lock)
+    def _end_ingest(self, key: str, lock: RefLock, *, bytes_left: bool = True) -> None:
+        """Remove a finished ingest's bytes (unless published) and its lock, the lock last."""
+        end_ingest(self._backends, key, lock, bytes_left=bytes_left)
 
     def abort(self, ref: str) -> None:
         validate_ref(ref)
@@ -570,7 +573,7 @@ class BackedStore(Closing):
             else:
                 self._end_ingest(key, lock)
             raise
-        self._end_ingest(key, lock)
+        self._end_ingest(key, lock, bytes_left=not outcome.published)
         if outcome.existed:
             raise AlreadyExists(f"content {digest}")
         return digest
@@ -732,7 +735,7 @@ class BackedStore(Closing):
         that was never acknowledged.
         """
         intent = {"namespace": self._namespace, "ref": ref, "digest": digest, "labels": labels}
-        lock.write_note(json.dumps(intent, ensure_ascii=False))
+        lock.write_note(_encode_note(intent))
 
     def _finish_commit(self, key: str, lock: RefLock) -> bool:
         """Finish or undo a commit its writer did not live to finish; `lock` is held.
@@ -1114,7 +1117,7 @@ class BackedWriter(Closing):
             if held is not None:
                 held.close()
             if self._gone:
-                self._store._end_ingest(self._key, self._lock)
+                self._store._end_ingest(self._key, self._lock, bytes_left=not self._published)
             elif not self._published:
                 # A commit that failed after the bytes were published keeps
                 # its note: the next open, or writer of this ref, finishes it.

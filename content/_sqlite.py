@@ -221,8 +221,12 @@ def _image(row: tuple[str, str, str, str, int, str, int, int]) -> ImageRecord:
     return ImageRecord(name, _decode_labels(labels)[0], target, created_at, updated_at)
 
 
+# json.dumps with any option makes a new encoder per call; labels are encoded per commit.
+_encode: Final = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _json(labels: Mapping[str, str]) -> str:
-    return json.dumps(dict(labels), ensure_ascii=False)
+    return _encode(dict(labels))
 
 
 # ListResources answers content first, then ingests, then snapshots by snapshotter.
@@ -734,13 +738,16 @@ class Transaction:
 class Metadata:
     """The metadata database of one store root, shared by the threads of a process.
 
-    Each thread gets its own connection (SQLite connections are not safe to
-    share); WAL mode lets readers proceed while one writer commits, in this
-    process or any other. Write transactions take the write lock up front
-    (BEGIN IMMEDIATE) so two processes never deadlock upgrading read locks.
-    A write waits at most `busy_timeout` seconds for the lock, whoever holds
-    it, then fails with Unavailable (reason STORE_BUSY); reads never wait
-    for writers.
+    Each thread reads on its own connection (SQLite connections are not safe
+    to use from two threads at once); writes, one at a time in a process,
+    all go through one writer connection, whose page cache its own commits
+    keep valid (another connection's commit empties a connection's whole
+    cache, and its next transaction reads its pages again). WAL mode lets
+    readers proceed while one writer commits, in this process or any other.
+    Write transactions take the write lock up front (BEGIN IMMEDIATE) so two
+    processes never deadlock upgrading read locks. A write waits at most
+    `busy_timeout` seconds for the lock, whoever holds it, then fails with
+    Unavailable (reason STORE_BUSY); reads never wait for writers.
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
@@ -748,6 +755,8 @@ class Metadata:
         self._busy_timeout = validate_busy_timeout(busy_timeout)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        #: The connection every write goes through, made on the first write.
+        self._writer: sqlite3.Connection | None = None
         self._guard = threading.Lock()
         # Writers in this process queue here rather than in SQLite: SQLite's
         # busy handler sleeps in steps of up to 100 ms while it waits for the
@@ -794,7 +803,7 @@ class Metadata:
         """
         old = self._path.with_name("registry.db")
         with translate_errors("taking in the registry database", self._busy_timeout):
-            connection = self._connection()
+            connection = self._writer_connection()
             attached = old.exists()
             if attached:
                 connection.execute("ATTACH DATABASE ? AS earlier", (str(old),))
@@ -865,19 +874,37 @@ class Metadata:
                 )
 
     def _connection(self) -> sqlite3.Connection:
+        """This thread's connection for reading."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and not self._closed:
+            return connection
+        connection = self._connect(self._busy_timeout)
+        self._local.connection = connection
+        return connection
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The connection writes go through; only the holder of the write turn uses it.
+
+        Its busy timeout is 0: a write asks SQLite to wait for another
+        process only when it finds the database busy (see `_begin`), so a
+        write that waited for its turn here needs no statement to shorten
+        SQLite's wait to what is left of the bound.
+        """
+        connection = self._writer
+        if connection is None or self._closed:
+            connection = self._writer = self._connect(0.0)
+        return connection
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         if self._closed:
             raise RuntimeError("the store is closed")
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is not None:
-            return connection
         # isolation_level=None: transactions are opened explicitly below.
         connection = sqlite3.connect(
-            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         connection.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before it is acknowledged.
         connection.execute("PRAGMA synchronous = FULL")
-        self._local.connection = connection
         with self._guard:
             self._connections.append(connection)
         return connection
@@ -903,14 +930,11 @@ class Metadata:
         for records whose loss a later open repairs (progress marks).
         """
         with translate_errors(doing, self._busy_timeout), self._write_turn(doing) as left:
-            connection = self._connection()
-            if left < self._busy_timeout:
-                # Other threads here took part of the bound; SQLite waits the rest.
-                connection.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            connection = self._writer_connection()
             if not durable:
                 connection.execute("PRAGMA synchronous = NORMAL")
             try:
-                connection.execute("BEGIN IMMEDIATE")
+                self._begin(connection, left)
                 try:
                     tx = Transaction(connection)
                     yield tx
@@ -925,8 +949,26 @@ class Metadata:
             finally:
                 if not durable:
                     connection.execute("PRAGMA synchronous = FULL")
-                if left < self._busy_timeout:
-                    connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    @staticmethod
+    def _begin(connection: sqlite3.Connection, left: float) -> None:
+        """Open a write transaction on the writer connection, waiting at most `left` seconds.
+
+        The first try does not wait; only when another process holds the
+        write lock (or is recovering the log) does SQLite wait, for what is
+        left of the bound (other threads here may have taken part of it).
+        """
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+            if code != sqlite3.SQLITE_BUSY or left <= 0:
+                raise
+            connection.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            finally:
+                connection.execute("PRAGMA busy_timeout = 0")
 
     def commit(self, doing: str, body: Callable[[Transaction], _T]) -> _T:
         """Run `body` in a durable write transaction, shared with concurrent callers.
@@ -953,7 +995,7 @@ class Metadata:
                 connection.execute("RELEASE caller")
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Close every thread's connection, and the writer's."""
         with self._guard:
             self._closed = True
             connections, self._connections = self._connections, []

@@ -368,6 +368,35 @@ def test_a_writer_waiting_past_the_busy_bound_is_unavailable(kind: str, place: P
         waiter.close()
 
 
+def test_a_writer_waits_for_another_writer_that_finishes_within_the_busy_bound(
+    kind: str, place: Path
+) -> None:
+    holder = open_backends(kind, place)
+    waiter = open_backends(kind, place)
+    holding = threading.Event()
+
+    def hold() -> None:
+        with holder.metadata.write("holding") as tx:
+            tx.ensure_namespace("held", 1)
+            holding.set()
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        holding.wait(10)
+        with waiter.metadata.write("waiting") as tx:
+            # It ran after the holder committed: it sees the holder's change.
+            assert tx.namespace_labels("held") == {}
+            tx.ensure_namespace("waited", 2)
+        with waiter.metadata.read("reading") as tx:
+            assert [name for name, _ in tx.namespaces()] == ["held", "waited"]
+    finally:
+        thread.join()
+        holder.close()
+        waiter.close()
+
+
 def test_registry_records_follow_their_manifests(opened: Backends) -> None:
     subject = digest_of(b"subject")
     referrer = Referrer(subject, {"digest": DIGEST, "mediaType": "m", "size": 1}, "sbom")

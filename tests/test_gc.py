@@ -231,3 +231,33 @@ def test_unrecorded_blob_bytes_are_freed(store: LocalStore) -> None:
     assert not stray.exists()
     assert report.blobs == 1
     assert kept(store, digest)
+
+
+def test_orphaned_bytes_are_looked_for_when_a_store_is_opened_not_at_every_collection(
+    store: LocalStore,
+) -> None:
+    digest = blob(store, "recorded", **{"containerd.io/gc.root": "1"})
+    store.collect()  # the first since the store opened: it listed every blob
+    stray = blob_file(store, digest).with_name(digest_of(b"stray").split(":")[1])
+    stray.write_bytes(b"stray")
+    assert store.collect().blobs == 0
+    assert stray.exists()
+    assert store.collect(dry_run=True).blobs == 1  # a dry run always looks
+    with open_store(store.path, "gc") as reopened:
+        assert reopened.collect().blobs == 1
+    assert not stray.exists()
+    assert kept(store, digest)
+
+
+def test_the_bytes_only_a_collected_ingest_started_from_go_with_it(store: LocalStore) -> None:
+    store.collect()  # done looking for orphans: what follows goes as a change
+    data = os.urandom(100)
+    digest = store.put("first", data)
+    other = store.with_namespace("elsewhere")
+    other.leases.create("old", {EXPIRE_LABEL: PAST})
+    other.with_lease("old").writer("adopting", total=len(data), expected=digest).close()
+    store.delete(digest)
+    assert blob_file(store, digest).exists()  # the ingest starts from it
+    report = store.collect()
+    assert (report.ingests, report.blobs, report.bytes) == (1, 1, len(data))
+    assert not blob_file(store, digest).exists()
