@@ -18,6 +18,9 @@ interrupted ingests and treat content that already exists as success. Both,
 and the store types, are re-exported from `contentd.content`.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Final
+
 from contentd.content import (
     Backoff,
     Info,
@@ -32,15 +35,33 @@ from contentd.content import (
     write_blob,
 )
 
-from ._auth import Credentials
 from ._platforms import Platform, default_platform, parse_platform
-from ._pull import pull
-from ._push import push
 from ._reference import Reference, parse_reference
-from ._registry import RegistryClient, RegistryOptions
-from ._remote import RemoteReader, RemoteStore, RemoteWriter
-from ._tls import TLSConfig
-from ._transfer import TransferEvent
+
+if TYPE_CHECKING:
+    from ._auth import Credentials
+    from ._pull import pull
+    from ._push import push
+    from ._registry import RegistryClient, RegistryOptions
+    from ._remote import RemoteReader, RemoteStore, RemoteWriter
+    from ._tls import TLSConfig
+    from ._transfer import TransferEvent
+
+# gRPC (a daemon's store) and aiohttp (registries) take a third of a second to
+# load between them, and many commands need neither, a daemonless pull no gRPC
+# at all: their names are imported on first use.
+_LAZY_NAMES: Final = {
+    "Credentials": "_auth",
+    "pull": "_pull",
+    "push": "_push",
+    "RegistryClient": "_registry",
+    "RegistryOptions": "_registry",
+    "RemoteReader": "_remote",
+    "RemoteStore": "_remote",
+    "RemoteWriter": "_remote",
+    "TLSConfig": "_tls",
+    "TransferEvent": "_transfer",
+}
 
 __all__ = [
     "Backoff",
@@ -70,3 +91,18 @@ __all__ = [
     "push",
     "write_blob",
 ]
+
+
+if not TYPE_CHECKING:  # mypy would read every unknown name as this function's answer
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY_NAMES.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES})

@@ -32,14 +32,15 @@ returns only once every thread and connection of the pull has ended.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import io
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Final, cast
+from typing import BinaryIO, Final, cast
 
 from contentd.content import (
     CONTENT,
@@ -74,9 +75,8 @@ from ._manifests import (
 )
 from ._platforms import Platform, PlatformMatcher, default_platform, parse_platform
 from ._reference import Reference, parse_reference
-from ._registry import BlobResponse, RegistryClient, RegistryOptions
+from ._registry import RegistryClient, RegistryOptions
 from ._transfer import (
-    CHUNK,
     DEFAULT_CONCURRENCY,
     EventHandler,
     Transfer,
@@ -90,6 +90,10 @@ from ._transfer import (
 
 #: How often a thread waiting for bytes looks whether the pull was canceled.
 _CANCEL_POLL: Final = 0.25
+#: Bytes of a download waiting for its thread beyond which the loop stops reading it...
+_BUFFERED: Final = 4 << 20
+#: ...until the thread has taken them down to this.
+_RESUME: Final = 1 << 20
 
 
 def pull(
@@ -298,12 +302,83 @@ class _Pull(Transfer):
             self.emit(self.event("skipped", descriptor, reason="stored"))
 
 
-class _BlobSource(io.BufferedIOBase):
-    """A registry's blob as a seekable file for `write_blob`, read on the pull's event loop.
+class _Download:
+    """One download of a blob from `offset`, run on the pull's event loop, its pieces queued
+    for the thread that writes them.
+
+    The loop reads the body as it arrives and hands each piece on as it came
+    (no joining, no copy), while the thread hashes and writes the ones
+    before: the two overlap. At most `_BUFFERED` bytes wait for the thread;
+    beyond that the loop stops reading the body until the thread has taken
+    them down to `_RESUME` (backpressure, with one wake-up of the loop per
+    pause rather than one per piece).
+    """
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self._ready = threading.Condition(threading.Lock())
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
+        self._buffered = 0
+        self._failure: BaseException | None = None
+        # Set by the loop when it pauses for room; the thread wakes it up.
+        self._paused = False
+        self._room = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.task: concurrent.futures.Future[None] | None = None
+
+    # The loop's side
+
+    async def deliver(self, piece: bytes) -> None:
+        """Queue `piece` for the thread; wait for room if too much is queued already."""
+        with self._ready:
+            self._pieces.append(piece)
+            self._buffered += len(piece)
+            self._ready.notify()
+            if self._buffered < _BUFFERED:
+                return
+            self._room.clear()
+            self._paused = True
+            self._loop = asyncio.get_running_loop()
+        await self._room.wait()
+
+    def fail(self, error: BaseException) -> None:
+        """End the download with `error`, raised to the thread at its next take."""
+        with self._ready:
+            self._failure = error
+            self._ready.notify()
+
+    # The thread's side
+
+    def take(self, limit: int, cancel: threading.Event, doing: str) -> bytes | memoryview:
+        """The next piece, at most `limit` bytes; waits for one, and raises the download's
+        error, or Canceled as soon as the pull is."""
+        with self._ready:
+            while not self._pieces:
+                if self._failure is not None:
+                    raise self._failure
+                if cancel.is_set():
+                    raise Canceled(doing)
+                self._ready.wait(_CANCEL_POLL)
+            piece = self._pieces.popleft()
+            if len(piece) > limit:
+                rest = memoryview(piece)[limit:]
+                piece = memoryview(piece)[:limit]
+                self._pieces.appendleft(rest)
+            self._buffered -= len(piece)
+            if self._paused and self._buffered <= _RESUME:
+                self._paused = False
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._room.set)
+            return piece
+
+
+class _BlobSource(io.RawIOBase):
+    """A registry's blob as a seekable file for `write_blob`, downloaded on the pull's event loop.
 
     Nothing is requested until the first read; a read from past 0 (a resumed
-    ingest) asks for a Range. Reads stop at the descriptor's size. It is used
-    from one of the pull's threads, never from the loop's.
+    ingest) asks for a Range. A read returns what has arrived (at most what
+    was asked for), as a raw file's does, and reads stop at the descriptor's
+    size. It is used from one of the pull's threads, never from the loop's.
     """
 
     def __init__(
@@ -323,8 +398,7 @@ class _BlobSource(io.BufferedIOBase):
         self._cancel = cancel
         self._on_open = on_open
         self._position = 0
-        self._response: BlobResponse | None = None
-        self._pending: concurrent.futures.Future[bytes] | None = None
+        self._download: _Download | None = None
         #: Whether the registry was asked for any of the content.
         self.opened = False
 
@@ -349,89 +423,78 @@ class _BlobSource(io.BufferedIOBase):
             self._position = offset
         return offset
 
-    def read(self, size: int | None = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes | memoryview:
         remaining = self._descriptor.size - self._position
         if size is None or size < 0 or size > remaining:
             size = remaining
         if size <= 0:
             return b""
-        data = self._wait(self._read(size))
-        self._position += len(data)
-        return data
+        download = self._download
+        if download is None:
+            download = self._start()
+        piece = download.take(size, self._cancel, f"fetching {self._descriptor.digest}")
+        self._position += len(piece)
+        return piece
 
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(min(size, CHUNK) if size >= 0 else CHUNK)
-
-    async def _read(self, size: int) -> bytes:
-        try:
-            if self._response is None:
-                self._response = await self._registry.open_blob(
-                    self._repository,
-                    self._descriptor,
-                    self._position,
-                    manifest=is_index(self._descriptor.media_type)
-                    or is_manifest(self._descriptor.media_type),
-                )
-                self.opened = True
-                self._on_open(self._position)
-                # A registry that ignores Range sends it all: skip what the ingest has.
-                skip = self._position - self._response.start
-                while skip > 0:
-                    skipped = await self._response.read(min(skip, CHUNK))
-                    if not skipped:
-                        break
-                    skip -= len(skipped)
-            data = await self._response.read(size)
-        except BaseException:
-            self._drop_now()
-            raise
-        if len(data) < size:
-            self._drop_now()
-            got = self._position + len(data)
-            raise DataLoss(
-                f"{kind(self._descriptor.media_type)} {self._descriptor.digest}: the registry's "
-                f"answer ended after {got} of its {self._descriptor.size} bytes",
-                reason="SIZE_INVALID",
-                metadata={"digest": self._descriptor.digest},
-            )
-        return data
-
-    def _wait(self, coroutine: Coroutine[Any, Any, bytes]) -> bytes:
-        """The result of `coroutine`, run on the loop; Canceled as soon as the pull is."""
+    def _start(self) -> _Download:
         if self._cancel.is_set():
-            coroutine.close()
             raise Canceled(f"fetching {self._descriptor.digest}")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        self._pending = future
+        download = self._download = _Download(self._position)
+        download.task = asyncio.run_coroutine_threadsafe(self._fetch(download), self._loop)
+        return download
+
+    async def _fetch(self, download: _Download) -> None:
+        """Download from `download.offset` to the end into `download` (on the loop)."""
+        descriptor = self._descriptor
         try:
-            while True:
-                try:
-                    return future.result(timeout=_CANCEL_POLL)
-                except concurrent.futures.TimeoutError:
-                    if self._cancel.is_set():
-                        future.cancel()
-                        raise Canceled(f"fetching {self._descriptor.digest}") from None
-                except concurrent.futures.CancelledError:
-                    raise Canceled(f"fetching {self._descriptor.digest}") from None
-        finally:
-            self._pending = None
-
-    def cancel(self) -> None:
-        """Stop a read in progress at once (called from the loop)."""
-        pending = self._pending
-        if pending is not None:
-            pending.cancel()
-
-    def _drop_now(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()
+            response = await self._registry.open_blob(
+                self._repository,
+                descriptor,
+                download.offset,
+                manifest=is_index(descriptor.media_type) or is_manifest(descriptor.media_type),
+            )
+            try:
+                self.opened = True
+                self._on_open(download.offset)
+                # A registry that ignores Range sends it all: skip what the ingest has.
+                skip = download.offset - response.start
+                remaining = descriptor.size - download.offset
+                while remaining > 0:
+                    piece = await response.read_chunk()
+                    if not piece:
+                        got = descriptor.size - remaining
+                        raise DataLoss(
+                            f"{kind(descriptor.media_type)} {descriptor.digest}: the registry's "
+                            f"answer ended after {got} of its {descriptor.size} bytes",
+                            reason="SIZE_INVALID",
+                            metadata={"digest": descriptor.digest},
+                        )
+                    if skip:
+                        skipped = min(skip, len(piece))
+                        skip -= skipped
+                        piece = piece[skipped:]
+                    piece = piece[:remaining]
+                    if piece:
+                        remaining -= len(piece)
+                        await download.deliver(piece)
+            finally:
+                response.close()
+        except asyncio.CancelledError:
+            download.fail(Canceled(f"fetching {descriptor.digest}"))
+            raise
+        except BaseException as exc:
+            download.fail(exc)
+            raise
 
     def _drop(self) -> None:
-        """Let the download go (from a pull thread: the loop closes it)."""
-        response, self._response = self._response, None
-        if response is not None:
-            self._loop.call_soon_threadsafe(response.close)
+        """Stop the download (the loop closes its connection)."""
+        download, self._download = self._download, None
+        if download is not None and download.task is not None:
+            download.task.cancel()
+
+    def cancel(self) -> None:
+        """Stop a download in progress at once (called from the loop)."""
+        self._drop()
 
     def close(self) -> None:
         self._drop()

@@ -83,22 +83,19 @@ class BlobResponse:
         self._response = response
         self.start = start
 
-    async def read(self, limit: int) -> bytes:
-        """Up to `limit` bytes, fewer only at the end of the body."""
-        parts = []
-        wanted = limit
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body as it came off the connection, not copied; empty at its
+        end. For handing bytes on as they come without joining them."""
         try:
-            while wanted > 0:
-                chunk = await self._response.content.read(wanted)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                wanted -= len(chunk)
+            while True:
+                data, chunk_ended = await self._response.content.readchunk()
+                # Empty and at a chunk's end: only an HTTP chunk ended, not the body.
+                if data or not chunk_ended:
+                    return data
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(
                 f"reading from {self._response.url.host}: {exc or 'timed out'}"
             ) from None
-        return b"".join(parts)
 
     async def read_any(self, limit: int) -> bytes:
         """What has arrived of the body, up to `limit` bytes, waiting only when nothing has;

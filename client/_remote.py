@@ -538,13 +538,16 @@ class _Requests:
 class RemoteWriter(Closing):
     """An ingest on a daemon: one Write stream, holding the ref's lock while it lives.
 
-    Writes are pipelined: up to `WRITE_WINDOW` WRITE requests are in flight
-    before the writer waits for the oldest answer, so the daemon writes one
-    chunk while the next is on its way, and never more than the window runs
-    ahead of it (backpressure). Every answer's offset is still checked, in
-    order. Other requests wait for all answers first. `close` half-closes the
-    stream and waits for the daemon to end it, so the lock is released when
-    `close` returns.
+    Writes smaller than `WRITE_CHUNK` are gathered into messages of that
+    size (a download hands on pieces of whatever size the network gave, and
+    every message costs both sides the same however small), sent when full
+    and before any other request. Writes are pipelined: up to `WRITE_WINDOW`
+    WRITE requests are in flight before the writer waits for the oldest
+    answer, so the daemon writes one chunk while the next is on its way, and
+    never more than the window runs ahead of it (backpressure). Every
+    answer's offset is still checked, in order. Other requests wait for all
+    answers first. `close` half-closes the stream and waits for the daemon
+    to end it, so the lock is released when `close` returns.
     """
 
     def __init__(
@@ -570,6 +573,9 @@ class RemoteWriter(Closing):
         self._digest = ""
         # The offset each WRITE in flight should answer with, oldest first.
         self._in_flight: collections.deque[int] = collections.deque()
+        # Small writes not sent yet, and their length together.
+        self._gathered: list[bytes] = []
+        self._gathered_size = 0
         try:
             response = self._send(
                 api.WriteContentRequest(action=api.STAT, ref=ref, total=total, expected=expected)
@@ -585,8 +591,8 @@ class RemoteWriter(Closing):
 
     @property
     def offset(self) -> int:
-        """How many bytes the ingest holds once the writes sent so far land."""
-        return self._offset
+        """How many bytes the ingest holds once the writes made so far land."""
+        return self._offset + self._gathered_size
 
     def _check_open(self) -> None:
         if self._finished:
@@ -612,9 +618,10 @@ class RemoteWriter(Closing):
             )
 
     def _send(self, request: api.WriteContentRequest) -> api.WriteContentResponse:
-        """Send a request and wait for its answer, after those of every WRITE in flight."""
+        """Send a request and wait for its answer, after those of every WRITE before it."""
         self._check_open()
         with self._guard:
+            self._flush()
             while self._in_flight:
                 self._receive_write()
             self._requests.put(request)
@@ -624,23 +631,38 @@ class RemoteWriter(Closing):
         self._check_open()
         view = memoryview(data).cast("B")
         with self._guard:
+            if self._gathered_size + len(view) < WRITE_CHUNK:
+                self._gathered.append(bytes(view) if not isinstance(data, bytes) else data)
+                self._gathered_size += len(view)
+                return len(view)
+            self._flush()
             for start in range(0, len(view), WRITE_CHUNK):
-                if len(self._in_flight) >= WRITE_WINDOW:
-                    self._receive_write()
                 chunk = view[start : start + WRITE_CHUNK]
                 if isinstance(data, bytes) and len(view) <= WRITE_CHUNK:
-                    payload = data  # fits one message as it is: no copy
+                    self._send_write(data)  # fits one message as it is: no copy
                 else:
-                    payload = bytes(chunk)
-                self._requests.put(
-                    api.WriteContentRequest(action=api.WRITE, offset=self._offset, data=payload)
-                )
-                self._offset += len(chunk)
-                self._in_flight.append(self._offset)
+                    self._send_write(bytes(chunk))
         return len(view)
+
+    def _flush(self) -> None:
+        """Send the gathered small writes, as one WRITE."""
+        if self._gathered:
+            gathered = self._gathered
+            self._gathered, self._gathered_size = [], 0
+            self._send_write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def _send_write(self, payload: bytes) -> None:
+        if len(self._in_flight) >= WRITE_WINDOW:
+            self._receive_write()
+        self._requests.put(
+            api.WriteContentRequest(action=api.WRITE, offset=self._offset, data=payload)
+        )
+        self._offset += len(payload)
+        self._in_flight.append(self._offset)
 
     def digest(self) -> str:
         with self._guard:
+            self._flush()
             while self._in_flight:
                 self._receive_write()
         return self._digest
@@ -660,6 +682,8 @@ class RemoteWriter(Closing):
     def truncate(self, size: int = 0) -> None:
         if size != 0:
             raise Unimplemented(f"truncate of ingest {self._ref} to {size} bytes: only 0 is")
+        with self._guard:
+            self._gathered, self._gathered_size = [], 0  # no use sending what goes now
         # A write at offset zero restarts the ingest (the API's promise).
         response = self._send(api.WriteContentRequest(action=api.WRITE, offset=0))
         self._offset = response.offset
@@ -672,7 +696,7 @@ class RemoteWriter(Closing):
             response = self._send(
                 api.WriteContentRequest(
                     action=api.COMMIT,
-                    offset=self._offset,
+                    offset=self.offset,
                     total=size,
                     expected=expected,
                     labels=labels,
@@ -685,8 +709,17 @@ class RemoteWriter(Closing):
         return digest
 
     def close(self) -> None:
-        """Half-close the stream and wait until the daemon has released the ref."""
-        self._end()
+        """Send what was written, half-close the stream and wait until the daemon has
+        released the ref."""
+        if self._finished:
+            return
+        try:
+            # The ingest keeps every write for a later resume; one that fails
+            # here leaves the ingest shorter, which its offset says.
+            with self._guard, contextlib.suppress(ContentdError):
+                self._flush()
+        finally:
+            self._end()
 
     def _end(self) -> None:
         if self._finished:

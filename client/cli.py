@@ -1,4 +1,10 @@
-"""The `contentd` command line: ctr-style content verbs on a daemon or directly on a store."""
+"""The `contentd` command line: ctr-style content verbs on a daemon or directly on a store.
+
+A command runs in a process of its own, so what it loads is part of its
+time: gRPC and protobuf (a daemon), aiohttp (registries), rich (a terminal)
+and the entry points (other packages' verbs) are imported where they are
+first needed, and a daemonless pull, say, loads neither gRPC nor rich.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
-from rich.table import Table
 
 from contentd.content import (
     DEFAULT_NAMESPACE,
@@ -57,13 +59,13 @@ from contentd.errdefs import (
     classify,
     public_error,
 )
-from contentd.proto.wire import default_address
 
-from ._pull import pull
-from ._push import push
-from ._remote import RemoteStore
-from ._tls import TLSConfig
 from ._transfer import DEFAULT_CONCURRENCY, TransferEvent
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from ._tls import TLSConfig
 
 #: Entry-point group through which other packages add verbs (the daemon adds `serve`).
 COMMAND_GROUP: Final = "contentd.commands"
@@ -97,6 +99,8 @@ class _Verbs(click.Group):
     """The CLI's verbs, plus those registered under the `contentd.commands` entry points."""
 
     def _registered(self) -> dict[str, click.Command]:
+        from importlib.metadata import entry_points  # noqa: PLC0415 (see the module)
+
         return {ep.name: ep.load() for ep in entry_points(group=COMMAND_GROUP)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -149,6 +153,10 @@ class _Settings:
                 blobs, metadata = self.cluster
                 self._store = open_store(blobs=blobs, metadata=metadata, namespace=self.namespace)
             else:
+                from contentd.proto.wire import default_address  # noqa: PLC0415
+
+                from ._remote import RemoteStore  # noqa: PLC0415
+
                 remote = RemoteStore(
                     self.address or default_address(),
                     self.namespace,
@@ -255,6 +263,8 @@ def main(
             raise click.UsageError("--tls-* options are for a daemon (--address), not --root")
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("give --tls-cert and --tls-key together")
+        from ._tls import TLSConfig  # noqa: PLC0415
+
         tls = TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
     settings = _Settings(address, root, namespace, as_json, timeout, tls, cluster)
     ctx.obj = settings
@@ -319,6 +329,9 @@ def _labels_text(labels: Iterable[tuple[str, str]]) -> str:
 def _table(headers: list[str], rows: Iterable[list[str]]) -> None:
     rows = list(rows)
     if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
         table = Table(*headers, box=None, pad_edge=False, header_style="bold")
         for row in rows:
             table.add_row(*row)
@@ -334,6 +347,14 @@ def _progress(description: str, total: int | None) -> Iterator[Callable[[int], N
     if not sys.stderr.isatty():
         yield lambda done: None
         return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -838,6 +859,14 @@ class _TransferDisplay:
 
     def __enter__(self) -> _TransferDisplay:
         if not self._json and sys.stderr.isatty():
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TransferSpeedColumn,
+            )
+
             self._bars = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
@@ -934,6 +963,8 @@ def pull_image(
     """
     if platform is not None and all_platforms:
         raise click.UsageError("give --platform or --all-platforms, not both")
+    from ._pull import pull  # noqa: PLC0415
+
     store = settings.store()
     image = _shown(
         settings,
@@ -981,6 +1012,8 @@ def push_image(
     is not sent, blobs in another of its repositories are mounted from there,
     manifests go once what they name is there, and the tag last.
     """
+    from ._push import push  # noqa: PLC0415
+
     store = settings.store()
     target = _shown(
         settings,

@@ -266,7 +266,9 @@ def _put(
 
 def _position(writer: Writer, stream: BinaryIO, *, verify: bool) -> int:
     """Bring `stream` to where the ingest ends; returns that offset (0 if it starts over)."""
-    offset = writer.status().offset
+    # Not `status()`: a daemon's writer knows its offset from opening, and a
+    # STAT would cost every blob one more round trip.
+    offset = writer.offset
     if offset == 0:
         return 0
     if not verify:

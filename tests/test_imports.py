@@ -47,6 +47,35 @@ def test_the_errdefs_grpc_mapping_is_still_reachable_from_the_package() -> None:
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
+def test_the_command_line_loads_no_grpc_http_client_or_terminal_display() -> None:
+    # Each command is a process of its own: what the CLI loads, every command pays for.
+    heavy = [
+        name
+        for name in _loaded_by("contentd.client.cli")
+        if name in ("grpc", "aiohttp", "rich") or name.startswith((*_GRPC_PREFIXES, "rich."))
+    ]
+    assert heavy == []
+
+
+def test_a_daemonless_pull_loads_no_grpc() -> None:
+    grpc_modules = [
+        name
+        for name in _loaded_by("contentd.client.cli, contentd.client._pull")
+        if name == "grpc" or name.startswith(_GRPC_PREFIXES)
+    ]
+    assert grpc_modules == []
+
+
+def test_every_name_the_client_exports_is_reachable() -> None:
+    script = (
+        "import contentd.client as client; "
+        "missing = [n for n in client.__all__ if getattr(client, n, None) is None]; "
+        "assert missing == [], missing; "
+        "assert set(client.__all__) <= set(dir(client))"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
 def test_the_client_re_exports_the_stores_ingest_helpers() -> None:
     for name in ("Backoff", "is_ref_locked", "open_writer", "write_blob"):
         assert getattr(contentd.client, name) is getattr(contentd.content, name)

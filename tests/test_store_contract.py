@@ -243,6 +243,18 @@ def test_ingest_resumes_at_its_offset(store: Store, fresh: tuple[bytes, str]) ->
         assert writer.commit(len(data), digest) == digest
 
 
+def test_small_writes_add_up_to_the_blob(store: Store, fresh: tuple[bytes, str]) -> None:
+    data, digest = fresh
+    with store.writer("pieces", total=len(data), expected=digest) as writer:
+        for start in range(0, len(data), 1000):
+            writer.write(data[start : start + 1000])
+            assert writer.offset == min(start + 1000, len(data))
+        assert writer.status().offset == len(data)
+        assert writer.commit(len(data), digest) == digest
+    with store.reader_at(digest) as reader:
+        assert reader.read() == data
+
+
 def test_truncate_starts_the_ingest_over(store: Store) -> None:
     with store.writer("restart") as writer:
         writer.write(b"wrong bytes")
