@@ -145,7 +145,8 @@ class BlobBackend(Protocol):
         """Make ingest `key`'s sealed, verified bytes the blob `digest`, inside `tx`.
 
         False, leaving the ingest's bytes for the caller to remove, if the
-        blob is published already. The blob is durable once `tx` commits:
+        blob is published already; True leaves nothing of the ingest's bytes
+        (the caller removes only its lock). The blob is durable once `tx` commits:
         the backend registers with `tx.before_commit` whatever must be
         flushed first.
         """

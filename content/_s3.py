@@ -462,8 +462,9 @@ class S3Blobs:
         if stored is not None:
             if not self._put_exclusive(target, stored[0], doing):
                 return False
-            with self._guard:
-                self._stored.pop(key, None)
+            # A put's bytes never were an object, but a writer that died on the same ref
+            # may have left its upload and manifest: a published ingest leaves nothing.
+            self.remove_ingest(key)
             return True
         if ingest is None:
             ingest = S3Ingest.load(self, key, f"ingest {key}")
