@@ -279,29 +279,32 @@ class RemoteStore(Closing):
         stub = TransferStub(self._channel.channel)  # type: ignore[no-untyped-call]
         # A pull lasts as long as its downloads do: no call timeout of the store's.
         stream = stub.Pull(request, metadata=self._metadata)
+        image: Image | None = None
         try:
             with _translated():
+                # Read to the end of the call: the daemon ends it once the pull has.
                 for message in stream:
-                    event = TransferEvent(
-                        message.kind,
-                        message.digest,
-                        message.size,
-                        message.media_type,
-                        message.ref,
-                        message.offset,
-                        message.name,
-                        message.reason,
-                    )
                     if message.HasField("image"):
                         image = image_from_message(message.image)
-                        if on_event is not None:
-                            on_event(event)
-                        return image
                     if on_event is not None:
-                        on_event(event)
-        finally:
-            stream.cancel()
-        raise Unknown(f"pulling {spec.reference}: the daemon ended the pull without an image")
+                        on_event(
+                            TransferEvent(
+                                message.kind,
+                                message.digest,
+                                message.size,
+                                message.media_type,
+                                message.ref,
+                                message.offset,
+                                message.name,
+                                message.reason,
+                            )
+                        )
+        except BaseException:
+            stream.cancel()  # interrupted here (Ctrl-C, a failing handler): the daemon stops too
+            raise
+        if image is None:
+            raise Unknown(f"pulling {spec.reference}: the daemon ended the pull without an image")
+        return image
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the daemon accepts connections; Unavailable if it does not in time.

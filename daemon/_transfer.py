@@ -140,6 +140,8 @@ class _Running:
             with self._guard:
                 self._loop = None
             loop.run_until_complete(loop.shutdown_asyncgens())
+            # The resolver's threads too: nothing of the pull outlives its call.
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     def cancel(self) -> None:
