@@ -133,7 +133,8 @@ class _Running:
                     task.cancel()
             self.events.put(loop.run_until_complete(task))
         except asyncio.CancelledError:
-            self.events.put(Canceled(f"pulling {self._spec.reference}: the call ended"))
+            # The caller left, or the daemon is stopping: the ingests stay for the next pull.
+            self.events.put(Canceled(f"pulling {self._spec.reference}: canceled"))
         except BaseException as exc:  # handed to the call's thread to answer
             self.events.put(exc)
         finally:
