@@ -13,10 +13,9 @@ itself), `contentd pull --fetch-locally` through one (the client fetches and wri
 blob through the daemon), and `contentd --root DIR pull` with no daemon. Each pull is the
 wall time of its command, with the CPU time of the command's process, of the daemon it
 goes through and of the registry over the same window; afterwards every blob is read back
-from the destination and hashed. The best
-round of each counts. Progress goes to stderr; the environment, a Markdown table and the
-target's verdict go to stdout. Everything started is stopped and everything written is
-removed on the way out, however the run ends.
+from the destination and hashed. The best round of each counts. Progress goes to stderr;
+the environment, a Markdown table and the target's verdict go to stdout. Everything
+started is stopped and everything written is removed on the way out, however the run ends.
 """
 
 from __future__ import annotations
