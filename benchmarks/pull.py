@@ -8,13 +8,14 @@ MiB of random bytes, gzip'd; 4 MiB with --quick) and one of many small layers (6
 KiB; 16 of 64 KiB with --quick), where what each blob costs beyond its bytes shows. Then,
 round after round, each image is pulled by each tool in turn, one at a time, each into a
 fresh destination: `skopeo copy` into a new OCI layout, `ctr content fetch` into a fresh
-containerd, `contentd pull` through a fresh `contentd serve`, and `contentd --root DIR
-pull` with no daemon. Each pull is the wall time of its command, with the CPU time of the
-command's process, of the daemon it goes through and of the registry over the same
-window; afterwards every blob is read back from the destination and hashed. The best
-round of each counts. Progress goes to stderr; the environment, a Markdown table and the
-target's verdict go to stdout. Everything started is stopped and everything written is
-removed on the way out, however the run ends.
+containerd, `contentd pull` through a fresh `contentd serve` (which fetches the image
+itself), `contentd pull --fetch-locally` through one (the client fetches and writes every
+blob through the daemon), and `contentd --root DIR pull` with no daemon. Each pull is the
+wall time of its command, with the CPU time of the command's process, of the daemon it
+goes through and of the registry over the same window; afterwards every blob is read back
+from the destination and hashed. The best round of each counts. Progress goes to stderr;
+the environment, a Markdown table and the target's verdict go to stdout. Everything
+started is stopped and everything written is removed on the way out, however the run ends.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ try:
     from measure import Monitor, Usage
     from pull_image import BuiltImage, ImageShape, push_image, write_image
     from pullers import (
+        CONTENTD_LOCAL,
         CONTENTD_PULL,
         CONTENTD_ROOT,
         CTR,
@@ -49,6 +51,7 @@ try:
         ContentdPuller,
         CtrPuller,
         DaemonlessPuller,
+        FetchLocallyPuller,
         Puller,
         SkopeoPuller,
     )
@@ -83,12 +86,13 @@ QUICK: Final = (
 TARGET_TIMES: Final = 1.0
 #: The tools contentd is held to.
 PEERS: Final = (SKOPEO, CTR)
-#: contentd's two ways of pulling.
-OURS: Final = (CONTENTD_PULL, CONTENTD_ROOT)
+#: contentd's ways of pulling.
+OURS: Final = (CONTENTD_PULL, CONTENTD_LOCAL, CONTENTD_ROOT)
 TOOL_TITLES: Final = {
     SKOPEO: "skopeo copy (to an OCI layout)",
     CTR: "ctr content fetch (containerd)",
-    CONTENTD_PULL: "contentd pull (daemon)",
+    CONTENTD_PULL: "contentd pull (daemon fetches)",
+    CONTENTD_LOCAL: "contentd pull --fetch-locally (client fetches, writes via daemon)",
     CONTENTD_ROOT: "contentd --root pull (no daemon)",
 }
 
@@ -391,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pullers.append(CtrPuller(host))
         else:
             progress("containerd or ctr is not installed: no ctr row")
-        pullers += [ContentdPuller(host), DaemonlessPuller(host)]
+        pullers += [ContentdPuller(host), FetchLocallyPuller(host), DaemonlessPuller(host)]
         logs = workdir / "logs"
         logs.mkdir()
         for number in range(1, args.rounds + 1):

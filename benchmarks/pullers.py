@@ -37,6 +37,7 @@ from contentd.content import Descriptor, ReaderAt, Store, open_store
 SKOPEO: Final = "skopeo"
 CTR: Final = "ctr"
 CONTENTD_PULL: Final = "contentd"
+CONTENTD_LOCAL: Final = "contentd --fetch-locally"
 CONTENTD_ROOT: Final = "contentd --root"
 #: Bytes read back at a time when a destination is checked.
 CHUNK: Final = 1 << 20
@@ -224,7 +225,8 @@ def check_store(store: Store, image: BuiltImage, where: str) -> int:
 
 
 class ContentdPuller(_DaemonPuller):
-    """`contentd pull` through a fresh `contentd serve` on a new root."""
+    """`contentd pull` through a fresh `contentd serve` on a new root, which fetches the
+    image itself (its Transfer service)."""
 
     name = CONTENTD_PULL
     daemon = "contentd"
@@ -237,6 +239,16 @@ class ContentdPuller(_DaemonPuller):
     def check(self, image: BuiltImage) -> int:
         with RemoteStore(self._address, NAMESPACE) as store:
             return check_store(store, image, "contentd serve")
+
+
+class FetchLocallyPuller(ContentdPuller):
+    """`contentd pull --fetch-locally` through a fresh `contentd serve`: the client downloads
+    and writes every blob through the daemon's Content API (containerd 1.6's way)."""
+
+    name = CONTENTD_LOCAL
+
+    def command(self, address: str, image: BuiltImage) -> list[str]:
+        return [*super().command(address, image), "--fetch-locally"]
 
 
 class DaemonlessPuller(Puller):

@@ -22,6 +22,15 @@ is the collection root afterwards, and the lease is deleted. A pull that
 fails or is interrupted leaves its lease to expire (after a day, as
 containerd's leases do), so its ingests survive for the next pull to resume.
 
+Given a store on a daemon that serves contentd's Transfer service, the
+daemon fetches the image itself, into its own store, with this same code,
+and streams the events back (`RemoteStore.pull_in_daemon`): the bytes go from
+the registry to the daemon's disk and never cross the Content API's Write
+path. `fetch_locally` (or a daemon without the service, containerd) fetches
+here instead and writes through the daemon, as containerd 1.6's fetch does.
+A store whose view names a lease (`with_lease`) pulls under that lease, which
+then keeps what was fetched, as containerd's `WithLease` does.
+
 The downloads run on an asyncio event loop, the store's calls on threads
 beside it, the bytes handed over a chunk at a time (`contentd.client._transfer`).
 When one transfer fails for good the others are canceled: their downloads
@@ -37,10 +46,11 @@ import concurrent.futures
 import io
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO, Final, cast
+from typing import Any, BinaryIO, Final, Protocol, cast, runtime_checkable
 
 from contentd.content import (
     CONTENT,
@@ -60,9 +70,11 @@ from contentd.errdefs import (
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
+    RemoteError,
+    Unimplemented,
 )
 
-from ._auth import Credentials
+from ._auth import Credentials, find_credentials
 from ._manifests import (
     child_gc_labels,
     distribution_source_label,
@@ -96,6 +108,29 @@ _BUFFERED: Final = 4 << 20
 _RESUME: Final = 1 << 20
 
 
+@dataclass(frozen=True)
+class PullSpec:
+    """What to pull and how, checked: what a daemon is asked to pull on a caller's behalf.
+
+    `platform` None pulls every platform of an index.
+    """
+
+    reference: Reference
+    name: str
+    platform: Platform | None
+    options: RegistryOptions
+    concurrency: int
+
+
+@runtime_checkable
+class DaemonPuller(Protocol):
+    """A store whose daemon can fetch an image itself (a RemoteStore)."""
+
+    def pull_in_daemon(self, spec: PullSpec, on_event: EventHandler | None) -> Image:
+        """Have the daemon pull `spec`; Unimplemented (a RemoteError) if it cannot."""
+        ...
+
+
 def pull(
     store: MetadataStore,
     reference: str,
@@ -109,6 +144,7 @@ def pull(
     credentials: Credentials | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_event: EventHandler | None = None,
+    fetch_locally: bool = False,
 ) -> Image:
     """Pull the image `reference` (``host[:port]/repository[:tag|@digest]``) into `store`.
 
@@ -121,6 +157,10 @@ def pull(
     or the usual auth files. `on_event` hears of each step (see `TransferEvent`),
     from the pull's threads, one event at a time.
 
+    Through a daemon serving contentd's Transfer service the daemon fetches
+    the image itself (sent the CAs and the credentials found here, never the
+    files' names); `fetch_locally` fetches here and writes through the daemon.
+
     Errors are `contentd.errdefs` classes: the registry's own (NotFound,
     Unauthenticated...), DataLoss (reason DIGEST_INVALID or SIZE_INVALID)
     for content that does not match its descriptor, Canceled if interrupted.
@@ -129,15 +169,57 @@ def pull(
     if all_platforms and platform is not None:
         raise InvalidArgument("give a platform or all platforms, not both")
     parsed = parse_reference(reference)
-    matcher = None
+    wanted = None
     if not all_platforms:
-        wanted = parse_platform(platform) if isinstance(platform, str) else platform
-        matcher = PlatformMatcher(wanted or default_platform())
+        wanted = (parse_platform(platform) if isinstance(platform, str) else platform) or (
+            default_platform()
+        )
     options = RegistryOptions(
         plain_http=plain_http, tls_ca=tls_ca, auth_file=auth_file, credentials=credentials
     )
-    job = _Pull(store, parsed, name or str(parsed), matcher, options, concurrency, on_event)
-    return run_transfer(job.run())
+    spec = PullSpec(parsed, name or str(parsed), wanted, options, concurrency)
+    if isinstance(store, DaemonPuller) and not fetch_locally:
+        try:
+            return store.pull_in_daemon(_for_daemon(spec), on_event)
+        except Unimplemented as exc:
+            if not isinstance(exc, RemoteError):
+                raise
+            # A daemon without the Transfer service (containerd): fetch here.
+    return run_transfer(pull_in(store, spec, on_event))
+
+
+def _for_daemon(spec: PullSpec) -> PullSpec:
+    """`spec` as a daemon may be given it: the CAs' and credentials' contents, not file names."""
+    options = spec.options
+    tls_ca_pem = options.tls_ca_pem
+    if tls_ca_pem is None and options.tls_ca is not None:
+        try:
+            with open(options.tls_ca, "rb") as ca:
+                tls_ca_pem = ca.read()
+        except OSError as exc:
+            raise InvalidArgument(f"TLS CA file {options.tls_ca}: {exc.strerror}") from None
+    credentials = options.credentials
+    if credentials is None and options.read_auth_files:
+        reference = spec.reference
+        credentials = find_credentials(
+            reference.api_host, reference.repository, auth_file=options.auth_file
+        )
+    sent = RegistryOptions(
+        plain_http=options.plain_http,
+        credentials=credentials,
+        tls_ca_pem=tls_ca_pem,
+        read_auth_files=False,
+    )
+    return PullSpec(spec.reference, spec.name, spec.platform, sent, spec.concurrency)
+
+
+def pull_in(
+    store: MetadataStore, spec: PullSpec, on_event: EventHandler | None
+) -> Coroutine[Any, Any, Image]:
+    """The pull of `spec` into `store`, to run on an event loop (a daemon runs it on its own)."""
+    matcher = None if spec.platform is None else PlatformMatcher(spec.platform)
+    job = _Pull(store, spec.reference, spec.name, matcher, spec.options, spec.concurrency, on_event)
+    return job.run()
 
 
 def _record(images: Images, image: Image) -> Image:
@@ -188,6 +270,10 @@ class _Pull(Transfer):
                     "resolved", target.digest, target.size, target.media_type, name=self._name
                 )
             )
+            if self.store.lease_id is not None:
+                # The caller's lease keeps what is fetched, and outlives the pull.
+                await self._dispatch(self.store, target)
+                return await self.call(_record, self.store.images, Image(self._name, target))
             expires = (datetime.now(UTC) + DEFAULT_LEASE_EXPIRY).isoformat(timespec="seconds")
             lease = await self.call(self.store.leases.create, "", {EXPIRE_LABEL: expires})
             leased = self.store.with_lease(lease.id)

@@ -52,15 +52,20 @@ Body = bytes | AsyncIterable[bytes]
 class RegistryOptions:
     """How to reach registries: plain HTTP (local ones), which CAs to trust, whose credentials.
 
-    `tls_ca` is a PEM file of certificates that may sign a registry's (None:
-    the system's). Credentials come from `auth_file` if given, else from the
-    usual auth files (see `contentd.client._auth`); `credentials` overrides both.
+    `tls_ca` is a PEM file of certificates that may sign a registry's, or
+    `tls_ca_pem` the certificates themselves (None: the system's). Credentials
+    come from `auth_file` if given, else from the usual auth files (see
+    `contentd.client._auth`); `credentials` overrides both. Without
+    `read_auth_files` no auth file is read: a daemon pulling for a caller uses
+    the credentials the caller sent, never the files of its own user.
     """
 
     plain_http: bool = False
     tls_ca: str | os.PathLike[str] | None = None
     auth_file: str | os.PathLike[str] | None = None
     credentials: Credentials | None = None
+    tls_ca_pem: bytes | None = None
+    read_auth_files: bool = True
     connect_timeout: float = 30.0
     #: Seconds a read may wait for the next bytes before the transfer fails.
     read_timeout: float = 300.0
@@ -68,6 +73,11 @@ class RegistryOptions:
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.plain_http:
             return None
+        if self.tls_ca_pem is not None:
+            try:
+                return ssl.create_default_context(cadata=self.tls_ca_pem.decode("ascii", "replace"))
+            except ssl.SSLError:
+                raise InvalidArgument("TLS CA: no PEM certificate in it") from None
         try:
             return ssl.create_default_context(
                 cafile=os.fspath(self.tls_ca) if self.tls_ca is not None else None
@@ -173,9 +183,11 @@ class RegistryClient:
     def _authorizer(self, repository: str) -> Authorizer:
         found = self._authorizers.get(repository)
         if found is None:
-            credentials = self.options.credentials or find_credentials(
-                self.host, repository, auth_file=self.options.auth_file
-            )
+            credentials = self.options.credentials
+            if credentials is None and self.options.read_auth_files:
+                credentials = find_credentials(
+                    self.host, repository, auth_file=self.options.auth_file
+                )
             found = self._authorizers[repository] = Authorizer(self.session, credentials)
         return found
 

@@ -40,8 +40,9 @@ from contentd.errdefs import (
     from_grpc,
 )
 from contentd.proto import content_pb2 as api
-from contentd.proto import content_pb2_grpc, gc_pb2
+from contentd.proto import content_pb2_grpc, gc_pb2, transfer_pb2
 from contentd.proto.gc_pb2_grpc import GCStub
+from contentd.proto.transfer_pb2_grpc import TransferStub
 from contentd.proto.wire import (
     CONTENT_SERVICE,
     LEASE_HEADER,
@@ -49,12 +50,19 @@ from contentd.proto.wire import (
     NAMESPACE_HEADER,
     collection_from_message,
     datetime_from_timestamp,
+    image_from_message,
     info_from_message,
     status_from_message,
 )
 
 from ._metadata import Headers, RemoteImages, RemoteLeases, RemoteNamespaces, call
 from ._tls import TLSConfig
+
+if TYPE_CHECKING:
+    from contentd.content import Image
+
+    from ._pull import PullSpec
+    from ._transfer import EventHandler
 
 #: Bytes per WRITE message: big enough to keep the link busy, small enough to stream.
 WRITE_CHUNK: Final = 1 << 20
@@ -245,6 +253,58 @@ class RemoteStore(Closing):
         # takes a while to mark: no call timeout of the store's.
         response = call(stub.Collect, request, (), None)
         return collection_from_message(response)
+
+    def pull_in_daemon(self, spec: PullSpec, on_event: EventHandler | None) -> Image:
+        """Have the daemon fetch `spec` into its store itself (contentd's Transfer service).
+
+        Unimplemented (a RemoteError) before any event: the daemon has no such
+        service (containerd), and nothing was done. Leaving early (Ctrl-C)
+        cancels the call, and the daemon's pull with it.
+        """
+        from ._transfer import TransferEvent  # noqa: PLC0415
+
+        options = spec.options
+        request = transfer_pb2.PullRequest(
+            reference=str(spec.reference),
+            platform="" if spec.platform is None else str(spec.platform),
+            all_platforms=spec.platform is None,
+            name=spec.name,
+            plain_http=options.plain_http,
+            concurrency=spec.concurrency,
+            tls_ca=options.tls_ca_pem or b"",
+        )
+        if options.credentials is not None:
+            request.credentials.username = options.credentials.username
+            request.credentials.password = options.credentials.password
+        stub = TransferStub(self._channel.channel)  # type: ignore[no-untyped-call]
+        # A pull lasts as long as its downloads do: no call timeout of the store's.
+        stream = stub.Pull(request, metadata=self._metadata)
+        image: Image | None = None
+        try:
+            with _translated():
+                # Read to the end of the call: the daemon ends it once the pull has.
+                for message in stream:
+                    if message.HasField("image"):
+                        image = image_from_message(message.image)
+                    if on_event is not None:
+                        on_event(
+                            TransferEvent(
+                                message.kind,
+                                message.digest,
+                                message.size,
+                                message.media_type,
+                                message.ref,
+                                message.offset,
+                                message.name,
+                                message.reason,
+                            )
+                        )
+        except BaseException:
+            stream.cancel()  # interrupted here (Ctrl-C, a failing handler): the daemon stops too
+            raise
+        if image is None:
+            raise Unknown(f"pulling {spec.reference}: the daemon ended the pull without an image")
+        return image
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the daemon accepts connections; Unavailable if it does not in time.

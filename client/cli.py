@@ -945,6 +945,12 @@ def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--all-platforms", is_flag=True, help="Of an index, pull every platform.")
 @_registry_options
 @click.option("--name", help="Record the image under NAME [default: the reference].")
+@click.option(
+    "--fetch-locally",
+    is_flag=True,
+    help="Through a daemon: download here and write through the Content API, "
+    "rather than have the daemon download the image itself.",
+)
 @pass_settings
 def pull_image(
     settings: _Settings,
@@ -953,6 +959,7 @@ def pull_image(
     platform: str | None,
     all_platforms: bool,
     name: str | None,
+    fetch_locally: bool,
     **registry: Any,
 ) -> None:
     """Pull an image from a registry into the store and record it as an image.
@@ -960,6 +967,11 @@ def pull_image(
     REFERENCE is host[:port]/repository[:tag|@digest]. Blobs already stored
     are not fetched, blobs another process is fetching are waited for, and an
     interrupted pull resumes where it stopped when run again.
+
+    Through a contentd daemon, the daemon downloads the image itself (sent
+    the --tls-ca certificates and the credentials found here); through one
+    without that service (containerd), or with --fetch-locally, the download
+    happens here and the bytes are written through the daemon.
     """
     if platform is not None and all_platforms:
         raise click.UsageError("give --platform or --all-platforms, not both")
@@ -976,6 +988,7 @@ def pull_image(
             platform=platform,
             all_platforms=all_platforms,
             on_event=display,
+            fetch_locally=fetch_locally,
             **registry,
         ),
     )

@@ -22,7 +22,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from contentd.errdefs import FailedPrecondition, InvalidArgument
-from contentd.proto import content_pb2, gc_pb2, images_pb2, leases_pb2, namespace_pb2
+from contentd.proto import (
+    content_pb2,
+    gc_pb2,
+    images_pb2,
+    leases_pb2,
+    namespace_pb2,
+    transfer_pb2,
+)
 from contentd.proto.wire import (
     CONTENT_SERVICE,
     GC_SERVICE,
@@ -30,6 +37,7 @@ from contentd.proto.wire import (
     LEASES_SERVICE,
     MAX_MESSAGE_BYTES,
     NAMESPACES_SERVICE,
+    TRANSFER_SERVICE,
 )
 
 from ._activation import SocketRelay, socket_address
@@ -42,6 +50,7 @@ from ._metrics import GRPC_API, MeteredStore, Metrics
 from ._namespaces import NamespacesService
 from ._service import ContentService, ListedStore
 from ._tls import TLSFiles, is_loopback
+from ._transfer import DEFAULT_MAX_TRANSFERS, TransferService
 from .registry import HttpOptions, HttpServer, RegistryStore
 
 CONTENT_DESCRIPTOR: Final = content_pb2.DESCRIPTOR.services_by_name["Content"]
@@ -49,6 +58,7 @@ LEASES_DESCRIPTOR: Final = leases_pb2.DESCRIPTOR.services_by_name["Leases"]
 IMAGES_DESCRIPTOR: Final = images_pb2.DESCRIPTOR.services_by_name["Images"]
 NAMESPACES_DESCRIPTOR: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"]
 GC_DESCRIPTOR: Final = gc_pb2.DESCRIPTOR.services_by_name["GC"]
+TRANSFER_DESCRIPTOR: Final = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"]
 #: Every service the daemon serves (containerd's, then its own), as health checks and
 #: reflection name them.
 SERVICES: Final = (
@@ -57,6 +67,7 @@ SERVICES: Final = (
     IMAGES_SERVICE,
     NAMESPACES_SERVICE,
     GC_SERVICE,
+    TRANSFER_SERVICE,
 )
 #: Mode of a unix socket the daemon creates: owner and group may connect.
 SOCKET_MODE = 0o660
@@ -86,6 +97,8 @@ class ServerOptions:
     #: Seconds a Write stream may wait for its client before it is canceled
     #: (its lock released, its ingest kept); None never cancels.
     write_idle_timeout: float | None = 300.0
+    #: Pulls the daemon fetches itself at once (the Transfer service); more are refused.
+    max_transfers: int = DEFAULT_MAX_TRANSFERS
     grace: float = 10.0
     #: TLS for TCP addresses (unix sockets stay plaintext); None serves plaintext.
     tls: TLSFiles | None = None
@@ -192,6 +205,8 @@ class Daemon:
         add_service(ImagesService(store, self._collections), IMAGES_DESCRIPTOR, self._server)
         add_service(NamespacesService(store.namespaces), NAMESPACES_DESCRIPTOR, self._server)
         add_service(GCService(store, self._collections), GC_DESCRIPTOR, self._server)
+        self._transfers = TransferService(store, options.max_transfers)
+        add_service(self._transfers, TRANSFER_DESCRIPTOR, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -318,6 +333,8 @@ class Daemon:
         grace = self._options.grace if grace is None else grace
         if self._relay is not None:
             self._relay.stop_accepting()
+        # A pull may run for minutes: it stops now, its ingests kept for the next to resume.
+        self._transfers.stop()
         self._server.stop(grace).wait()
         # gRPC's stop returns while the threads of canceled calls are still
         # unwinding (closing writers, recording progress); the store must

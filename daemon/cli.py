@@ -32,6 +32,7 @@ from ._logs import LOG_FORMATS, configure_logging
 from ._memory import pin_allocator_thresholds
 from ._server import Daemon, ServerOptions
 from ._tls import TLSFiles
+from ._transfer import DEFAULT_MAX_TRANSFERS
 from .registry import HttpOptions, Upstream
 
 #: How long a blob download's redirect into object storage stays valid (docker
@@ -227,6 +228,13 @@ _CONFIG_FILE = "contentd.config_file"
     help="Seconds a Write stream may wait for its client before it is canceled (0: never).",
 )
 @click.option(
+    "--max-transfers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_TRANSFERS,
+    show_default=True,
+    help="Pulls the daemon fetches itself at once (contentd pull through it); more are refused.",
+)
+@click.option(
     "--store-busy-timeout",
     type=click.FloatRange(min=0),
     default=BUSY_TIMEOUT,
@@ -381,6 +389,7 @@ def serve(
     max_write_streams: int | None,
     max_ingests_per_namespace: int | None,
     write_idle_timeout: float,
+    max_transfers: int,
     store_busy_timeout: float,
     http_address: str | None,
     http_namespace: str,
@@ -432,6 +441,7 @@ def serve(
         max_write_streams=max_write_streams,
         max_ingests_per_namespace=max_ingests_per_namespace,
         write_idle_timeout=write_idle_timeout or None,
+        max_transfers=max_transfers,
         grace=grace,
         http=_http_options(
             http_address,

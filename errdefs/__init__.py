@@ -106,6 +106,9 @@ REF_LOCKED = "REF_LOCKED"
 #: daemon's limit, and beyond its namespace's: both pass once streams end.
 TOO_MANY_WRITE_STREAMS = "TOO_MANY_WRITE_STREAMS"
 TOO_MANY_INGESTS = "TOO_MANY_INGESTS"
+#: The reason of the ResourceExhausted error refusing a pull the daemon would fetch
+#: beyond its limit of transfers at once; it passes once transfers end.
+TOO_MANY_TRANSFERS = "TOO_MANY_TRANSFERS"
 
 __all__ = [
     "CLASS_DESCRIPTORS",
@@ -119,6 +122,7 @@ __all__ = [
     "REGISTRY_DESCRIPTORS",
     "STATUS_DETAILS_KEY",
     "TOO_MANY_INGESTS",
+    "TOO_MANY_TRANSFERS",
     "TOO_MANY_WRITE_STREAMS",
     "Aborted",
     "AlreadyExists",

@@ -22,6 +22,7 @@ SOURCES = (
     "containerd/services/images/v1/images.proto",
     "containerd/services/namespaces/v1/namespace.proto",
     "contentd/services/gc/v1/gc.proto",
+    "contentd/services/transfer/v1/transfer.proto",
 )
 
 # grpc_tools writes `from containerd.services.content.v1 import content_pb2`;

@@ -29,7 +29,14 @@ from contentd.content import (
 )
 
 from . import content_pb2 as api
-from . import descriptor_pb2, gc_pb2, images_pb2, leases_pb2, namespace_pb2
+from . import (
+    descriptor_pb2,
+    gc_pb2,
+    images_pb2,
+    leases_pb2,
+    namespace_pb2,
+    transfer_pb2,
+)
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -48,6 +55,8 @@ IMAGES_SERVICE: Final = images_pb2.DESCRIPTOR.services_by_name["Images"].full_na
 NAMESPACES_SERVICE: Final = namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"].full_name
 #: contentd's own garbage collection service.
 GC_SERVICE: Final = gc_pb2.DESCRIPTOR.services_by_name["GC"].full_name
+#: contentd's own transfer service: pulls the daemon fetches itself.
+TRANSFER_SERVICE: Final = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name
 
 
 def default_address(root: Path | None = None) -> str:

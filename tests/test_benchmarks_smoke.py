@@ -110,7 +110,7 @@ def test_quick_pull_benchmark_pulls_both_images_with_every_tool_and_checks_them(
     document = json.loads(report.read_text())
     blobs = {image["case"]: image["blobs"] for image in document["images"]}
     assert blobs == {"large": 10, "many-small": 18}
-    tools = ("skopeo", "ctr", "contentd", "contentd --root")
+    tools = ("skopeo", "ctr", "contentd", "contentd --fetch-locally", "contentd --root")
     measured = {(r["case"], r["server"]): r for r in document["results"]}
     assert set(measured) == {(case, tool) for case in blobs for tool in tools}
     for (case, tool), series in measured.items():
@@ -118,7 +118,10 @@ def test_quick_pull_benchmark_pulls_both_images_with_every_tool_and_checks_them(
         assert [r["checked_blobs"] for r in series["rounds"]] == [blobs[case]]
         assert (series["rounds"][0]["daemon"] is None) == (tool in ("skopeo", "contentd --root"))
         assert (series["ratio"] is None) == (tool in ("skopeo", "ctr"))
-    assert "| large | contentd pull (daemon) |" in run.stdout
+    assert "| large | contentd pull (daemon fetches) |" in run.stdout
+    assert "| large | contentd pull --fetch-locally (client fetches, writes via daemon) |" in (
+        run.stdout
+    )
     assert "| many-small | ctr content fetch (containerd) |" in run.stdout
     assert "at least 1x the faster of them:" in run.stdout
 

@@ -39,7 +39,7 @@ PROTOS = {
 }
 GENERATED = {
     f"{name}{suffix}"
-    for name in ("content", "descriptor", "leases", "images", "namespace", "gc")
+    for name in ("content", "descriptor", "leases", "images", "namespace", "gc", "transfer")
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 }
 

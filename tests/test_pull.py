@@ -7,7 +7,9 @@ what `ctr content fetch` (containerd's own fetch code) records. Misbehaviour (th
 failing, corrupt or token-guarded answers) comes from a proxy in a process of its own
 (tests/support/registry_proxy.py), which also logs every request, so the tests can count
 GETs and see Range requests. The registries and helpers are shared with the push tests
-(tests/support/image_registries.py).
+(tests/support/image_registries.py). What a pull must do whichever way it goes runs on each
+`route`: daemonless, and through a daemon that fetches the image itself (tests/test_transfer.py
+has the daemon's side of it).
 """
 
 from __future__ import annotations
@@ -27,19 +29,23 @@ from support.daemon import DaemonProcess, contentd_command, start_daemon
 from support.image_registries import (
     APP,
     MULTI,
+    Route,
     Source,
     auth_file,
     run_cli,
     skopeo_copy,
     sockets,
     stored,
+    threads,
+    wait_for_release,
+    wait_for_threads,
 )
 from support.oci_layout import Image, ImageIndex, Layout, MiB
 from support.registry_proxy import RegistryProxy
 from support.skopeo import Skopeo
 from support.tools import require_tool
 
-from contentd.client import TransferEvent, pull
+from contentd.client import RemoteStore, TransferEvent, pull
 from contentd.content import LocalStore, open_store
 from contentd.errdefs import DataLoss, NotFound, Unauthenticated, Unavailable, Unknown
 
@@ -214,9 +220,9 @@ def test_the_cli_prints_the_pinned_reference_and_nothing_on_stderr_in_a_pipe(
 # Many pullers, interruptions and failures
 
 
-def cli_pull(root: Path, reference: str, *args: str) -> subprocess.Popen[str]:
+def cli_pull(route: Route, reference: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*contentd_command(), "--root", str(root), "pull", "--plain-http", *args, reference],
+        [*contentd_command(), *route.cli(), "pull", "--plain-http", *args, reference],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -224,12 +230,12 @@ def cli_pull(root: Path, reference: str, *args: str) -> subprocess.Popen[str]:
 
 
 def test_eight_processes_pulling_at_once_fetch_each_blob_once(
-    proxy: RegistryProxy, image: Image, tmp_path: Path
+    proxy: RegistryProxy, image: Image, tmp_path: Path, route: Route
 ) -> None:
     # Slow enough that the pulls overlap.
     proxy.configure(throttle={image.layers[1].digest: 4 * MiB})
     reference = f"{proxy.host}/{APP}:v1"
-    pullers = [cli_pull(tmp_path / "store", reference) for _ in range(8)]
+    pullers = [cli_pull(route, reference) for _ in range(8)]
     for puller in pullers:
         _, stderr = puller.communicate(timeout=120)
         assert puller.returncode == 0, stderr
@@ -242,19 +248,21 @@ def test_eight_processes_pulling_at_once_fetch_each_blob_once(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_pull_interrupted_mid_layer_resumes_from_its_offset(
-    proxy: RegistryProxy, image: Image, tmp_path: Path, sig: signal.Signals
+    proxy: RegistryProxy, image: Image, route: Route, sig: signal.Signals
 ) -> None:
     big = image.layers[1]
     proxy.configure(throttle={big.digest: MiB})
     reference = f"{proxy.host}/{APP}:v1"
-    puller = cli_pull(tmp_path / "store", reference)
-    with open_store(tmp_path / "store") as store:
+    puller = cli_pull(route, reference)
+    with open_store(route.root) as store:
         offset = wait_for_ingest(store, f"layer-{big.digest}", MiB, puller)
         puller.send_signal(sig)
         _, stderr = puller.communicate(timeout=30)
         if sig == signal.SIGINT:
             assert puller.returncode == 130, stderr
             assert "interrupted; pull again to resume" in stderr
+        # The caller gone, a daemon cancels its pull, which stops writing.
+        wait_for_release(store, f"layer-{big.digest}")
         kept = store.status(f"layer-{big.digest}").offset
         assert kept >= offset
         # The interrupted pull's lease keeps its ingests from collection.
@@ -262,7 +270,7 @@ def test_a_pull_interrupted_mid_layer_resumes_from_its_offset(
         assert store.status(f"layer-{big.digest}").offset == kept
 
         proxy.configure()
-        pull(store, reference, plain_http=True)
+        route.pull(store, reference, plain_http=True)
 
         assert [g["range"] for g in proxy.gets(big.digest)] == ["", f"bytes={kept}-"]
         with store.reader_at(big.digest) as reader:
@@ -288,6 +296,7 @@ def test_a_layer_the_registry_fails_fails_the_pull_fast_and_cancels_the_rest(
     proxy: RegistryProxy,
     store: LocalStore,
     image: Image,
+    route: Route,
     status: int,
     error: type[Exception],
 ) -> None:
@@ -297,18 +306,31 @@ def test_a_layer_the_registry_fails_fails_the_pull_fast_and_cancels_the_rest(
     proxy.configure(
         throttle={big.digest: 100_000}, fail={failing.digest: status}, fail_after=big.digest
     )
+    # Where the pull runs: this process, or the daemon (its client's channel already open).
+    puller = os.getpid() if route.daemon is None else route.daemon.process.pid
+    remote = None if route.daemon is None else RemoteStore(route.daemon.address)
+    if remote is not None:
+        # The channel connected, and the daemon's server threads started and idle again: a
+        # call takes an idle one once it has gone back to waiting, else starts another.
+        for _ in range(3):
+            remote.images.list()
     threads_before = set(threading.enumerate())
-    sockets_before = sockets()
+    puller_threads = threads(puller)
+    sockets_before = sockets(puller)
     started = time.monotonic()
 
     with pytest.raises(error) as failed:
-        pull(store, f"{proxy.host}/{APP}:v1", plain_http=True)
+        pull(remote or store, f"{proxy.host}/{APP}:v1", plain_http=True)
 
     assert time.monotonic() - started < 5
     assert f"injected failure {status}" in str(failed.value)
     assert failing.digest in str(failed.value)
     assert set(threading.enumerate()) == threads_before
-    assert sockets() == sockets_before
+    # A daemon's answer may go out as the call's server thread returns to its pool.
+    wait_for_threads(puller, puller_threads)
+    assert sockets(puller) == sockets_before
+    if remote is not None:
+        remote.close()
     assert len(proxy.gets(big.digest)) == 1, "the big layer's download had begun"
     with pytest.raises(NotFound):
         store.images.get(f"{proxy.host}/{APP}:v1")
@@ -346,12 +368,12 @@ def test_events_report_skips_of_what_is_present(
 
 
 def test_bearer_tokens_are_fetched_with_the_auth_files_credentials_once_per_scope(
-    proxy: RegistryProxy, store: LocalStore, image: Image, tmp_path: Path
+    proxy: RegistryProxy, store: LocalStore, image: Image, tmp_path: Path, route: Route
 ) -> None:
     proxy.configure(bearer={"user": "puller", "password": "s3cret"})
     credentials = auth_file(tmp_path / "auth.json", proxy.host, "puller", "s3cret")
 
-    pull(store, f"{proxy.host}/{APP}:v1", plain_http=True, auth_file=credentials)
+    route.pull(store, f"{proxy.host}/{APP}:v1", plain_http=True, auth_file=credentials)
 
     log = proxy.log()
     tokens = [r for r in log if r["method"] == "TOKEN"]
@@ -363,30 +385,34 @@ def test_bearer_tokens_are_fetched_with_the_auth_files_credentials_once_per_scop
 
 
 def test_bearer_tokens_refused_to_wrong_credentials_fail_unauthenticated(
-    proxy: RegistryProxy, store: LocalStore, tmp_path: Path
+    proxy: RegistryProxy, store: LocalStore, tmp_path: Path, route: Route
 ) -> None:
     proxy.configure(bearer={"user": "puller", "password": "s3cret"})
     credentials = auth_file(tmp_path / "auth.json", proxy.host, "puller", "wrong")
 
     with pytest.raises(Unauthenticated, match="getting a token"):
-        pull(store, f"{proxy.host}/{APP}:v1", plain_http=True, auth_file=credentials)
+        route.pull(store, f"{proxy.host}/{APP}:v1", plain_http=True, auth_file=credentials)
 
 
 def test_anonymous_bearer_tokens_are_asked_for_without_credentials(
-    proxy: RegistryProxy, store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    proxy: RegistryProxy,
+    store: LocalStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    route: Route,
 ) -> None:
     proxy.configure(bearer={})
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "none.json"))
     monkeypatch.setenv("HOME", str(tmp_path))
 
-    pull(store, f"{proxy.host}/{APP}:v1", plain_http=True)
+    route.pull(store, f"{proxy.host}/{APP}:v1", plain_http=True)
 
     tokens = [r for r in proxy.log() if r["method"] == "TOKEN"]
     assert [t["authorization"] for t in tokens] == [""]
 
 
 def test_basic_auth_comes_from_registry_auth_file(
-    tmp_path: Path, skopeo: Skopeo, image_layout: Layout, image: Image
+    tmp_path: Path, skopeo: Skopeo, image_layout: Layout, image: Image, route: Route
 ) -> None:
     htpasswd = tmp_path / "htpasswd"
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
@@ -402,9 +428,9 @@ def test_basic_auth_comes_from_registry_auth_file(
         reference = f"{host}/{APP}:v1"
         env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
 
-        refused = cli_run(tmp_path / "store", reference, env)
+        refused = cli_run(route, reference, env)
         env["REGISTRY_AUTH_FILE"] = str(auth_file(tmp_path / "auth.json", host, "ci", "pw"))
-        accepted = cli_run(tmp_path / "store", reference, env)
+        accepted = cli_run(route, reference, env)
     finally:
         registry.stop()
 
@@ -413,9 +439,9 @@ def test_basic_auth_comes_from_registry_auth_file(
     assert accepted.stdout == f"{reference}@{image.manifest.digest}\n"
 
 
-def cli_run(root: Path, reference: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli_run(route: Route, reference: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*contentd_command(), "--root", str(root), "pull", "--plain-http", reference],
+        [*contentd_command(), *route.cli(), "pull", "--plain-http", reference],
         capture_output=True,
         text=True,
         timeout=60,
@@ -428,7 +454,12 @@ def cli_run(root: Path, reference: str, env: dict[str, str]) -> subprocess.Compl
 
 
 def test_a_registry_over_https_is_trusted_through_tls_ca(
-    tmp_path: Path, skopeo: Skopeo, image_layout: Layout, image: Image, store: LocalStore
+    tmp_path: Path,
+    skopeo: Skopeo,
+    image_layout: Layout,
+    image: Image,
+    store: LocalStore,
+    route: Route,
 ) -> None:
     cert, key = tmp_path / "registry.pem", tmp_path / "registry.key"
     subprocess.run(
@@ -450,8 +481,8 @@ def test_a_registry_over_https_is_trusted_through_tls_ca(
         skopeo.push(image_layout.reference("v1"), f"docker://{host}/{APP}:v1")
 
         with pytest.raises(Unavailable, match="certificate"):
-            pull(store, f"{host}/{APP}:v1")
-        recorded = pull(store, f"{host}/{APP}:v1", tls_ca=cert)
+            route.pull(store, f"{host}/{APP}:v1")
+        recorded = route.pull(store, f"{host}/{APP}:v1", tls_ca=cert)
     finally:
         registry.stop()
 

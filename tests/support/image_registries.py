@@ -4,9 +4,11 @@ A pytest plugin (tests/conftest.py loads it): `docker_registry` (Debian's docker
 2.8) and `contentd_registry` (contentd's own HTTP face, namespace `registry`, beside its
 gRPC API) are started once per module and filled by skopeo with APP:v1 (one image,
 `image`) and MULTI:v1 (a two-platform index, `index`) from OCI layouts built on disk
-(support/oci_layout.py); `source` is each of the two in turn. `proxy` puts a misbehaving,
-logging proxy (support/registry_proxy.py) before docker-registry. The helpers copy with
-skopeo, read a store, run the CLI and count the process's sockets.
+(support/oci_layout.py); `source` is each of the two in turn. `route` is each way a pull
+goes in turn: daemonless, and through a daemon that fetches the image itself. `proxy` puts
+a misbehaving, logging proxy (support/registry_proxy.py) before docker-registry. The
+helpers copy with skopeo, read a store, run the CLI, count a process's sockets and see its
+pulls' threads.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from contentd.client import RemoteStore, pull
+from contentd.content import Image as RecordedImage
 from contentd.content import LocalStore, open_store
+from contentd.errdefs import Unavailable
 from support.daemon import DaemonProcess, contentd_command, start_daemon
 from support.docker_registry import DOCKER_REGISTRY, DockerRegistryProcess, start_docker_registry
 from support.oci_layout import (
@@ -196,13 +203,76 @@ def empty_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         running.stop()
 
 
-def sockets() -> int:
-    fds = Path("/proc/self/fd")
+def sockets(pid: int | str = "self") -> int:
+    """The sockets a process (by default this one) holds open."""
+    fds = Path(f"/proc/{pid}/fd")
     count = 0
     for fd in fds.iterdir():
         with contextlib.suppress(OSError):
             count += os.readlink(fd).startswith("socket:")
     return count
+
+
+def threads(pid: int) -> int:
+    """How many threads process `pid` runs."""
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def wait_for_threads(pid: int, count: int) -> None:
+    """Wait until process `pid` runs no more than `count` threads (a daemon's canceled pull
+    unwinds on its own, after its caller has gone)."""
+    deadline = time.monotonic() + 30
+    while threads(pid) > count:
+        assert time.monotonic() < deadline, f"{threads(pid)} threads, not {count}"
+        time.sleep(0.05)
+
+
+def wait_for_release(store: LocalStore, ref: str) -> None:
+    """Wait until no writer holds `ref` (a daemon's canceled pull closes its own)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            store.writer(ref).close()
+            return
+        except Unavailable:
+            assert time.monotonic() < deadline, f"{ref} still held"
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which way a pull goes into the store at `root`: daemonless (`daemon` None), or
+    through a contentd daemon serving that root, which fetches the image itself."""
+
+    root: Path
+    daemon: DaemonProcess | None = None
+
+    def cli(self) -> list[str]:
+        """The CLI's global options choosing this route."""
+        if self.daemon is None:
+            return ["--root", str(self.root)]
+        return ["--address", self.daemon.address]
+
+    def pull(self, store: LocalStore, reference: str, **options: Any) -> RecordedImage:
+        """`contentd.client.pull` along this route; `store` is the root's store, daemonless."""
+        if self.daemon is None:
+            return pull(store, reference, **options)
+        with RemoteStore(self.daemon.address) as remote:
+            return pull(remote, reference, **options)
+
+
+@pytest.fixture(params=["daemonless", "daemon"])
+def route(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Route]:
+    """Each route in turn into the store at tmp_path/store (the `store` fixture's)."""
+    root = tmp_path / "store"
+    if request.param == "daemonless":
+        yield Route(root)
+        return
+    running = start_daemon(root)
+    try:
+        yield Route(root, running)
+    finally:
+        running.stop()
 
 
 def auth_file(path: Path, host: str, user: str, password: str) -> Path:
