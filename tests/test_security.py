@@ -365,7 +365,8 @@ def test_a_replaced_certificate_serves_new_connections(tmp_path: Path, pki: Pki)
         with remote(daemon.address, ca=pki.other_ca) as store:
             round_trip(store)
         refused(remote(daemon.address, ca=pki.ca, timeout=REFUSAL_TIMEOUT))
-        log = daemon.process.logged()
+    # Read once the daemon has stopped: its log reaches the test through a pipe's reader.
+    log = daemon.process.logged()
     assert "keeping the current TLS certificate" in log
     assert "reloaded the TLS certificate" in log
 
@@ -385,7 +386,8 @@ def test_the_registry_serves_a_replaced_certificate_to_new_connections(
         assert _registry_get(d.http_url, _https_context(pki, ca=pki.other_ca)) == 200
         with pytest.raises((urllib.error.URLError, ssl.SSLError)):
             _registry_get(d.http_url, _https_context(pki))
-        log = d.logged()
+    # Read once the daemon has stopped: its log reaches the test through a pipe's reader.
+    log = d.logged()
     assert "keeping the current TLS certificate" in log
     assert "reloaded the TLS certificate" in log
 
