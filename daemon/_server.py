@@ -98,6 +98,7 @@ class ServerOptions:
     #: (its lock released, its ingest kept); None never cancels.
     write_idle_timeout: float | None = 300.0
     #: Pulls the daemon fetches itself at once (the Transfer service); more are refused.
+    #: 0 serves no Transfer service: clients fetch themselves.
     max_transfers: int = DEFAULT_MAX_TRANSFERS
     grace: float = 10.0
     #: TLS for TCP addresses (unix sockets stay plaintext); None serves plaintext.
@@ -205,12 +206,19 @@ class Daemon:
         add_service(ImagesService(store, self._collections), IMAGES_DESCRIPTOR, self._server)
         add_service(NamespacesService(store.namespaces), NAMESPACES_DESCRIPTOR, self._server)
         add_service(GCService(store, self._collections), GC_DESCRIPTOR, self._server)
-        self._transfers = TransferService(store, options.max_transfers)
-        add_service(self._transfers, TRANSFER_DESCRIPTOR, self._server)
+        # Without transfers the service is not served at all: clients get UNIMPLEMENTED
+        # and fetch themselves, and the daemon never reaches out to a registry for them.
+        self._transfers: TransferService | None = None
+        self._services: tuple[str, ...] = SERVICES
+        if options.max_transfers > 0:
+            self._transfers = TransferService(store, options.max_transfers)
+            add_service(self._transfers, TRANSFER_DESCRIPTOR, self._server)
+        else:
+            self._services = tuple(name for name in SERVICES if name != TRANSFER_SERVICE)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self._credentials = options.tls.server_credentials() if options.tls else None
         self.addresses: list[str] = []
@@ -302,7 +310,7 @@ class Daemon:
             self._relay.start()
         self._collections.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for service in SERVICES:
+        for service in self._services:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         tls = self._options.tls
         if tls is not None:
@@ -334,7 +342,8 @@ class Daemon:
         if self._relay is not None:
             self._relay.stop_accepting()
         # A pull may run for minutes: it stops now, its ingests kept for the next to resume.
-        self._transfers.stop()
+        if self._transfers is not None:
+            self._transfers.stop()
         self._server.stop(grace).wait()
         # gRPC's stop returns while the threads of canceled calls are still
         # unwinding (closing writers, recording progress); the store must

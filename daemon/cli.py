@@ -229,10 +229,11 @@ _CONFIG_FILE = "contentd.config_file"
 )
 @click.option(
     "--max-transfers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=DEFAULT_MAX_TRANSFERS,
     show_default=True,
-    help="Pulls the daemon fetches itself at once (contentd pull through it); more are refused.",
+    help="Pulls the daemon fetches itself at once (contentd pull through it); more are "
+    "refused. 0: none, clients fetch and write through the Content API.",
 )
 @click.option(
     "--store-busy-timeout",

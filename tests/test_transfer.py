@@ -205,3 +205,24 @@ def test_fetch_locally_writes_through_the_daemon_and_skips_its_transfer_service(
     logged = daemon.logged()
     assert "/containerd.services.content.v1.Content/Write OK" in logged
     assert "Transfer/Pull" not in logged
+
+
+def test_a_daemon_without_transfers_serves_none_and_its_clients_fetch_themselves(
+    docker_registry: Source, image: Image, tmp_path: Path
+) -> None:
+    reference = docker_registry.ref(APP)
+    daemon = start_daemon(tmp_path / "store", "--max-transfers", "0", "--log-level", "debug")
+    try:
+        with grpc.insecure_channel(daemon.address) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                next(start_pull(channel, reference))
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        result = run_cli(daemon, "default", "pull", "--plain-http", reference)
+
+        assert result.stdout == f"{reference}@{image.manifest.digest}\n"
+        with RemoteStore(daemon.address) as remote:
+            assert {info.digest for info in remote.walk()} == {b.digest for b in image.blobs}
+    finally:
+        daemon.stop()
+    assert "/containerd.services.content.v1.Content/Write OK" in daemon.logged()
