@@ -38,6 +38,15 @@ REGISTRY_HEADERS: Final = MappingProxyType(
 IO_CHUNK: Final = 1 << 20
 
 
+def is_stored(store: MetadataStore, digest: str) -> bool:
+    """Whether `store`'s namespace holds blob `digest` (blocking: run it off the loop)."""
+    try:
+        store.info(digest)
+    except NotFound:
+        return False
+    return True
+
+
 class RegistryStore(MetadataStore, RepositoryHolder, Protocol):
     """What the registry serves: a Store that keeps repositories, manifests and tags, and
     leases (a mirror fetches under one)."""
@@ -82,11 +91,7 @@ class ResourceHandler:
         self._mirror = context.mirror
 
     def _stored(self, digest: str) -> bool:
-        try:
-            self._store.info(digest)
-        except NotFound:
-            return False
-        return True
+        return is_stored(self._store, digest)
 
     async def _present(self, name: str, digest: str) -> bool:
         """Whether `name` holds `digest` and the store still has its bytes."""

@@ -73,7 +73,7 @@ from contentd.errdefs import (
     Unavailable,
 )
 
-from .context import IO_CHUNK, REGISTRY_HEADERS, RegistryContext
+from .context import IO_CHUNK, REGISTRY_HEADERS, RegistryContext, is_stored
 from .errors import blob_unknown
 
 _log = logging.getLogger("contentd.daemon")
@@ -305,7 +305,7 @@ class Mirror:
         reached the store another way: then None, once the repository has
         it, says to serve it from the store.
         """
-        stored = await self._run(self._stored, digest)
+        stored = await self._run(is_stored, self._store, digest)
         if request.method == "HEAD" or stored:
             try:
                 size = await self._registry.blob_size(name, digest)
@@ -335,13 +335,6 @@ class Mirror:
             return None
         finally:
             fetch.let_go()
-
-    def _stored(self, digest: str) -> bool:
-        try:
-            self._store.info(digest)
-        except NotFound:
-            return False
-        return True
 
     def _blob_failure(self, error: ContentdError, digest: str) -> ContentdError:
         failure = upstream_failure(error)
