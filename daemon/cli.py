@@ -486,7 +486,10 @@ def serve(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
-    stop.wait()
+    # A process signal may land on any thread (grpc's included); its Python handler
+    # runs only when the main thread next runs bytecode, so never wait without a bound.
+    while not stop.wait(0.5):
+        pass
     daemon.stop()
     store.close()
 
