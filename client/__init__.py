@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from ._auth import Credentials
     from ._pull import pull
     from ._push import push
-    from ._registry import RegistryClient, RegistryOptions
+    from ._registry import RegistryClient
+    from ._registry_options import RegistryOptions
     from ._remote import RemoteReader, RemoteStore, RemoteWriter
     from ._tls import TLSConfig
     from ._transfer import TransferEvent
@@ -55,7 +56,7 @@ _LAZY_NAMES: Final = {
     "pull": "_pull",
     "push": "_push",
     "RegistryClient": "_registry",
-    "RegistryOptions": "_registry",
+    "RegistryOptions": "_registry_options",
     "RemoteReader": "_remote",
     "RemoteStore": "_remote",
     "RemoteWriter": "_remote",

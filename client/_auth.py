@@ -11,6 +11,9 @@ challenge. ``Basic`` is answered with the credentials; ``Bearer realm=...,
 service=...,scope=...`` with a token from the realm (the token flow of the
 distribution spec, asked for with the credentials, if any, or anonymously),
 cached per scope until it expires.
+
+Finding credentials loads no HTTP client (aiohttp is imported where a token
+is fetched): a pull through a daemon sends them on without one.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-import aiohttp
+from typing import TYPE_CHECKING, Final
 
 from contentd.errdefs import InvalidArgument, Unauthenticated, from_http, wrap
 
 from ._reference import DOCKER_HUB
+
+if TYPE_CHECKING:
+    import aiohttp
 
 #: The keys Docker Hub's credentials may be stored under.
 _HUB_KEYS: Final = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -241,6 +245,8 @@ class Authorizer:
         if self._credentials is not None:
             headers["Authorization"] = self._credentials.basic()
         doing = f"getting a token for {scope} from {realm}"
+        import aiohttp  # noqa: PLC0415 (see the module)
+
         try:
             async with self._session.get(realm, params=query, headers=headers) as response:
                 body = await response.read()

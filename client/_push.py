@@ -45,7 +45,8 @@ from ._manifests import (
 )
 from ._platforms import Platform, PlatformMatcher, parse_platform
 from ._reference import Reference, parse_reference
-from ._registry import RegistryClient, RegistryOptions
+from ._registry import RegistryClient
+from ._registry_options import RegistryOptions
 from ._transfer import (
     CHUNK,
     DEFAULT_CONCURRENCY,

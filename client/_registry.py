@@ -12,10 +12,7 @@ body (``{"errors": [...]}``), prefixed with what was being done.
 from __future__ import annotations
 
 import contextlib
-import os
-import ssl
 from collections.abc import AsyncIterable, Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -33,9 +30,10 @@ from contentd.errdefs import (
     wrap,
 )
 
-from ._auth import Authorizer, Credentials, find_credentials, repository_scope
+from ._auth import Authorizer, find_credentials, repository_scope
 from ._manifests import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, is_index, is_manifest, kind
 from ._reference import Reference
+from ._registry_options import RegistryOptions
 
 #: Redirects followed per request (blob downloads may redirect to object storage).
 MAX_REDIRECTS: Final = 5
@@ -46,44 +44,6 @@ _USER_AGENT: Final = "contentd"
 
 #: A request's body: bytes, or chunks as they come.
 Body = bytes | AsyncIterable[bytes]
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach registries: plain HTTP (local ones), which CAs to trust, whose credentials.
-
-    `tls_ca` is a PEM file of certificates that may sign a registry's, or
-    `tls_ca_pem` the certificates themselves (None: the system's). Credentials
-    come from `auth_file` if given, else from the usual auth files (see
-    `contentd.client._auth`); `credentials` overrides both. Without
-    `read_auth_files` no auth file is read: a daemon pulling for a caller uses
-    the credentials the caller sent, never the files of its own user.
-    """
-
-    plain_http: bool = False
-    tls_ca: str | os.PathLike[str] | None = None
-    auth_file: str | os.PathLike[str] | None = None
-    credentials: Credentials | None = None
-    tls_ca_pem: bytes | None = None
-    read_auth_files: bool = True
-    connect_timeout: float = 30.0
-    #: Seconds a read may wait for the next bytes before the transfer fails.
-    read_timeout: float = 300.0
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if self.plain_http:
-            return None
-        if self.tls_ca_pem is not None:
-            try:
-                return ssl.create_default_context(cadata=self.tls_ca_pem.decode("ascii", "replace"))
-            except ssl.SSLError:
-                raise InvalidArgument("TLS CA: no PEM certificate in it") from None
-        try:
-            return ssl.create_default_context(
-                cafile=os.fspath(self.tls_ca) if self.tls_ca is not None else None
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise InvalidArgument(f"TLS CA file {self.tls_ca}: {exc}") from None
 
 
 class BlobResponse:

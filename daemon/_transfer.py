@@ -32,7 +32,7 @@ from contentd.client._auth import Credentials
 from contentd.client._platforms import default_platform, parse_platform
 from contentd.client._pull import PullSpec, pull_in
 from contentd.client._reference import parse_reference
-from contentd.client._registry import RegistryOptions
+from contentd.client._registry_options import RegistryOptions
 from contentd.client._transfer import DEFAULT_CONCURRENCY, TransferEvent, check_concurrency
 from contentd.content import Image, MetadataStore
 from contentd.errdefs import (

@@ -66,6 +66,18 @@ def test_a_daemonless_pull_loads_no_grpc() -> None:
     assert grpc_modules == []
 
 
+def test_a_pull_through_a_daemon_loads_no_http_client() -> None:
+    # The daemon fetches; the client only checks the request and shows the events.
+    http_modules = [
+        name
+        for name in _loaded_by(
+            "contentd.client.cli, contentd.client._pull, contentd.client._remote"
+        )
+        if name == "aiohttp" or name.startswith(("aiohttp.", "contentd.client._fetch"))
+    ]
+    assert http_modules == []
+
+
 def test_every_name_the_client_exports_is_reachable() -> None:
     script = (
         "import contentd.client as client; "
