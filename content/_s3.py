@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import json
 import logging
@@ -92,6 +93,9 @@ CHECKPOINT_TAIL: Final = 1 << 20
 COPY_LIMIT: Final = 5 << 30
 #: Part size of a copy in parts (S3 allows 10,000 parts of up to 5 GiB).
 COPY_PART_SIZE: Final = 512 << 20
+#: Parts of one ingest going up at once while its writer receives the next bytes: two
+#: keep the object store busy on every core it has while a part's request is answered.
+PARTS_IN_FLIGHT: Final = 2
 #: Connections kept open to S3: one per concurrent stream a daemon serves, roughly.
 POOL_CONNECTIONS: Final = 64
 _CHUNK: Final = 1 << 20
@@ -680,8 +684,10 @@ class S3Ingest:
         self._closed = False
         #: Parts uploaded since the manifest was last saved: an append saves it past a few.
         self._unsaved_parts = 0
-        #: The part going up in the background: its number, bytes and upload.
-        self._inflight: tuple[int, bytes, Future[tuple[int, str]] | None] | None = None
+        #: The parts going up in the background, in order: number, bytes and upload.
+        self._inflight: collections.deque[tuple[int, bytes, Future[tuple[int, str]] | None]] = (
+            collections.deque()
+        )
 
     @classmethod
     def load(cls, blobs: S3Blobs, key: str, what: str) -> S3Ingest | None:
@@ -707,35 +713,34 @@ class S3Ingest:
 
     @property
     def size(self) -> int:
-        inflight = len(self._inflight[1]) if self._inflight is not None else 0
+        inflight = sum(len(data) for _, data, _ in self._inflight)
         return self._base + sum(size for size, _ in self._parts) + inflight + len(self._buffer)
 
-    def _settle(self, doing: str) -> None:
-        """Wait for the part going up in the background, trying it again here if it failed.
+    def _settle(self, doing: str, keep: int = 0) -> None:
+        """Wait for the parts going up in the background, oldest first, until at most `keep`
+        are; a part that failed is tried again here.
 
         Raises if it fails again; its bytes stay held, for the next try.
         """
-        if self._inflight is None:
-            return
-        number, data, upload = self._inflight
-        part = None
-        if upload is not None:
-            try:
-                part = upload.result()
-            except (ContentdError, OSError) as exc:
-                _log.info("part %d of %s failed (%s); trying it again", number, self._what, exc)
-                self._inflight = (number, data, None)
-        if part is None:
-            part = self._upload_part(number, data, doing)
-        self._parts.append(part)
-        self._unsaved_parts += 1
-        self._inflight = None
+        while len(self._inflight) > keep:
+            number, data, upload = self._inflight[0]
+            part = None
+            if upload is not None:
+                try:
+                    part = upload.result()
+                except (ContentdError, OSError) as exc:
+                    _log.info("part %d of %s failed (%s); trying it again", number, self._what, exc)
+                    self._inflight[0] = (number, data, None)
+            if part is None:
+                part = self._upload_part(number, data, doing)
+            self._parts.append(part)
+            self._unsaved_parts += 1
+            self._inflight.popleft()
 
     def _drop_inflight(self) -> None:
-        """Forget the part going up (its upload is being aborted), once it is done."""
-        if self._inflight is not None:
-            upload = self._inflight[2]
-            self._inflight = None
+        """Forget the parts going up (their upload is being aborted), once they are done."""
+        while self._inflight:
+            upload = self._inflight.popleft()[2]
             if upload is not None:
                 with contextlib.suppress(ContentdError, OSError):
                     upload.result()
@@ -893,8 +898,6 @@ class S3Ingest:
         if len(self._buffer) + len(view) < part_size:
             self._buffer += view
         else:
-            # This append fills a part: the one going up must be up first.
-            self._settle(doing)
             if self._upload is None:
                 self._start_upload(doing)
             # The first part is the buffer and the head of `data`; then whole
@@ -907,16 +910,22 @@ class S3Ingest:
             while len(rest) >= part_size:
                 pieces.append(rest[:part_size])
                 rest = rest[part_size:]
-            # All but the last go up now; the last while the writer receives more.
+            # The last few go up in the background while the writer receives
+            # more, once as many of those going up are up; any before them go
+            # up now. Whatever fails here fails before anything is taken: the
+            # append leaves the ingest as it was.
+            background = pieces[-PARTS_IN_FLIGHT:]
+            self._settle(doing, keep=PARTS_IN_FLIGHT - len(background))
             parts = [
                 self._upload_part(len(self._parts) + number, piece, doing)
-                for number, piece in enumerate(pieces[:-1], 1)
+                for number, piece in enumerate(pieces[: -len(background)], 1)
             ]
-            number, last = len(self._parts) + len(pieces), bytes(pieces[-1])
-            upload = self._blobs._part_uploads.submit(self._upload_part, number, last, doing)
             self._parts += parts
             self._unsaved_parts += len(parts)
-            self._inflight = (number, last, upload)
+            for piece in background:
+                number, held = len(self._parts) + len(self._inflight) + 1, bytes(piece)
+                upload = self._blobs._part_uploads.submit(self._upload_part, number, held, doing)
+                self._inflight.append((number, held, upload))
             self._buffer = bytearray(rest)
         self._modified_ns = time.time_ns()
         self._dirty = True
@@ -1002,7 +1011,7 @@ class S3Ingest:
             return
         self._closed = True
         try:
-            if self._dirty or self._inflight is not None:
+            if self._dirty or self._inflight:
                 self._save(f"closing {self._what}")
         except ContentdError as exc:
             _log.warning("could not save %s on close: %s", self._what, exc)

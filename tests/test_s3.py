@@ -30,7 +30,7 @@ from contentd import errdefs
 from contentd.content import BackedStore, digest_of
 from contentd.content._hashstate import restore, resumable
 from contentd.content._records import ingest_key
-from contentd.content._s3 import CHECKPOINT_PARTS, MIN_PART_SIZE, S3Blobs
+from contentd.content._s3 import CHECKPOINT_PARTS, MIN_PART_SIZE, PARTS_IN_FLIGHT, S3Blobs
 
 PART = MIN_PART_SIZE
 KEY = "k" * 64
@@ -196,20 +196,21 @@ def test_a_failed_append_leaves_the_bytes_as_they_were(
         raise errdefs.Unavailable("object storage unavailable while writing")
 
     monkeypatch.setattr(blobs._client, "upload_part", refuse)
-    # The part it fills goes up in the background: the append takes the bytes, held.
-    first = b"x" * (PART + 1)
-    ingest.append(first)
-    assert ingest.size == 4 + len(first)
-    # The next part must wait for that one, which fails again: nothing of it is taken.
+    # The part an append fills goes up in the background: the append takes the bytes, held.
+    taken = b"kept" + b"x" * (PART + 1)
+    ingest.append(taken[4:])
+    assert ingest.size == len(taken)
+    # An append filling as many parts as go up at once must wait for that one, which
+    # fails again: the append takes nothing, not even the parts that would have fitted.
     with pytest.raises(errdefs.Unavailable):
-        ingest.append(b"y" * PART)
-    assert ingest.size == 4 + len(first)
+        ingest.append(b"z" * (PARTS_IN_FLIGHT * PART))
+    assert ingest.size == len(taken)
     with pytest.raises(errdefs.Unavailable):
         ingest.sync()
-    # S3 is back: the held part goes up, and every byte taken is there.
+    # S3 is back: the held parts go up, and every byte taken is there.
     monkeypatch.setattr(blobs._client, "upload_part", upload_part)
     ingest.sync()
-    assert (ingest.size, b"".join(ingest.chunks())) == (4 + len(first), b"kept" + first)
+    assert (ingest.size, b"".join(ingest.chunks())) == (len(taken), taken)
     ingest.close()
 
 
@@ -310,7 +311,7 @@ def test_a_writer_that_dies_mid_ingest_loses_a_few_parts_and_resumes_reading_not
     requests = Requests(blobs)
     with second.writer("dying", total=len(data), expected=digest) as resumed:
         lost = sent - resumed.offset
-        assert 0 <= lost <= (CHECKPOINT_PARTS + 2) * PART
+        assert 0 <= lost <= (CHECKPOINT_PARTS + PARTS_IN_FLIGHT + 1) * PART
         assert resumed.offset >= 4 * PART
         assert resumed.digest() == digest_of(data[: resumed.offset])
         resumed.write(data[resumed.offset :])
