@@ -90,8 +90,9 @@ class Fetch(Transfer):
         options: RegistryOptions,
         concurrency: int,
         on_event: EventHandler | None,
+        progress: bool,
     ) -> None:
-        super().__init__(store, concurrency, on_event, "contentd-pull")
+        super().__init__(store, concurrency, on_event, "contentd-pull", progress)
         self._reference = reference
         self._name = name
         self._matcher = matcher
@@ -198,9 +199,6 @@ class Fetch(Transfer):
         )
         where = f"{kind(descriptor.media_type)} {descriptor.digest} from {self._reference.locator}"
 
-        def progress(done: int) -> None:
-            self.emit(self.event("progress", descriptor, offset=done))
-
         def work() -> None:
             try:
                 with source:
@@ -212,7 +210,7 @@ class Fetch(Transfer):
                         digest=descriptor.digest,
                         labels=labels,
                         cancel=self.cancel,
-                        progress=progress,
+                        progress=self.progress(descriptor),
                         lazy=True,
                     )
             except FailedPrecondition as exc:

@@ -70,8 +70,11 @@ class PullSpec:
 class DaemonPuller(Protocol):
     """A store whose daemon can fetch an image itself (a RemoteStore)."""
 
-    def pull_in_daemon(self, spec: PullSpec, on_event: EventHandler | None) -> Image:
-        """Have the daemon pull `spec`; Unimplemented (a RemoteError) if it cannot."""
+    def pull_in_daemon(
+        self, spec: PullSpec, on_event: EventHandler | None, progress: bool = True
+    ) -> Image:
+        """Have the daemon pull `spec`, telling `on_event` (of progress too if `progress`);
+        Unimplemented (a RemoteError) if it cannot."""
         ...
 
 
@@ -88,6 +91,7 @@ def pull(
     credentials: Credentials | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_event: EventHandler | None = None,
+    progress: bool = True,
     fetch_locally: bool = False,
 ) -> Image:
     """Pull the image `reference` (``host[:port]/repository[:tag|@digest]``) into `store`.
@@ -99,7 +103,8 @@ def pull(
     speaks HTTP instead of HTTPS; `tls_ca` is a PEM file of CAs to trust in
     place of the system's; credentials come from `credentials`, `auth_file`,
     or the usual auth files. `on_event` hears of each step (see `TransferEvent`),
-    from the pull's threads, one event at a time.
+    from the pull's threads, one event at a time, and of each blob's bytes as
+    they are written unless `progress` is False.
 
     Through a daemon serving contentd's Transfer service the daemon fetches
     the image itself (sent the CAs and the credentials found here, never the
@@ -124,12 +129,12 @@ def pull(
     spec = PullSpec(parsed, name or str(parsed), wanted, options, concurrency)
     if isinstance(store, DaemonPuller) and not fetch_locally:
         try:
-            return store.pull_in_daemon(_for_daemon(spec), on_event)
+            return store.pull_in_daemon(_for_daemon(spec), on_event, progress)
         except Unimplemented as exc:
             if not isinstance(exc, RemoteError):
                 raise
             # A daemon without the Transfer service (containerd): fetch here.
-    return run_transfer(pull_in(store, spec, on_event))
+    return run_transfer(pull_in(store, spec, on_event, progress))
 
 
 def _for_daemon(spec: PullSpec) -> PullSpec:
@@ -158,11 +163,20 @@ def _for_daemon(spec: PullSpec) -> PullSpec:
 
 
 def pull_in(
-    store: MetadataStore, spec: PullSpec, on_event: EventHandler | None
+    store: MetadataStore, spec: PullSpec, on_event: EventHandler | None, progress: bool = True
 ) -> Coroutine[Any, Any, Image]:
     """The pull of `spec` into `store`, to run on an event loop (a daemon runs it on its own)."""
     from ._fetch import Fetch  # noqa: PLC0415 (see the module)
 
     matcher = None if spec.platform is None else PlatformMatcher(spec.platform)
-    job = Fetch(store, spec.reference, spec.name, matcher, spec.options, spec.concurrency, on_event)
+    job = Fetch(
+        store,
+        spec.reference,
+        spec.name,
+        matcher,
+        spec.options,
+        spec.concurrency,
+        on_event,
+        progress,
+    )
     return job.run()

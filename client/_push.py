@@ -76,6 +76,7 @@ def push(
     credentials: Credentials | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_event: EventHandler | None = None,
+    progress: bool = True,
 ) -> Descriptor:
     """Push the image `source` of `store` to `reference` (``host[:port]/repository[:tag|@digest]``).
 
@@ -85,7 +86,7 @@ def push(
     it and those without a platform, as containerd's push with a platform
     does (the registry may then refuse the index for the manifests it lacks).
     A reference with a digest must name the image's target. Returns the
-    target pushed. Registry options and `on_event` are as for `pull`.
+    target pushed. Registry options, `on_event` and `progress` are as for `pull`.
 
     Errors are `contentd.errdefs` classes: NotFound for an image, or content
     it names, not in the store; the registry's own (Unauthenticated,
@@ -101,7 +102,9 @@ def push(
     options = RegistryOptions(
         plain_http=plain_http, tls_ca=tls_ca, auth_file=auth_file, credentials=credentials
     )
-    job = _Push(store, parsed, source or str(parsed), matcher, options, concurrency, on_event)
+    job = _Push(
+        store, parsed, source or str(parsed), matcher, options, concurrency, on_event, progress
+    )
     return run_transfer(job.run())
 
 
@@ -117,8 +120,9 @@ class _Push(Transfer):
         options: RegistryOptions,
         concurrency: int,
         on_event: EventHandler | None,
+        progress: bool,
     ) -> None:
-        super().__init__(store, concurrency, on_event, "contentd-push")
+        super().__init__(store, concurrency, on_event, "contentd-push", progress)
         self._reference = reference
         self._source = source
         self._matcher = matcher
@@ -247,6 +251,7 @@ class _Push(Transfer):
 
     async def _chunks(self, reader: ReaderAt, descriptor: Descriptor) -> AsyncIterator[bytes]:
         """The blob's bytes from the store, a chunk at a time, from its start."""
+        told = self.progress(descriptor)
         offset = 0
         while offset < descriptor.size:
             chunk = await self.call(reader.read_at, min(CHUNK, descriptor.size - offset), offset)
@@ -258,7 +263,8 @@ class _Push(Transfer):
                 )
             offset += len(chunk)
             yield chunk
-            self.emit(self.event("progress", descriptor, offset=offset))
+            if told is not None:
+                told(offset)
 
     async def _record(self, descriptor: Descriptor) -> None:
         """Label the content as being in the repository pushed to, if the store has it."""

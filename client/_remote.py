@@ -254,8 +254,12 @@ class RemoteStore(Closing):
         response = call(stub.Collect, request, (), None)
         return collection_from_message(response)
 
-    def pull_in_daemon(self, spec: PullSpec, on_event: EventHandler | None) -> Image:
-        """Have the daemon fetch `spec` into its store itself (contentd's Transfer service).
+    def pull_in_daemon(
+        self, spec: PullSpec, on_event: EventHandler | None, progress: bool = True
+    ) -> Image:
+        """Have the daemon fetch `spec` into its store itself (contentd's Transfer service),
+        telling `on_event` of each step, and of each blob's bytes if `progress`: the daemon
+        sends no event nobody hears.
 
         Unimplemented (a RemoteError) before any event: the daemon has no such
         service (containerd), and nothing was done. Leaving early (Ctrl-C)
@@ -273,6 +277,10 @@ class RemoteStore(Closing):
             concurrency=spec.concurrency,
             tls_ca=options.tls_ca_pem or b"",
         )
+        if on_event is None:
+            request.events = transfer_pb2.PullRequest.LAST
+        elif not progress:
+            request.events = transfer_pb2.PullRequest.STEPS
         if options.credentials is not None:
             request.credentials.username = options.credentials.username
             request.credentials.password = options.credentials.password

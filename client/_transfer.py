@@ -127,11 +127,13 @@ class Transfer:
         concurrency: int,
         on_event: EventHandler | None,
         thread_name: str,
+        progress: bool = True,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
         self.cancel = threading.Event()
         self._on_event = on_event
+        self._progress = progress and on_event is not None
         self._events = threading.Lock()
         self._thread_name = thread_name
         self._executor: ThreadPoolExecutor | None = None
@@ -141,6 +143,13 @@ class Transfer:
         if self._on_event is not None:
             with self._events:
                 self._on_event(event)
+
+    def progress(self, descriptor: Descriptor) -> Callable[[int], None] | None:
+        """What tells of `descriptor`'s bytes gone across (``progress`` events), if anyone
+        listens for them."""
+        if not self._progress:
+            return None
+        return lambda offset: self.emit(self.event("progress", descriptor, offset=offset))
 
     def event(self, what: str, descriptor: Descriptor, **fields: Any) -> TransferEvent:
         """An event about `descriptor`, named by the ref key containerd gives it."""

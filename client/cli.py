@@ -881,10 +881,19 @@ class _TransferDisplay:
         if self._bars is not None:
             self._bars.stop()
 
+    @property
+    def on_event(self) -> Callable[[TransferEvent], None] | None:
+        """What hears a transfer's events: None when nothing is shown."""
+        return self if self._json or self._bars is not None else None
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether bytes gone across are shown (``progress`` events), not only the steps."""
+        return self._bars is not None
+
     def __call__(self, event: TransferEvent) -> None:
         if self._json:
-            if event.kind != "progress":
-                click.echo(json.dumps(event.as_json()))
+            click.echo(json.dumps(event.as_json()))
             return
         bars = self._bars
         if bars is None or event.kind in ("resolved", "recorded", "pushed"):
@@ -987,7 +996,8 @@ def pull_image(
             name=name,
             platform=platform,
             all_platforms=all_platforms,
-            on_event=display,
+            on_event=display.on_event,
+            progress=display.shows_progress,
             fetch_locally=fetch_locally,
             **registry,
         ),
@@ -1032,7 +1042,13 @@ def push_image(
         settings,
         f"pushing {reference}: interrupted",
         lambda display: push(
-            store, reference, source=source, platform=platform, on_event=display, **registry
+            store,
+            reference,
+            source=source,
+            platform=platform,
+            on_event=display.on_event,
+            progress=display.shows_progress,
+            **registry,
         ),
     )
     if not settings.json:

@@ -105,9 +105,12 @@ def _in_own_words(error: BaseException) -> BaseException:
 class _Running:
     """One pull on its event loop's thread: its events queued for the call's thread."""
 
-    def __init__(self, store: MetadataStore, spec: PullSpec) -> None:
+    def __init__(
+        self, store: MetadataStore, spec: PullSpec, events: api.PullRequest.Events
+    ) -> None:
         self._spec = spec
         self._store = store
+        self._events = events
         self.events: queue.SimpleQueue[TransferEvent | Image | BaseException] = queue.SimpleQueue()
         self._guard = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +130,9 @@ class _Running:
         loop = asyncio.new_event_loop()
         try:
             with self._guard:
-                task = loop.create_task(pull_in(self._store, self._spec, self._heard))
+                heard = None if self._events == api.PullRequest.LAST else self._heard
+                progress = self._events == api.PullRequest.ALL
+                task = loop.create_task(pull_in(self._store, self._spec, heard, progress))
                 self._loop, self._task = loop, task
                 if self._canceled:
                     task.cancel()
@@ -191,7 +196,7 @@ class TransferService:
         store = self._store.with_namespace(namespace)
         if lease is not None:
             store = store.with_lease(lease)
-        running = _Running(store, spec)
+        running = _Running(store, spec, request.events)
         self._admit(running)
         try:
             # Called when the call ends however it ends: a caller gone cancels the pull.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import images_pb2 as containerd_dot_services_dot_images_dot_v1_dot_images__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,contentd/services/transfer/v1/transfer.proto\x12\x1d\x63ontentd.services.transfer.v1\x1a*containerd/services/images/v1/images.proto\"\xd9\x01\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x13\n\x0b\x63oncurrency\x18\x06 \x01(\x05\x12\x0e\n\x06tls_ca\x18\x07 \x01(\x0c\x12G\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32\x32.contentd.services.transfer.v1.RegistryCredentials\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xbb\x01\n\tPullEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x0b\n\x03ref\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x33\n\x05image\x18\t \x01(\x0b\x32$.containerd.services.images.v1.Image2j\n\x08Transfer\x12^\n\x04Pull\x12*.contentd.services.transfer.v1.PullRequest\x1a(.contentd.services.transfer.v1.PullEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,contentd/services/transfer/v1/transfer.proto\x12\x1d\x63ontentd.services.transfer.v1\x1a*containerd/services/images/v1/images.proto\"\xc4\x02\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x13\n\x0b\x63oncurrency\x18\x06 \x01(\x05\x12\x0e\n\x06tls_ca\x18\x07 \x01(\x0c\x12G\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32\x32.contentd.services.transfer.v1.RegistryCredentials\x12\x41\n\x06\x65vents\x18\t \x01(\x0e\x32\x31.contentd.services.transfer.v1.PullRequest.Events\"&\n\x06\x45vents\x12\x07\n\x03\x41LL\x10\x00\x12\t\n\x05STEPS\x10\x01\x12\x08\n\x04LAST\x10\x02\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xbb\x01\n\tPullEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x0b\n\x03ref\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x33\n\x05image\x18\t \x01(\x0b\x32$.containerd.services.images.v1.Image2j\n\x08Transfer\x12^\n\x04Pull\x12*.contentd.services.transfer.v1.PullRequest\x1a(.contentd.services.transfer.v1.PullEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contentd.services.transfer.
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PULLREQUEST']._serialized_start=124
-  _globals['_PULLREQUEST']._serialized_end=341
-  _globals['_REGISTRYCREDENTIALS']._serialized_start=343
-  _globals['_REGISTRYCREDENTIALS']._serialized_end=400
-  _globals['_PULLEVENT']._serialized_start=403
-  _globals['_PULLEVENT']._serialized_end=590
-  _globals['_TRANSFER']._serialized_start=592
-  _globals['_TRANSFER']._serialized_end=698
+  _globals['_PULLREQUEST']._serialized_end=448
+  _globals['_PULLREQUEST_EVENTS']._serialized_start=410
+  _globals['_PULLREQUEST_EVENTS']._serialized_end=448
+  _globals['_REGISTRYCREDENTIALS']._serialized_start=450
+  _globals['_REGISTRYCREDENTIALS']._serialized_end=507
+  _globals['_PULLEVENT']._serialized_start=510
+  _globals['_PULLEVENT']._serialized_end=697
+  _globals['_TRANSFER']._serialized_start=699
+  _globals['_TRANSFER']._serialized_end=805
 # @@protoc_insertion_point(module_scope)

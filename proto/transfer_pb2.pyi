@@ -1,4 +1,5 @@
 from . import images_pb2 as _images_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -7,7 +8,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PullRequest(_message.Message):
-    __slots__ = ("reference", "platform", "all_platforms", "name", "plain_http", "concurrency", "tls_ca", "credentials")
+    __slots__ = ("reference", "platform", "all_platforms", "name", "plain_http", "concurrency", "tls_ca", "credentials", "events")
+    class Events(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ALL: _ClassVar[PullRequest.Events]
+        STEPS: _ClassVar[PullRequest.Events]
+        LAST: _ClassVar[PullRequest.Events]
+    ALL: PullRequest.Events
+    STEPS: PullRequest.Events
+    LAST: PullRequest.Events
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     ALL_PLATFORMS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +25,7 @@ class PullRequest(_message.Message):
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     TLS_CA_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     reference: str
     platform: str
     all_platforms: bool
@@ -24,7 +34,8 @@ class PullRequest(_message.Message):
     concurrency: int
     tls_ca: bytes
     credentials: RegistryCredentials
-    def __init__(self, reference: _Optional[str] = ..., platform: _Optional[str] = ..., all_platforms: _Optional[bool] = ..., name: _Optional[str] = ..., plain_http: _Optional[bool] = ..., concurrency: _Optional[int] = ..., tls_ca: _Optional[bytes] = ..., credentials: _Optional[_Union[RegistryCredentials, _Mapping]] = ...) -> None: ...
+    events: PullRequest.Events
+    def __init__(self, reference: _Optional[str] = ..., platform: _Optional[str] = ..., all_platforms: _Optional[bool] = ..., name: _Optional[str] = ..., plain_http: _Optional[bool] = ..., concurrency: _Optional[int] = ..., tls_ca: _Optional[bytes] = ..., credentials: _Optional[_Union[RegistryCredentials, _Mapping]] = ..., events: _Optional[_Union[PullRequest.Events, str]] = ...) -> None: ...
 
 class RegistryCredentials(_message.Message):
     __slots__ = ("username", "password")

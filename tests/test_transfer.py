@@ -59,10 +59,14 @@ def store(daemon: DaemonProcess) -> Iterator[LocalStore]:
         yield opened
 
 
-def start_pull(channel: grpc.Channel, reference: str) -> Iterator[transfer_pb2.PullEvent]:
+def start_pull(
+    channel: grpc.Channel,
+    reference: str,
+    events: transfer_pb2.PullRequest.Events = transfer_pb2.PullRequest.ALL,
+) -> Iterator[transfer_pb2.PullEvent]:
     """A Pull call on the Transfer service as a client makes it; cancel it with `.cancel()`."""
     stub = TransferStub(channel)  # type: ignore[no-untyped-call]
-    request = transfer_pb2.PullRequest(reference=reference, plain_http=True)
+    request = transfer_pb2.PullRequest(reference=reference, plain_http=True, events=events)
     call: Iterator[transfer_pb2.PullEvent] = stub.Pull(
         request, metadata=((NAMESPACE_HEADER, "default"),)
     )
@@ -149,6 +153,53 @@ def test_canceling_the_call_mid_layer_cancels_the_daemons_download_and_the_next_
     assert [e.offset for e in events if e.kind == "started" and e.digest == big.digest] == [kept]
     with store.reader_at(big.digest) as reader:
         assert reader.read() == big.data
+
+
+def test_the_daemon_sends_only_the_events_its_caller_asks_for(
+    proxy: RegistryProxy, image: Image, tmp_path: Path
+) -> None:
+    reference = f"{proxy.host}/{APP}:v1"
+    request = transfer_pb2.PullRequest
+    told: dict[int, list[tuple[str, str]]] = {}
+    for events in (request.ALL, request.STEPS, request.LAST):
+        # A store each, so each pull fetches every blob.
+        daemon = start_daemon(tmp_path / f"store-{events}")
+        try:
+            with grpc.insecure_channel(daemon.address) as channel:
+                told[events] = [
+                    (e.kind, e.digest) for e in start_pull(channel, reference, events=events)
+                ]
+        finally:
+            daemon.stop()
+
+    resolved = [("resolved", image.manifest.digest)]
+    steps = [(kind, blob.digest) for blob in image.blobs for kind in ("started", "done")]
+    recorded = [("recorded", image.manifest.digest)]
+    every = told[request.ALL]
+    assert {("progress", blob.digest) for blob in image.blobs} <= set(every)
+    assert sorted(e for e in every if e[0] != "progress") == sorted([*resolved, *steps, *recorded])
+    assert sorted(told[request.STEPS]) == sorted([*resolved, *steps, *recorded])
+    assert told[request.LAST] == recorded
+
+
+def test_a_caller_that_hears_no_progress_is_told_the_steps(
+    proxy: RegistryProxy, daemon: DaemonProcess, image: Image
+) -> None:
+    events: list[TransferEvent] = []
+    with RemoteStore(daemon.address) as remote:
+        pull(
+            remote,
+            f"{proxy.host}/{APP}:v1",
+            plain_http=True,
+            on_event=events.append,
+            progress=False,
+        )
+
+    kinds = {(e.kind, e.digest) for e in events}
+    assert {("started", b.digest) for b in image.blobs} <= kinds
+    assert {("done", b.digest) for b in image.blobs} <= kinds
+    assert [e for e in events if e.kind == "progress"] == []
+    assert "/contentd.services.transfer.v1.Transfer/Pull OK" in daemon.logged()
 
 
 def test_a_pull_past_the_daemons_transfer_limit_is_refused_at_once(
