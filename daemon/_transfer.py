@@ -110,7 +110,8 @@ class _Running:
     ) -> None:
         self._spec = spec
         self._store = store
-        self._events = events
+        #: Which events the caller asked for; those it did not are never made.
+        self._asked = events
         self.events: queue.SimpleQueue[TransferEvent | Image | BaseException] = queue.SimpleQueue()
         self._guard = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,8 +131,8 @@ class _Running:
         loop = asyncio.new_event_loop()
         try:
             with self._guard:
-                heard = None if self._events == api.PullRequest.LAST else self._heard
-                progress = self._events == api.PullRequest.ALL
+                heard = None if self._asked == api.PullRequest.LAST else self._heard
+                progress = self._asked == api.PullRequest.ALL
                 task = loop.create_task(pull_in(self._store, self._spec, heard, progress))
                 self._loop, self._task = loop, task
                 if self._canceled:
